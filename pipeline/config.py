@@ -1,0 +1,206 @@
+"""One typed config tree: YAML + ``key=value`` overrides → validated dataclasses.
+
+Unknown keys and wrong types are errors that name the dotted key. The resolved tree is
+dumped to MLflow params and into every checkpoint (``to_dict``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type or an unusable value."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "debug"                 # model.presets registry name
+    fusion_arch: str | None = None        # override: token | dense_mmi | factorized_mmi
+    image_mask_ratio: float = 0.75
+    audio_mask_ratio: float = 0.8
+    norm_pix_loss: bool = True
+    activation_checkpointing: bool = False
+    init_image: str | None = None         # user-supplied MAE ViT-B file (CC-BY-NC, never bundled)
+    init_audio: str | None = None         # user-supplied AudioMAE ViT-B file
+    trust_pickle: bool = False            # allow weights_only=False for trusted tower files
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""                      # shard-set directory or s3://bucket/prefix
+    batch_size: int = 8                   # per-rank micro-batch
+    workers: int = 2                      # loader worker processes per rank
+    shuffle_buffer: int = 256
+    remainder: str = "pad"                # pad | drop: how ranks are equalised per epoch
+    max_error_rate: float = 0.05          # abort when data errors exceed this fraction
+    cache_dir: str | None = None          # node-local shard cache (s3:// sets)
+    cache_limit_gb: float = 50.0
+    s3_retries: int = 5
+
+
+@dataclass
+class OptimConfig:
+    blr: float = 1.5e-4                   # lr = blr * effective_batch / 256 unless lr is set
+    lr: float | None = None
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    epochs: float = 200.0
+    warmup_epochs: float = 40.0
+    ramp_start: float = 0.0               # pretrained-tower LR multiplier s0 → s1 over ramp_epochs
+    ramp_end: float = 1.0
+    ramp_epochs: float | None = None      # None: epochs / 2
+    grad_clip: float = 0.0                # 0 disables clipping (official recipe)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/debug"
+    effective_batch_size: int | None = None   # None: batch_size * world_size (no accumulation)
+    precision: str = "fp32"               # fp32 | bf16 | fp16
+    zero_stage: int = 2
+    seed: int = 0
+    max_steps: int | None = None          # stop early (tests, smoke runs)
+    log_every: int = 10
+    save_every_steps: int = 0             # 0: only at epoch ends
+    keep_last: int = 2
+    resume: str = "auto"                  # auto | never | path to a checkpoint directory
+    recon_every_steps: int = 0            # 0: only at the end
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None                # None: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db
+    experiment: str = "avfusion"
+    run_name: str | None = None
+    system_metrics: bool = True
+
+
+@dataclass
+class ProbeConfig:
+    shards: str | None = None             # labelled shard set for the kNN probe
+    every_epochs: int = 10
+    max_samples: int = 2000
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) for YAML, MLflow and checkpoints."""
+    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(cfg))))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read YAML at ``path`` (optional), apply ``a.b=value`` overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_steps=20")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value != "" else None)
+    cfg = from_dict(Config, raw)
+    validate(cfg)
+    return cfg
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = tree.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {p!r} is not a section")
+        tree = node
+    tree[leaf] = value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or '<root>'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key + ".")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool, float) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+_CHOICES = {
+    "data.remainder": ("pad", "drop"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.zero_stage": (0, 1, 2, 3),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types cannot express; each error names its key."""
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    positive = {"data.batch_size": cfg.data.batch_size, "optim.epochs": cfg.optim.epochs,
+                "train.log_every": cfg.train.log_every}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    for key, ratio in (("model.image_mask_ratio", cfg.model.image_mask_ratio),
+                       ("model.audio_mask_ratio", cfg.model.audio_mask_ratio)):
+        if not 0.0 <= ratio < 1.0:
+            raise ConfigError(f"{key}: must be in [0, 1), got {ratio}")
+    if not 0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs:
+        raise ConfigError(f"optim.warmup_epochs: must be in [0, optim.epochs], got {cfg.optim.warmup_epochs}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")

@@ -1,0 +1,176 @@
+"""``avfusion model parity``: compare this model with outputs recorded from the official code.
+
+A fixture (``shared/fixtures/parity/*.pt``, format ``deepavfusion-parity-rule-v1``) holds an
+architecture ``config``, inputs, pinned masks and the official outputs under a deterministic
+weight rule keyed by official state-dict names. We build the model the config describes, apply
+the rule, run the masked and unmasked passes with the fixture's masks and report the max
+abs / rel error of every stored output (rel = max |ours − ref| / max |ref|).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import zlib
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .avmae import AVMAE
+from .checkpoints import load_official
+from .presets import AVMAEConfig, ImageSpec
+
+FORMAT = "deepavfusion-parity-rule-v1"
+TOLERANCE = 1e-5                         # fixture README: max |ours − fixture| for float tensors
+EXACT = ("target_image", "target_audio")  # must be equal
+
+
+def rule_value(key: str, shape) -> Tensor:
+    """The fixture weight rule: N(0, 1) from a generator seeded with crc32(key), then scaled."""
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
+    x = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+    if len(shape) == 1:
+        return 1.0 + 0.1 * x if key.endswith("weight") else 0.05 * x   # LayerNorm weight / bias
+    return 0.02 * x
+
+
+def apply_weight_rule(model: AVMAE) -> None:
+    """Set every state-dict entry except the sin-cos ``*pos_embed`` tables by ``rule_value``."""
+    state = model.state_dict()
+    load_official({k: v if k.endswith("pos_embed") else rule_value(k, v.shape)
+                   for k, v in state.items()}, model=model)
+
+
+def load_fixture(path: str | Path) -> dict:
+    """Read a fixture file (tensors only, ``weights_only=True``), checking its format tag."""
+    try:
+        fixture = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {path}: fixture file not found") from None
+    except Exception as e:
+        raise SystemExit(f"error: {path}: not a readable parity fixture ({type(e).__name__})") from None
+    if not isinstance(fixture, dict) or fixture.get("format") != FORMAT:
+        raise SystemExit(f"error: {path}: expected a parity fixture with format {FORMAT!r}")
+    return fixture
+
+
+def config_from_fixture(cfg: dict) -> AVMAEConfig:
+    """The ``AVMAEConfig`` a fixture's ``config`` describes (square image and patch sizes)."""
+    if cfg.get("decoder_arch", "plain") != "plain":
+        raise ValueError(f"decoder_arch {cfg['decoder_arch']!r}: only the plain decoder exists")
+    values = dict(cfg)
+    for key in ("image_size", "patch_size"):
+        side = values[key]
+        if isinstance(side, (list, tuple)):
+            if len(set(side)) != 1:
+                raise ValueError(f"{key} {side}: only square sizes are supported")
+            values[key] = side[0]
+    values["fusion_layers"] = str(values.get("fusion_layers", "all"))
+    names = {f.name for f in dataclasses.fields(AVMAEConfig)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    return AVMAEConfig(**values, image=ImageSpec(size=values["image_size"]))
+
+
+def max_errors(ours: Tensor, ref: Tensor) -> tuple[float, float]:
+    """(max |ours − ref|, that divided by max |ref|)."""
+    if ours.shape != ref.shape:
+        return float("inf"), float("inf")
+    diff = (ours.double() - ref.double()).abs().max().item() if ref.numel() else 0.0
+    scale = ref.double().abs().max().item() if ref.numel() else 0.0
+    return diff, diff / scale if scale else diff
+
+
+@torch.no_grad()
+def compute_outputs(model: AVMAE, fixture: dict) -> dict[str, Tensor]:
+    """Our values for every fixture output, flattened to dotted names (as in ``outputs``)."""
+    image, audio = fixture["inputs"]["image"], fixture["inputs"]["audio"]
+    masking = fixture["masking"]
+    masks = {m: {k: masking[f"{m}_{k}"] for k in ("ids_keep", "ids_restore", "mask")}
+             for m in ("image", "audio")}
+    last = fixture["meta"].get("layer_last_index", model.config.depth - 1)
+    out = {}
+    enc = model.encoder(image, audio, masks["image"]["ids_keep"], masks["audio"]["ids_keep"],
+                        return_layers=True)
+    full = model.encoder(image, audio, return_layers=True)
+    for name, e in (("encoder_masked", enc), ("encoder_full", full)):
+        for i, stream in enumerate(("image", "audio", "fusion")):
+            out[f"{name}.{stream}"] = getattr(e, stream)
+            out[f"{name}.layer_first.{stream}"] = e.layers[0][i]
+            out[f"{name}.layer_last.{stream}"] = e.layers[last][i]
+    result = model(image, audio, masks=masks)
+    for m in ("image", "audio"):
+        target = model.patchify(fixture["inputs"][m], m)
+        pred, mask = getattr(result, f"pred_{m}"), masks[m]["mask"]
+        out[f"target_{m}"] = target
+        out[f"pred_{m}"] = pred
+        out[f"loss_{m}"] = getattr(result, f"loss_{m}")
+        out[f"loss_{m}_other_normpix"] = model.forward_loss(target, pred, mask, not model.norm_pix_loss)
+    return out
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Tensor]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_fixture(path: str | Path, tolerance: float | None = None) -> dict:
+    """Build, apply the rule, run, compare. Returns the report (``ok``, errors per output)."""
+    fixture = load_fixture(path)
+    tol = float(tolerance if tolerance is not None else fixture.get("tolerance", TOLERANCE))
+    model = AVMAE(config_from_fixture(fixture["config"])).eval()
+    ours_keys = sorted([k, list(v.shape), str(v.dtype).removeprefix("torch.")]
+                       for k, v in model.state_dict().items())
+    apply_weight_rule(model)
+    ours = compute_outputs(model, fixture)
+    refs = _flatten(fixture["outputs"])
+    refs.update({f"pos_embed.{k}": v for k, v in fixture.get("pos_embed", {}).items()})
+    state = model.state_dict()
+    ours.update({f"pos_embed.{k}": state[k] for k in fixture.get("pos_embed", {})})
+    errors = {name: max_errors(ours[name], ref) if name in ours else (float("inf"),) * 2
+              for name, ref in refs.items()}
+    failed = sorted(n for n, (a, _) in errors.items() if a > (0.0 if n in EXACT else tol))
+    n_params = sum(p.numel() for p in model.parameters())
+    keys_match = ours_keys == [list(x) for x in fixture["state_dict_keys"]]
+    params_match = n_params == fixture["meta"].get("n_params", {}).get("avmae", n_params)
+    return {
+        "fixture": Path(path).name, "preset": fixture["config"].get("preset"),
+        "fusion_arch": model.config.fusion_arch, "batch": int(fixture["inputs"]["image"].shape[0]),
+        "ok": not failed and keys_match and params_match, "tolerance": tol, "failed": failed,
+        "state_dict_keys_match": keys_match, "n_params": n_params, "n_params_match": params_match,
+        "worst_abs": max((a for n, (a, _) in errors.items() if n not in EXACT), default=0.0),
+        "max_abs": {n: a for n, (a, _) in errors.items()},
+        "max_rel": {n: r for n, (_, r) in errors.items()},
+    }
+
+
+def register(subparsers) -> None:
+    model = subparsers.add_parser("model", help="model utilities (parity against the official code)")
+    sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+    p = sub.add_parser(
+        "parity", help="check numeric parity with official-code fixtures",
+        description="For each fixture: build the model its config describes, set the weights by "
+                    "the fixture's rule, run the masked and unmasked passes with its masks (fp32, "
+                    "CPU) and print one JSON line with the max abs/rel error of every output. "
+                    "Exits 1 when any error exceeds the tolerance (targets must be exact).")
+    p.add_argument("fixtures", nargs="+", metavar="FIXTURE", help="parity fixture .pt file(s)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help=f"max abs error allowed (default: the fixture's, else {TOLERANCE:g})")
+    p.set_defaults(func=_cmd_parity)
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    for path in args.fixtures:             # validate every file before the slow work
+        if not Path(path).is_file():
+            raise SystemExit(f"error: {path}: fixture file not found")
+    ok = True
+    for path in args.fixtures:
+        report = run_fixture(path, args.tolerance)
+        print(json.dumps(report), flush=True)
+        ok &= report["ok"]
+    return 0 if ok else 1

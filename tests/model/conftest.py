@@ -1,0 +1,32 @@
+"""Shared fixtures for the model tests: a seeded debug model and sample inputs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import build_avmae
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))
+PARITY_DIR = SHARED / "fixtures" / "parity"
+PARITY_FIXTURES = sorted(PARITY_DIR.glob("*.pt"))
+
+
+def debug_model(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return build_avmae("debug", **overrides)
+
+
+@pytest.fixture
+def model():
+    return debug_model()
+
+
+@pytest.fixture
+def inputs():
+    """(image [2, 3, 64, 64], audio [2, 1, 128, 192]) on the scale of real inputs."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(2, 3, 64, 64, generator=g), 2 * torch.randn(2, 1, 128, 192, generator=g) - 4

@@ -22,3 +22,11 @@ def shard_name(index: int) -> str:
 
 def frame_ext(index: int) -> str:
     return FRAME_EXT.format(index=index)
+
+JPEG_QUALITY = 90                   # stored frames (the preset records it)
+PROGRESS_DIR = ".progress"          # resume records of an unfinished build; removed when complete
+
+
+def progress_record(index: int) -> str:
+    """Completion record of shard ``index``: written right after its tar, before the next one."""
+    return f"{PROGRESS_DIR}/{shard_name(index)}.json"

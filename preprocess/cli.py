@@ -1,0 +1,163 @@
+"""``avfusion synth`` and ``avfusion shards {build,verify,inspect,merge}``.
+
+Handlers import their modules lazily so that ``avfusion --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from preprocess.pool import available_cores
+
+
+def register(subparsers) -> None:
+    _add_synth(subparsers)
+    shards = subparsers.add_parser(
+        "shards", help="build, verify, inspect and merge WebDataset shard sets",
+        description="Shard sets (docs/FORMAT.md): tar shards of log-mel + JPEG frames + "
+                    "metadata per clip, manifest.json, errors.jsonl. Local or s3:// "
+                    "(endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).")
+    sub = shards.add_subparsers(dest="shards_command", metavar="ACTION", required=True)
+    _add_build(sub)
+    _add_verify(sub)
+    _add_inspect(sub)
+    _add_merge(sub)
+
+
+def _add_synth(subparsers) -> None:
+    p = subparsers.add_parser(
+        "synth", help="write a synthetic labelled video corpus (MP4: H.264 + AAC)",
+        description="Synthetic videos whose picture and sound share a learnable class pattern "
+                    "(a coloured shape that pulses with a class-specific tone rhythm, plus "
+                    "random distractors), and labels.csv (path,label) next to them.")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--videos", type=int, required=True, help="number of videos")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each video (default 10)")
+    p.add_argument("--classes", type=int, default=4, help="number of classes (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=int, default=available_cores(),
+                   help="encoder processes (default: all available cores)")
+    p.set_defaults(func=_synth)
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser(
+        "build", help="decode videos into a shard set",
+        description="Decode INPUTs (files, directories scanned recursively, .txt/.csv lists "
+                    "with a 'path' and an optional 'label' column; local or s3://) with PyAV "
+                    "and write shards to DEST. Inputs that yield no sample are listed in "
+                    "errors.jsonl. Output bytes depend only on the inputs and options.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--out", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
+    p.add_argument("--preset", default="deepavfusion",
+                   help="audio front end: deepavfusion (log10 mel) or audiomae (Kaldi fbank)")
+    p.add_argument("--clip-seconds", type=float, default=10.0, help="clip length (default 10)")
+    p.add_argument("--min-clip-seconds", type=float, default=2.0,
+                   help="shortest final partial clip kept (default 2)")
+    p.add_argument("--frame-rate", type=float, default=1.0, help="stored frames per second (default 1)")
+    p.add_argument("--frame-size", type=int, default=256, help="frame short side (default 256)")
+    p.add_argument("--samples-per-shard", type=int, default=1000,
+                   help="samples per tar shard (default 1000)")
+    p.add_argument("--workers", type=int, default=available_cores(),
+                   help="decoder processes (default: all available cores)")
+    p.add_argument("--decode-threads", type=int, default=0,
+                   help="video decoder threads per worker (default 0: available cores / workers)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="wall-clock seconds per video before its worker is killed (default 300)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted build: redo only shards without a completion record")
+    p.add_argument("--part-index", type=int, default=None,
+                   help="build only this slice of the sorted inputs (default: $JOB_COMPLETION_INDEX "
+                        "when --num-parts > 1)")
+    p.add_argument("--num-parts", type=int, default=1, help="number of slices (default 1)")
+    p.set_defaults(func=_build)
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="check a shard set completely (exit 1 on any mismatch)",
+                       description="Check counts, sizes and sha256 of every shard, that every "
+                                   "sample decodes, and that mel shapes/dtype and frame sizes "
+                                   "match the preset in the manifest.")
+    p.add_argument("dest", metavar="DEST")
+    p.set_defaults(func=_verify)
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="show a shard set's metadata or one sample",
+                       description="Print the manifest summary, or one sample's metadata; "
+                                   "--png draws its frames above its spectrogram.")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("--sample", metavar="KEY", help="sample key (default: the first sample)")
+    p.add_argument("--png", metavar="FILE", help="write a picture of the sample to FILE")
+    p.set_defaults(func=_inspect)
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser(
+        "merge", help="combine separately built shard sets into one",
+        description="Copy the shards of each PART (in the order given) into DEST, renumbered, "
+                    "with one manifest: counts and checksums kept, errors.jsonl concatenated, "
+                    "label maps reconciled (label_index rewritten where they differ).")
+    p.add_argument("parts", nargs="+", metavar="PART")
+    p.add_argument("--out", required=True, metavar="DEST")
+    p.set_defaults(func=_merge)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from preprocess.synth import synth
+    if args.videos < 1 or args.classes < 1 or not args.seconds >= 1 or args.workers < 1:
+        raise SystemExit("error: --videos, --classes and --workers must be >= 1 and --seconds >= 1")
+    synth(args.out, args.videos, args.seconds, args.classes, args.seed, args.workers)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from preprocess.build import BuildConfig, build
+    from preprocess.options import SampleOptions
+    opts = SampleOptions(args.preset, args.clip_seconds, args.min_clip_seconds,
+                         args.frame_rate, args.frame_size)
+    part = args.part_index
+    if part is None:
+        part = int(os.environ.get("JOB_COMPLETION_INDEX", "0")) if args.num_parts > 1 else 0
+    problems = opts.problems()
+    for name, value, ok in (("--samples-per-shard", args.samples_per_shard, args.samples_per_shard >= 1),
+                            ("--workers", args.workers, args.workers >= 1),
+                            ("--timeout", args.timeout, args.timeout > 0),
+                            ("--decode-threads", args.decode_threads, args.decode_threads >= 0),
+                            ("--num-parts", args.num_parts, args.num_parts >= 1),
+                            ("--part-index", part, 0 <= part < args.num_parts)):
+        if not ok:
+            problems.append(f"{name}: unusable value {value}")
+    if problems:
+        raise SystemExit(f"error: {problems[0]}")
+    manifest = build(BuildConfig(tuple(args.inputs), args.out, opts, args.samples_per_shard,
+                                 args.workers, args.timeout, args.decode_threads, args.resume,
+                                 part, args.num_parts))
+    if manifest is not None:
+        print(f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards, "
+              f"{manifest['num_failed']} inputs failed (errors.jsonl)", file=sys.stderr)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from preprocess.verify import verify
+    problems, summary = verify(args.dest)
+    for line in problems[:50]:
+        print(f"MISMATCH {line}")
+    print(summary)
+    return 1 if problems else 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from preprocess.preview import inspect
+    print(inspect(args.dest, args.sample, args.png))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from preprocess.merge import merge
+    manifest = merge(args.parts, args.out)
+    print(f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards "
+          f"from {len(args.parts)} parts", file=sys.stderr)
+    return 0

@@ -1,0 +1,118 @@
+"""INPUT arguments → a sorted, de-duplicated list of sources (and labels).
+
+An INPUT is a media file, a directory (scanned recursively), or a ``.txt`` / ``.csv`` list;
+each may be local or an fsspec URL (``s3://bucket/key``). Lists hold one path or URL per line
+(``.txt``; blank lines and ``#`` comments skipped) or a CSV with a header naming a ``path``
+(or ``url``) column and an optional ``label`` column; relative entries are resolved against the
+list's own location.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+
+import fsspec
+
+from preprocess.storage import is_url
+
+LIST_SUFFIXES = (".txt", ".csv")
+# Side files skipped when scanning directories (lists, metadata, docs next to the videos).
+SKIP_SUFFIXES = LIST_SUFFIXES + (".json", ".jsonl", ".md")
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str                      # as given / discovered: local path or URL
+    label: str | None = None
+
+
+def collect_sources(inputs: list[str]) -> list[Source]:
+    """Expand INPUT arguments; sorted by path, duplicates merged. ``SystemExit`` if unusable."""
+    found: dict[str, Source] = {}
+    for arg in inputs:
+        for src in _expand(arg):
+            old = found.setdefault(src.path, src)
+            if old.label != src.label and src.label is not None:
+                if old.label is not None:
+                    raise SystemExit(f"error: {src.path}: listed with two labels "
+                                     f"({old.label!r} and {src.label!r})")
+                found[src.path] = src
+    if not found:
+        raise SystemExit(f"error: no inputs found in {' '.join(inputs)}")
+    return [found[p] for p in sorted(found)]
+
+
+def label_names(sources: list[Source]) -> list[str]:
+    """Sorted label names; ``label_index`` indexes this list."""
+    return sorted({s.label for s in sources if s.label is not None})
+
+
+def select_part(sources: list[Source], index: int, num_parts: int) -> list[Source]:
+    """Contiguous block ``index`` of ``num_parts`` of the sorted sources (Indexed Job slice)."""
+    n = len(sources)
+    return sources[index * n // num_parts:(index + 1) * n // num_parts]
+
+
+def source_id(path: str) -> str:
+    """``<readable stem>-<hash of the path>``: unique per path, no dots (WebDataset keys)."""
+    stem = posixpath.basename(path.rstrip("/")).rsplit(".", 1)[0]
+    stem = re.sub(r"[^A-Za-z0-9-]+", "-", stem).strip("-")[:48] or "src"
+    return f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
+
+
+def _expand(arg: str) -> list[Source]:
+    fs, root = fsspec.core.url_to_fs(arg)
+    try:
+        exists, isdir = fs.exists(root), fs.isdir(root)
+    except OSError as e:
+        raise SystemExit(f"error: input {arg}: cannot be read ({e})") from None
+    if not exists:
+        raise SystemExit(f"error: input {arg}: no such file or directory")
+    if isdir:
+        return [Source(p) for p in _scan(fs, arg, root)]
+    if arg.lower().endswith(LIST_SUFFIXES):
+        return _read_list(arg, fs.cat_file(root).decode("utf-8-sig"))
+    return [Source(_normalise(arg))]
+
+
+def _scan(fs, arg: str, root: str) -> list[str]:
+    if is_url(arg):
+        paths = [fs.unstrip_protocol(p) for p in fs.find(root)]
+    else:
+        paths = [os.path.join(d, f) for d, _, files in os.walk(arg) for f in files]
+    return [_normalise(p) for p in paths
+            if not posixpath.basename(p).startswith(".")
+            and not p.lower().endswith(SKIP_SUFFIXES)]
+
+
+def _read_list(arg: str, text: str) -> list[Source]:
+    if arg.lower().endswith(".txt"):
+        rows = [(line.strip(), None) for line in text.splitlines()]
+        rows = [r for r in rows if r[0] and not r[0].startswith("#")]
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        fields = [f.strip() for f in reader.fieldnames or []]
+        col = next((c for c in ("path", "url") if c in fields), None)
+        if col is None:
+            raise SystemExit(f"error: {arg}: expected a CSV header with a 'path' column "
+                             f"(got: {', '.join(fields) or 'nothing'})")
+        rows = [((r.get(col) or "").strip(), (r.get("label") or "").strip() or None)
+                for r in ({k.strip(): v for k, v in r.items() if k} for r in reader)]
+        rows = [r for r in rows if r[0]]
+    base = posixpath.dirname(arg) if is_url(arg) else os.path.dirname(arg)
+    return [Source(_resolve(base, p), label) for p, label in rows]
+
+
+def _resolve(base: str, entry: str) -> str:
+    if is_url(entry) or os.path.isabs(entry):
+        return _normalise(entry)
+    return _normalise(posixpath.join(base, entry) if is_url(base) else os.path.join(base, entry))
+
+
+def _normalise(path: str) -> str:
+    return path if is_url(path) else os.path.normpath(path)

@@ -1,0 +1,76 @@
+"""One input → its samples (the work a build worker does for one video).
+
+Steps: decode audio (channel mean, native rate) → resample to the preset rate → decode video,
+picking and encoding the frames nearest the frame targets → clip layout on the decoded
+audio/video overlap → per clip: log-mel of the whole clip, JPEG frames, metadata.
+"""
+from __future__ import annotations
+
+import json
+
+from model.presets import get_frontend
+from preprocess import format as fmt
+from preprocess.clips import EPS, clip_spans, frame_offsets, frame_targets
+from preprocess.decode import MediaError, MediaFile, decode_audio, decode_video
+from preprocess.features import encode_frame, log_mel, npy_bytes, resample
+from preprocess.options import Sample, SampleOptions, Task
+from preprocess.pool import Failure
+
+
+def run_task(opts: SampleOptions, threads: int, task: Task) -> list[Sample] | Failure:
+    """Build-worker entry: the input's samples, or a ``Failure`` with its stage and reason."""
+    try:
+        return make_samples(task, opts, threads)
+    except MediaError as e:
+        return Failure(e.stage, str(e))
+
+
+def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[Sample]:
+    """All samples of one input, in clip order; ``MediaError`` when it yields none."""
+    fe = get_frontend(opts.preset)
+    media = MediaFile(task.path)
+    audio = decode_audio(media)
+    if audio.end - audio.start < opts.min_clip_seconds - EPS:
+        raise _short(audio.end - audio.start, opts)
+    wave = resample(audio.wave, audio.rate, fe.sample_rate)
+
+    def targets(video_start: float):
+        return frame_targets(max(video_start, audio.start), audio.end, opts.clip_seconds,
+                             opts.min_clip_seconds, opts.frame_rate)
+
+    video = decode_video(
+        media, targets, stop_at=audio.end, threads=threads,
+        encode=lambda f, sar: encode_frame(f, opts.frame_size, opts.jpeg_quality, sar))
+    start, end = max(audio.start, video.start), min(audio.end, video.end)
+    samples = []
+    for k, (clip_start, duration) in enumerate(
+            clip_spans(start, end, opts.clip_seconds, opts.min_clip_seconds)):
+        i0 = round((clip_start - audio.start) * fe.sample_rate)
+        clip = wave[i0:i0 + round(duration * fe.sample_rate)]
+        seconds = len(clip) / fe.sample_rate
+        picks = [video.picks.get((k, i)) for i in range(len(frame_offsets(seconds, opts.frame_rate)))]
+        frames = [p for p in picks if p is not None and p[0] - clip_start < seconds]
+        if frames:     # NOTE: a clip without any video frame inside it (a gap) is skipped
+            samples.append(_sample(task, k, clip_start, seconds, frames, log_mel(clip, fe), fe))
+    if not samples:
+        raise _short(max(0.0, end - start), opts)
+    return samples
+
+
+def _sample(task: Task, k: int, clip_start: float, seconds: float,
+            frames: list[tuple[float, bytes]], mel, fe) -> Sample:
+    meta = {"source": task.path, "source_id": task.source_id, "clip_index": k,
+            "clip_start": round(clip_start, 6), "clip_seconds": seconds,
+            "frame_times": [round(t - clip_start, 6) for t, _ in frames],
+            "sample_rate": fe.sample_rate, "mel_fps": fe.frames_per_second,
+            "n_frames": len(frames)}
+    if task.label is not None:
+        meta.update(label=task.label, label_index=task.label_index)
+    members = [(fmt.META_EXT, json.dumps(meta).encode()), (fmt.MEL_EXT, npy_bytes(mel))]
+    members += [(fmt.frame_ext(i), jpeg) for i, (_, jpeg) in enumerate(frames)]
+    return f"{task.source_id}_{k}", members
+
+
+def _short(overlap: float, opts: SampleOptions) -> MediaError:
+    return MediaError("overlap", f"audio-video overlap {overlap:.2f} s is shorter than "
+                                 f"{opts.min_clip_seconds:g} s")

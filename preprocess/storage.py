@@ -1,0 +1,112 @@
+"""A shard-set location — local directory or any fsspec URL (``s3://bucket/prefix``).
+
+Writes are atomic: locally a temporary name in the same directory, fsync, then rename; on
+object stores the object appears only when its upload completes (multipart uploads are aborted
+on error). S3 endpoint and credentials come from the standard AWS environment variables
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), read by botocore.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+TMP_MARK = ".tmp-"
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+class Store:
+    """Files of one shard set, addressed by names relative to its root (``a/b.json``)."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/") or url
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.local = isinstance(self.fs, LocalFileSystem)
+
+    def path(self, name: str) -> str:
+        return posixpath.join(self.root, name) if not self.local else os.path.join(self.root, name)
+
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self.path(name))
+
+    def size(self, name: str) -> int:
+        return int(self.fs.size(self.path(name)))
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.fs.cat_file(self.path(name))
+
+    def open_read(self, name: str) -> IO[bytes]:
+        return self.fs.open(self.path(name), "rb")
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names (relative to the root) of all files under ``prefix``, sorted."""
+        base = self.path(prefix) if prefix else self.root
+        if not self.fs.exists(base):
+            return []
+        root = self.root.rstrip("/")
+        return sorted(p[len(root) + 1:] for p in self.fs.find(base))
+
+    def remove(self, name: str) -> None:
+        """Delete a file, or a folder with everything under it."""
+        if self.exists(name):
+            self.fs.rm(self.path(name), recursive=True)
+
+    @contextmanager
+    def open_atomic(self, name: str) -> Iterator[IO[bytes]]:
+        """Write ``name`` so that readers see either nothing (or the old file) or all of it."""
+        final = self.path(name)
+        if self.local:
+            os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
+            tmp = f"{final}{TMP_MARK}{os.getpid()}"
+            try:
+                with open(tmp, "wb") as f:
+                    yield f
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, final)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            return
+        f = self.fs.open(final, "wb")
+        try:
+            yield f
+        except BaseException:
+            discard = getattr(f, "discard", None)
+            if discard is not None:
+                discard()
+            raise
+        f.close()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        with self.open_atomic(name) as f:
+            f.write(data)
+
+    def remove_temporaries(self) -> None:
+        """Delete leftovers of writes interrupted by a crash (local sets only have them)."""
+        for name in self.list():
+            if TMP_MARK in posixpath.basename(name):
+                self.remove(name)
+
+    def check_writable(self) -> None:
+        """Create the root if needed and prove it accepts writes; ``SystemExit`` otherwise."""
+        probe = f".write-test{TMP_MARK}{os.getpid()}"
+        try:
+            if self.local:
+                os.makedirs(self.root, exist_ok=True)
+            self.write_bytes(probe, b"")
+            self.remove(probe)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: {self.url}: destination is not writable ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__

@@ -1,0 +1,132 @@
+"""``avfusion shards verify``: a complete check of a shard set against its manifest."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from model.presets import AudioFrontend
+from preprocess import format as fmt
+from preprocess.options import Sample
+from preprocess.shards import read_errors, read_manifest, read_samples
+from preprocess.storage import Store
+
+
+class _HashingReader:
+    """Read-only wrapper hashing everything read, so a shard is read once for both checks."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def verify(url: str, threads: int = 4) -> tuple[list[str], str]:
+    """``(problems, summary)``: every shard's size, sha256 and count; every sample decodes and
+    matches the preset; errors.jsonl matches ``num_failed``."""
+    store = Store(url)
+    manifest = read_manifest(store)
+    problems: list[str] = []
+    keys: set[str] = set()
+    check = _SampleCheck(manifest)
+    with ThreadPoolExecutor(threads) as pool:
+        results = pool.map(lambda e: _verify_shard(store, e, check), manifest["shards"])
+        for shard_problems, shard_keys in tqdm(results, total=len(manifest["shards"]),
+                                               unit="shard", desc="verify", disable=None):
+            problems += shard_problems
+            problems += [f"{k}: key appears twice in the set" for k in keys.intersection(shard_keys)]
+            keys.update(shard_keys)
+    total = sum(s["num_samples"] for s in manifest["shards"])
+    if total != manifest["num_samples"] or len(keys) != total:
+        problems.append(f"{fmt.MANIFEST}: num_samples {manifest['num_samples']}, shard entries sum "
+                        f"to {total}, {len(keys)} distinct samples found")
+    errors = read_errors(store)
+    if len(errors) != manifest["num_failed"] or any(set(e) < {"source", "stage", "error"} for e in errors):
+        problems.append(f"{fmt.ERRORS}: {len(errors)} lines, manifest num_failed "
+                        f"{manifest['num_failed']} (each line needs source, stage, error)")
+    state = "FAILED" if problems else "OK"
+    return problems, (f"{state}: {url}: {len(keys)} samples in {len(manifest['shards'])} shards, "
+                      f"{manifest['num_failed']} failed inputs, {len(problems)} problems")
+
+
+def _verify_shard(store: Store, entry: dict, check: _SampleCheck) -> tuple[list[str], list[str]]:
+    name, problems, keys = entry["name"], [], []
+    try:
+        with store.open_read(name) as f:
+            reader = _HashingReader(f)
+            for sample in read_samples(reader):
+                keys.append(sample[0])
+                problems += [f"{name}: {sample[0]}: {p}" for p in check(sample)]
+            reader.drain()
+    except Exception as e:             # I/O errors, corrupt tar (tarfile raises many kinds)
+        return [f"{name}: unreadable ({type(e).__name__}: {e})"], keys
+    for what, got, want in (("bytes", reader.bytes, entry["bytes"]),
+                            ("sha256", reader.sha.hexdigest(), entry["sha256"]),
+                            ("num_samples", len(keys), entry["num_samples"])):
+        if got != want:
+            problems.append(f"{name}: {what} {got}, manifest says {want}")
+    return problems, keys
+
+
+class _SampleCheck:
+    """One sample against the manifest's preset and label list."""
+
+    def __init__(self, manifest: dict):
+        self.fe = AudioFrontend(**manifest["preset"]["audio"])
+        self.frame_size = manifest["preset"]["frame_size"]
+        self.labels = manifest.get("labels", [])
+
+    def __call__(self, sample: Sample) -> list[str]:
+        key, members = sample
+        files = dict(members)
+        try:
+            meta = json.loads(files[fmt.META_EXT])
+            mel = np.load(io.BytesIO(files[fmt.MEL_EXT]), allow_pickle=False)
+        except (KeyError, ValueError) as e:
+            return [f"missing or undecodable json/mel ({type(e).__name__}: {e})"]
+        out = []
+        want = (self.fe.n_mels, self.fe.clip_frames(meta["clip_seconds"]))
+        if mel.dtype != np.float16 or mel.shape != want or not np.isfinite(mel).all():
+            out.append(f"mel {mel.dtype}{list(mel.shape)}, expected float16{list(want)} finite")
+        if key != f"{meta.get('source_id')}_{meta.get('clip_index')}":
+            out.append("key does not match source_id/clip_index")
+        times = meta.get("frame_times", [])
+        frames = [files.get(fmt.frame_ext(i)) for i in range(meta.get("n_frames", -1))]
+        if not frames or len(times) != len(frames) or len(files) != 2 + len(frames) or None in frames:
+            out.append(f"n_frames {meta.get('n_frames')}, {len(times)} frame_times, "
+                       f"{len(files) - 2} other members")
+        if any(not 0 <= t < meta["clip_seconds"] for t in times):
+            out.append(f"frame_times outside [0, {meta['clip_seconds']}): {times}")
+        out += [p for i, jpg in enumerate(frames) if jpg is not None
+                for p in self._jpeg(fmt.frame_ext(i), jpg)]
+        if "label" in meta and (meta.get("label_index") is None
+                                or not 0 <= meta["label_index"] < len(self.labels)
+                                or self.labels[meta["label_index"]] != meta["label"]):
+            out.append(f"label {meta['label']!r} / label_index {meta.get('label_index')} "
+                       f"disagree with the manifest's labels")
+        return out
+
+    def _jpeg(self, name: str, data: bytes) -> list[str]:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                size, kind = im.size, im.format
+        except Exception as e:                             # PIL raises many kinds
+            return [f"{name}: undecodable ({type(e).__name__})"]
+        if kind != "JPEG" or min(size) != self.frame_size:
+            return [f"{name}: {kind} {size[0]}x{size[1]}, expected JPEG short side {self.frame_size}"]
+        return []

@@ -1,0 +1,17 @@
+"""Fixtures shared by all test packages."""
+from __future__ import annotations
+
+import pytest
+
+from tests.s3server import S3Server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real ``rclone serve s3`` process on 127.0.0.1 for the whole session.
+
+    ``s3_server.env`` are the AWS variables clients need; ``s3_server.make_bucket(name)``
+    returns ``s3://name``. Set the variables with ``monkeypatch.setenv`` for in-process use.
+    """
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server

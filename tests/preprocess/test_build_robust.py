@@ -1,0 +1,125 @@
+"""Unusable arguments, a wedged input, rotation metadata, the audiomae preset."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+
+import av
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchaudio.compliance import kaldi
+
+from pipeline.cli import main
+from preprocess.decode import MediaFile, decode_audio
+from preprocess.features import resample
+
+from .conftest import MEDIA, cli, load_set, mel, meta
+
+SMALL = MEDIA / "typical" / "ok_faststart.mp4"          # 5.28 s, 1 sample
+
+
+@pytest.mark.parametrize("args, words", [
+    (["{empty}"], "no inputs found"),
+    (["{missing}"], "no such file or directory"),
+    (["{small}", "--preset", "wav2vec"], "unknown audio preset"),
+    (["{small}", "--clip-seconds", "0"], "--clip-seconds"),
+    (["{small}", "--min-clip-seconds", "20"], "--min-clip-seconds"),
+    (["{small}", "--workers", "0"], "--workers"),
+    (["{small}", "--frame-size", "8"], "--frame-size"),
+    (["{small}", "--num-parts", "2", "--part-index", "2"], "--part-index"),
+    (["{small}", "--out-is-under-a-file"], "not writable"),
+])
+def test_unusable_arguments_fail_with_one_line_before_any_work(tmp_path, args, words):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "out"
+    if "--out-is-under-a-file" in args:
+        args, out = args[:-1], tmp_path / "file" / "out"
+    subs = {"{empty}": tmp_path / "empty", "{missing}": tmp_path / "nope.mp4", "{small}": SMALL}
+    argv = ["shards", "build", *[str(subs.get(a, a)) for a in args], "--out", str(out)]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message and words in message
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_wedged_input_times_out_and_the_build_goes_on(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    os.mkfifo(videos / "wedged.mp4")                     # open() blocks forever: a real hang
+    os.symlink(SMALL, videos / "good.mp4")
+    out = tmp_path / "out"
+    cli("shards", "build", videos, "--out", out, "--workers", "2", "--timeout", "5")
+    manifest, errors, samples = load_set(out)
+    assert [(os.path.basename(e["source"]), e["stage"]) for e in errors] == [("wedged.mp4", "timeout")]
+    assert manifest["num_samples"] == len(samples) == 1
+
+
+def _rotated_video(path, rotation: int) -> None:
+    """320x240 picture, red top-left quadrant, stored with a display rotation; 3 s of tone."""
+    rgb = np.zeros((240, 320, 3), np.uint8)
+    rgb[:120, :160] = (255, 0, 0)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 320, 240, "yuv420p"
+        v.set_display_rotation(rotation)
+        a = c.add_stream("aac", rate=16000, layout="mono")
+        for i in range(30):
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            f.pts = i
+            c.mux(v.encode(f))
+        tone = (0.3 * np.sin(np.arange(48000) / 16000 * 2 * np.pi * 440)).astype(np.float32)
+        for i in range(0, 48000, 1024):
+            f = av.AudioFrame.from_ndarray(tone[None, i:i + 1024], format="flt", layout="mono")
+            f.sample_rate, f.pts = 16000, i
+            c.mux(a.encode(f))
+        c.mux(v.encode())
+        c.mux(a.encode())
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_rotated_video_is_stored_upright_like_ffmpeg_shows_it(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for r in (90, -90):
+        _rotated_video(videos / f"rot{r}.mp4", r)
+    cli("shards", "build", videos, "--out", tmp_path / "out", "--workers", "1")
+    _, errors, samples = load_set(tmp_path / "out")
+    assert not errors and len(samples) == 2
+    for sample in samples.values():
+        src = meta(sample)["source"]
+        png = tmp_path / "ffmpeg.png"                    # ffmpeg applies the display matrix
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", src,
+                        "-frames:v", "1", str(png)], check=True)
+        want = Image.open(png).convert("RGB")
+        got = Image.open(io.BytesIO(sample["f00.jpg"])).convert("RGB")
+        assert got.size == (256, 341) and want.size == (240, 320)
+        want = np.asarray(want.resize(got.size), np.float32)
+        assert np.abs(np.asarray(got, np.float32) - want).mean() < 8, src
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_audiomae_preset_stores_kaldi_fbank(tmp_path):
+    cli("shards", "build", SMALL, "--out", tmp_path / "out", "--preset", "audiomae",
+             "--workers", "1")
+    manifest, _, samples = load_set(tmp_path / "out")
+    assert manifest["preset"]["audio"]["name"] == "audiomae"
+    (sample,) = samples.values()
+    audio = decode_audio(MediaFile(str(SMALL)))
+    n = round(meta(sample)["clip_seconds"] * 16000)
+    wave = torch.from_numpy(resample(audio.wave, audio.rate, 16000)[:n])
+    ref = kaldi.fbank((wave - wave.mean())[None], htk_compat=True, sample_frequency=16000,
+                      use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0,
+                      frame_length=25, frame_shift=10).T.numpy()  # Kaldi defaults: 20 Hz .. Nyquist
+    stored = mel(sample)
+    assert stored.shape == ref.shape == (128, 1 + (n - 400) // 160)
+    np.testing.assert_allclose(stored.astype(np.float32), ref, atol=2e-2, rtol=2e-3)

@@ -1,0 +1,104 @@
+"""The synthetic corpus carries its class in picture and sound; verify catches damage;
+inspect draws a sample."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from preprocess.synth import SAMPLE_RATE, class_pattern, synth
+
+from .conftest import cli, load_set
+
+CLASSES = 3
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    synth(str(out), videos=6, seconds=3.0, classes=CLASSES, seed=7, workers=2)
+    return out
+
+
+def _signature(path) -> tuple[float, float, float]:
+    """(hue of the most saturated pixels, dominant tone in Hz, correlation between the
+    saturated area per frame and the loudness of the frame's tenth of a second)."""
+    with av.open(str(path)) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    with av.open(str(path)) as c:
+        wave = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    hsv = np.array(Image.fromarray(frames.reshape(-1, frames.shape[2], 3)).convert("HSV"))
+    saturated = (hsv[..., 1] > 150) & (hsv[..., 2] > 200)    # background is dark, distractors grey
+    angle = hsv[..., 0][saturated] / 255 * 2 * np.pi
+    hue = float(np.arctan2(np.sin(angle).mean(), np.cos(angle).mean()) / (2 * np.pi)) % 1.0
+    spectrum = np.abs(np.fft.rfft(wave))
+    tone = float(np.argmax(spectrum[50:]) + 50) * SAMPLE_RATE / len(wave)
+    area = saturated.reshape(len(frames), -1).sum(axis=1)
+    loud = [np.abs(wave[i * SAMPLE_RATE // 10:(i + 1) * SAMPLE_RATE // 10]).mean() for i in range(len(frames))]
+    return hue, tone, float(np.corrcoef(area, loud)[0, 1])
+
+
+def test_synth_writes_labelled_decodable_videos(corpus):
+    with open(corpus / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["label"] for r in rows] == [f"class{i % CLASSES:02d}" for i in range(6)]
+    for row in rows:
+        with av.open(str(corpus / row["path"])) as c:
+            v, a = c.streams.video[0], c.streams.audio[0]
+            assert (v.codec_context.name, v.width, v.height) == ("h264", 320, 240)
+            assert (a.codec_context.name, a.sample_rate) == ("aac", SAMPLE_RATE)
+            assert sum(1 for _ in c.decode(v)) == 30
+
+
+def test_class_is_visible_audible_and_synchronous(corpus):
+    with open(corpus / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        k = int(row["label"][-2:])
+        hue, tone, sync = _signature(corpus / row["path"])
+        hues = [class_pattern(j, CLASSES)["hue"] for j in range(CLASSES)]
+        tones = [class_pattern(j, CLASSES)["tone_hz"] for j in range(CLASSES)]
+        assert int(np.argmin([min(abs(hue - h), 1 - abs(hue - h)) for h in hues])) == k, row
+        assert int(np.argmin([abs(np.log(tone / t)) for t in tones])) == k, (row, tone)
+        assert sync > 0.5, (row, sync)                 # the shape grows while the tone sounds
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_labels_flow_into_the_shards(corpus, tmp_path):
+    cli("shards", "build", corpus / "labels.csv", "--out", tmp_path / "set", "--workers", "2")
+    manifest, errors, samples = load_set(tmp_path / "set")
+    assert not errors and manifest["labels"] == [f"class{k:02d}" for k in range(CLASSES)]
+    assert sorted(json.loads(s["json"])["label_index"] for s in samples.values()) == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.slow
+def test_verify_reports_damage_and_inspect_draws(media_build, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(media_build, damaged)
+    shard = damaged / "shard-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    errors = (damaged / "errors.jsonl").read_text().splitlines()
+    (damaged / "errors.jsonl").write_text("\n".join(errors[1:]) + "\n")
+    cli("shards", "verify", damaged, expect=1)
+    report = capsys.readouterr().out
+    assert "shard-000001.tar: sha256" in report and "errors.jsonl" in report
+    assert "shard-000000.tar" not in report
+
+    manifest, _, samples = load_set(media_build)
+    key = next(k for k, s in samples.items() if json.loads(s["json"])["n_frames"] == 10)
+    cli("shards", "inspect", media_build, "--sample", key, "--png", tmp_path / "s.png")
+    assert key in capsys.readouterr().out
+    frame = Image.open(io.BytesIO(samples[key]["f00.jpg"]))
+    picture = Image.open(tmp_path / "s.png")
+    assert picture.size == (10 * round(frame.width * 128 / frame.height), 128 + 256)
+    with pytest.raises(SystemExit, match="no sample with key 'nope'"):
+        cli("shards", "inspect", media_build, "--sample", "nope")

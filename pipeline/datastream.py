@@ -1,0 +1,200 @@
+"""One loader stream (a rank's worker): raw samples in plan order → augmented batches.
+
+The stream's entries and their emission order come from :class:`pipeline.epochplan.EpochPlan`.
+Its position is a **cursor** counting emitted entries (skipped ones included); past the end of
+the plan the cursor wraps into a refill pass that re-emits the stream's first entries — used
+only when skipped samples left the stream short of its batch quota (counted as ``refilled``).
+Every sample's random draws come from an RNG seeded by (seed, epoch, rank, stream, cursor),
+so a stream restarted at a cursor reproduces the uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import random
+import resource
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.augment import Augment, SampleError
+from pipeline.epochplan import EpochPlan, mix_seed
+from pipeline.shardio import ShardStore
+from pipeline.tario import CorruptShard
+
+STAGES = ("shard", "meta", "audio", "image")   # error counts: samples skipped per stage
+MIN_RATE_SAMPLES = 100                         # the error rate is judged on ≥ this many samples
+
+
+class DataError(RuntimeError):
+    """Too many samples failed (``data.max_error_rate``) or a stream has no usable sample."""
+
+
+def check_error_rate(errors: Counter, good: int, max_rate: float, last_error: str) -> None:
+    bad = sum(errors.values())
+    if bad > max_rate * max(bad + good, MIN_RATE_SAMPLES):
+        stages = ", ".join(f"{k} {v}" for k, v in errors.items() if v)
+        raise DataError(f"data: {bad} of {bad + good} samples failed ({stages}), more than "
+                        f"data.max_error_rate={max_rate:g}; last error: {last_error}")
+
+
+class StreamReader:
+    """Raw samples of one stream, fetched lazily: ``take(i)`` reads forward until entry i is in.
+
+    Shards are visited once, in plan order; only wanted entries are kept (at most the shuffle
+    buffer's worth at a time); samples never wanted are skipped inside the tar without copying.
+    """
+
+    def __init__(self, store: ShardStore, positions: list[tuple[int, int]], needed: list[int]):
+        self.store = store
+        self.by_shard: dict[int, dict[int, list[int]]] = {}
+        for i in sorted(needed):
+            shard, idx = positions[i]
+            self.by_shard.setdefault(shard, {}).setdefault(idx, []).append(i)
+        self.shards = iter(list(self.by_shard))
+        self.captured: dict[int, dict] = {}
+        self.lost: set[int] = set()
+        self.current = None
+        self.last_error = ""
+
+    def take(self, i: int) -> dict | None:
+        """Raw sample of entry ``i``, or None when its shard is corrupt or truncated."""
+        while i not in self.captured and i not in self.lost:
+            self._advance()
+        if i in self.captured:
+            return self.captured.pop(i)
+        self.lost.discard(i)
+        return None
+
+    def _advance(self) -> None:
+        if self.current is None:
+            self.shard = next(self.shards)
+            self.pending = self.by_shard.pop(self.shard)
+            self.current = self.store.samples(self.shard, set(self.pending))
+        try:
+            idx, sample = next(self.current)
+            for i in self.pending.pop(idx):
+                self.captured[i] = sample
+            return
+        except StopIteration:
+            if self.pending:
+                self.last_error = (f"{self.store.url(self.shard)}: ends before sample "
+                                   f"{min(self.pending)} (the manifest lists more)")
+        except CorruptShard as e:
+            self.last_error = str(e)
+        for entries in self.pending.values():       # the rest of this shard is unreadable
+            self.lost.update(entries)
+        self.current = None
+
+
+def stream_entries(store: ShardStore, positions: list, order: list[int], cursor: int,
+                   dead: set[int]) -> Iterator[tuple[int, int, dict | None, str | None]]:
+    """(cursor, entry, raw sample, loss message) from ``cursor`` on, wrapping into refill passes.
+
+    ``raw`` is None when the entry's shard is unreadable there (``loss`` says why) or when the
+    entry is in ``dead`` (failed earlier in this process; ``loss`` None: not read, not recounted).
+    """
+    n = len(order)
+    while True:
+        todo = order[cursor % n:]
+        reader = StreamReader(store, positions, [i for i in todo if i not in dead])
+        for i in todo:
+            raw = None if i in dead else reader.take(i)
+            yield cursor, i, raw, (reader.last_error if raw is None and i not in dead else None)
+            cursor += 1
+
+
+@dataclass
+class StreamSpec:
+    """Everything a worker needs to produce its batches (picklable)."""
+
+    root: str
+    shards: list[dict]
+    plan: EpochPlan
+    augment: Augment
+    rank: int
+    labels: bool
+    max_error_rate: float
+    retries: int
+    cache_dir: str | None
+    cache_limit_gb: float
+
+    def store(self) -> ShardStore:
+        return ShardStore(self.root, self.shards, retries=self.retries,
+                          cache_dir=self.cache_dir, cache_limit_gb=self.cache_limit_gb)
+
+
+@dataclass
+class Tally:
+    """Skipped samples per stage: ``total`` for this worker, ``batch`` since the last batch."""
+
+    total: Counter = field(default_factory=Counter)
+    batch: Counter = field(default_factory=Counter)
+    last_error: str = ""
+
+    def add(self, stage: str, message: str) -> None:
+        self.total[stage] += 1
+        self.batch[stage] += 1
+        self.last_error = message
+
+
+def usable_samples(spec: StreamSpec, epoch: int, stream: int, cursor: int,
+                   tally: Tally) -> Iterator[tuple[int, str, tuple, bool]]:
+    """(cursor after it, key, augmented item, is a refill) for each usable sample of a stream;
+    failures are skipped and tallied, never replaced."""
+    plan = spec.plan
+    positions = plan.stream_positions(epoch, spec.rank, stream)
+    order = plan.stream_order(epoch, spec.rank, stream)
+    dead: set[int] = set()
+    good = since_good = 0
+    for position, entry, raw, loss in stream_entries(spec.store(), positions, order, cursor, dead):
+        since_good += 1
+        if since_good > len(order):
+            raise DataError(f"data: no usable sample in a whole pass of stream {stream} of rank "
+                            f"{spec.rank}; last error: {tally.last_error}")
+        if raw is None and loss is None:
+            continue                                     # failed in an earlier pass
+        try:
+            if raw is None:
+                raise SampleError("shard", loss)
+            rng = random.Random(mix_seed(plan.seed, epoch, spec.rank, stream, position)) if plan.shuffle else None
+            item = spec.augment(raw, rng)
+        except SampleError as e:
+            dead.add(entry)
+            tally.add(e.stage, f"{raw['__key__']}: {e}" if raw else str(e))
+            check_error_rate(tally.total, good, spec.max_error_rate, tally.last_error)
+            continue
+        good, since_good = good + 1, 0
+        yield position + 1, raw["__key__"], item, position >= len(order)
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (MiB). NOTE: not ``ru_maxrss``, which a forked
+    worker inherits from its parent's history."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def stream_batches(spec: StreamSpec, epoch: int, stream: int, cursor: int,
+                   batch_ids: list[int], shared: bool) -> Iterator[dict]:
+    """Yield the batches ``batch_ids`` (this stream's, in order) starting at ``cursor``.
+
+    Images are uint8 (the loader normalises them). Each batch carries ``_meta``: {batch, stream,
+    cursor after it, errors / refilled during it, last_error, the worker's RSS and its growth since
+    the stream started (MiB), worker CPU seconds} for the loader's bookkeeping.
+    """
+    tally, start_rss = Tally(), rss_mb()
+    samples = usable_samples(spec, epoch, stream, cursor, tally)
+    for j in batch_ids:
+        chunk = [next(samples) for _ in range(spec.plan.batch_size)]
+        items = [item for _, _, item, _ in chunk]
+        image, audio = spec.augment.collate(items, shared)
+        labels = torch.tensor([lab if spec.labels else -1 for *_, lab in items], dtype=torch.int64)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        yield {"image": image, "audio": audio, "key": [key for _, key, _, _ in chunk], "label": labels,
+               "_meta": {"batch": j, "stream": stream, "cursor": chunk[-1][0],
+                         "errors": dict(tally.batch), "refilled": sum(r for *_, r in chunk),
+                         "last_error": tally.last_error,
+                         "rss_mb": rss_mb(), "rss_growth_mb": rss_mb() - start_rss,
+                         "cpu_s": usage.ru_utime + usage.ru_stime}}
+        tally.batch.clear()

@@ -1,0 +1,186 @@
+"""Shard-set I/O: the manifest, shards from a directory or ``s3://``, retries, node-local cache.
+
+- Remote shards go through fsspec/s3fs; every :class:`ShardStore` is built inside the process
+  that reads and owns its client (s3fs is not fork-safe: each loader worker has its own).
+  Endpoint and credentials come from the standard AWS settings (``AWS_ENDPOINT_URL``, ...).
+- Transient failures (network, 5xx, timeouts — anything but "not found", "permission denied" and
+  a malformed tar) are retried with exponential backoff; a read that fails part-way re-opens the
+  shard and skips the samples already delivered. After the retry budget a
+  :class:`ShardReadError` names the shard.
+- The optional cache downloads whole remote shards to a node-local directory (temp name +
+  rename, so concurrent workers never see partial files), named by the manifest's sha256, and
+  evicts least-recently-used shards beyond the size limit. A download whose sha256 differs from
+  the manifest is not cached; the shard is then streamed as it is (the tar reader counts what is
+  corrupt), exactly as without a cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Collection, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from pipeline.tario import CorruptShard, tar_samples
+from preprocess.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST
+
+log = logging.getLogger(__name__)
+
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+BLOCK_SIZE = 8 << 20                     # remote read-ahead per open shard
+
+
+class ShardReadError(RuntimeError):
+    """A shard could not be read (permanent error, or transient errors beyond the retry budget)."""
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url
+
+
+def join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}" if is_remote(root) else os.path.join(root, name)
+
+
+def filesystem(url: str):
+    """A new fsspec client for ``url``'s protocol — never shared across processes or stores."""
+    import fsspec
+
+    return fsspec.filesystem(url.split("://", 1)[0], skip_instance_cache=True)
+
+
+def open_url(url: str, fs=None) -> BinaryIO:
+    if is_remote(url):
+        return (fs or filesystem(url)).open(url, "rb", block_size=BLOCK_SIZE)
+    return open(url, "rb", buffering=1 << 20)
+
+
+def read_manifest(root: str) -> dict:
+    """Load and check ``root/manifest.json``; ValueError with one clear line otherwise."""
+    url = join(root, MANIFEST)
+    try:
+        with open_url(url) as f:
+            manifest = json.loads(f.read())
+    except FileNotFoundError:
+        raise ValueError(f"{url}: not found (not a shard set, or still being built: "
+                         "manifest.json is written last)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{url}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or (manifest.get("format"), manifest.get("format_version")) \
+            != (FORMAT_NAME, FORMAT_VERSION):
+        raise ValueError(f"{url}: expected format {FORMAT_NAME!r} version {FORMAT_VERSION}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str)
+            and isinstance(s.get("num_samples"), int) and s["num_samples"] >= 0 for s in shards):
+        raise ValueError(f"{url}: 'shards' must be a non-empty list of {{name, num_samples, ...}}")
+    if sum(s["num_samples"] for s in shards) != manifest.get("num_samples"):
+        raise ValueError(f"{url}: num_samples {manifest.get('num_samples')} differs from the sum "
+                         "over its shards")
+    return manifest
+
+
+class ShardCache:
+    """Node-local copies of remote shards, LRU-evicted beyond ``limit_bytes``."""
+
+    def __init__(self, directory: str, limit_bytes: int):
+        self.dir = Path(directory)
+        self.limit = limit_bytes
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def open(self, url: str, shard: dict, fs) -> BinaryIO | None:
+        """The local copy of ``shard`` opened for reading (downloaded on a miss), or None when it
+        cannot be cached. An open copy stays readable even if another worker evicts it."""
+        digest = shard.get("sha256")
+        if not digest or shard.get("bytes", 0) > self.limit:
+            return None
+        path = self.dir / f"{digest[:32]}-{shard['name']}"
+        try:
+            f = open(path, "rb", buffering=1 << 20)
+            os.utime(path)                               # LRU: mark as recently used
+            return f
+        except FileNotFoundError:                        # a miss, or evicted just now
+            pass
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        sha = hashlib.sha256()
+        try:
+            with open_url(url, fs) as src, open(tmp, "wb") as dst:
+                while chunk := src.read(BLOCK_SIZE):
+                    sha.update(chunk)
+                    dst.write(chunk)
+            if sha.hexdigest() != digest:
+                log.warning("%s: sha256 differs from the manifest; streaming it uncached", url)
+                return None
+            f = open(tmp, "rb", buffering=1 << 20)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._evict(keep=path)
+        return f
+
+    def _evict(self, keep: Path) -> None:
+        files = []
+        for p in self.dir.glob("*.tar"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:                    # evicted by another worker
+                continue
+            files.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files):
+            if total <= self.limit:
+                break
+            if p != keep:
+                p.unlink(missing_ok=True)                # open readers keep their file
+                total -= size
+
+
+class ShardStore:
+    """Reads samples of one shard set's shards, with retries and the optional cache.
+
+    Create it in the process that reads (each loader worker builds its own): a remote store
+    holds its own fsspec/s3fs client.
+    """
+
+    def __init__(self, root: str, shards: list[dict], *, retries: int = 5, backoff: float = 0.5,
+                 cache_dir: str | None = None, cache_limit_gb: float = 50.0):
+        self.root, self.shards, self.retries, self.backoff = root, shards, retries, backoff
+        self.fs = filesystem(root) if is_remote(root) else None
+        self.cache = (ShardCache(cache_dir, int(cache_limit_gb * 2**30))
+                      if cache_dir and is_remote(root) else None)
+
+    def url(self, index: int) -> str:
+        return join(self.root, self.shards[index]["name"])
+
+    def _open(self, index: int) -> BinaryIO:
+        url = self.url(index)
+        cached = self.cache.open(url, self.shards[index], self.fs) if self.cache else None
+        return cached if cached is not None else open_url(url, self.fs)
+
+    def samples(self, index: int, wanted: Collection[int]) -> Iterator[tuple[int, dict]]:
+        """Yield (sample index, raw sample) for the ``wanted`` samples of shard ``index``, in tar
+        order. Raises CorruptShard (prefixed with the URL) or ShardReadError."""
+        url, attempt, last = self.url(index), 0, max(wanted)
+        remaining = set(wanted)                          # a retry skips what was delivered
+        while True:
+            try:
+                with self._open(index) as f:
+                    for i, sample in tar_samples(f, remaining.__contains__, last):
+                        yield i, sample
+                        remaining.discard(i)
+                return
+            except CorruptShard as e:
+                raise CorruptShard(f"{url}: {e}") from None
+            except PERMANENT as e:
+                raise ShardReadError(f"{url}: {e.strerror or e}") from e
+            except Exception as e:                       # transient: retry with backoff
+                attempt += 1
+                if attempt > self.retries:
+                    raise ShardReadError(f"{url}: still failing after {attempt} attempts "
+                                         f"(data.s3_retries={self.retries}): {e!r}") from e
+                delay = min(self.backoff * 2 ** (attempt - 1), 30.0)
+                log.warning("%s: %r; retry %d/%d in %.1fs", url, e, attempt, self.retries, delay)
+                time.sleep(delay)

@@ -1,0 +1,85 @@
+"""Epoch plan: coverage, equal steps, remainder counts, shuffling, shuffle-buffer bounds."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from pipeline.epochplan import EpochPlan, buffer_order
+
+SIZES = (8, 8, 8, 8, 8, 8, 8, 5)                      # 61 samples
+
+
+def rank_entries(plan: EpochPlan, epoch: int, rank: int) -> list[tuple[int, int]]:
+    return [p for m in range(plan.streams) for p in plan.stream_positions(epoch, rank, m)]
+
+
+@pytest.mark.parametrize("world,streams,batch,remainder", [
+    (2, 2, 4, "pad"), (3, 2, 5, "pad"), (4, 3, 2, "pad"), (1, 1, 7, "pad"),
+    (2, 2, 4, "drop"), (3, 2, 5, "drop"), (4, 3, 2, "drop"),
+])
+def test_epoch_covers_each_sample_once_with_counted_remainder(world, streams, batch, remainder):
+    plan = EpochPlan(SIZES, seed=3, world_size=world, streams=streams, batch_size=batch,
+                     remainder=remainder)
+    everything = {(s, i) for s, n in enumerate(SIZES) for i in range(n)}
+    seen_by_rank = []
+    for rank in range(world):
+        entries = rank_entries(plan, epoch=1, rank=rank)
+        assert len(entries) == plan.batches * batch           # same number of full batches
+        counts = plan.remainder_counts(rank)
+        repeats = sum(c - 1 for c in Counter(entries).values())
+        assert repeats == counts["padded"]
+        seen_by_rank.append(set(entries))
+    for a in range(world):
+        for b in range(a + 1, world):
+            assert not seen_by_rank[a] & seen_by_rank[b]      # ranks are disjoint
+    union = set().union(*seen_by_rank)
+    dropped = sum(plan.remainder_counts(r)["dropped"] for r in range(world))
+    assert union <= everything and len(everything - union) == dropped
+    if remainder == "pad":
+        assert union == everything
+
+
+def test_streams_follow_the_dataloader_round_robin():
+    plan = EpochPlan(SIZES, seed=0, world_size=2, streams=3, batch_size=4)
+    assert sum(plan.stream_batches(m) for m in range(3)) == plan.batches == 8
+    assert [plan.stream_batches(m) for m in range(3)] == [3, 3, 2]
+    assert [plan.stream_batches(m, before=4) for m in range(3)] == [2, 1, 1]
+
+
+def test_shards_are_shuffled_per_epoch_before_the_rank_split():
+    plan = EpochPlan(tuple([4] * 16), seed=7, world_size=2, streams=2, batch_size=4)
+    assert plan.shard_order(0) == plan.shard_order(0)
+    assert plan.shard_order(0) != plan.shard_order(1)
+    assert sorted(plan.shard_order(1)) == list(range(16))
+    shards_of_rank0 = [{s for s, _ in rank_entries(plan, e, 0)} for e in range(3)]
+    assert shards_of_rank0[0] != shards_of_rank0[1] != shards_of_rank0[2]
+    assert rank_entries(plan, 2, 1) == rank_entries(plan, 2, 1)
+    # seed + epoch: (seed 7, epoch 1) and (seed 8, epoch 0) shuffle the shards identically
+    other = EpochPlan(tuple([4] * 16), seed=8, world_size=2, streams=2, batch_size=4)
+    assert other.shard_order(0) == plan.shard_order(1)
+
+
+def test_evaluation_plan_keeps_manifest_order():
+    plan = EpochPlan(SIZES, seed=0, world_size=1, streams=1, batch_size=61, shuffle=False)
+    entries = [plan.stream_positions(5, 0, 0)[i] for i in plan.stream_order(5, 0, 0)]
+    assert entries == [(s, i) for s, n in enumerate(SIZES) for i in range(n)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 16, 100])
+def test_shuffle_buffer_is_a_bounded_permutation(size):
+    order = buffer_order(200, size, random.Random(0))
+    assert sorted(order) == list(range(200))
+    # an item leaves the buffer at most size-1 reads after it entered: the reader never holds
+    # more than `size` items
+    assert all(item < t + size for t, item in enumerate(order))
+    if size > 1:
+        assert order != list(range(200))
+
+
+def test_plan_rejects_impossible_setups():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        EpochPlan(SIZES, seed=0, world_size=4, streams=1, batch_size=16, remainder="drop")
+    with pytest.raises(ValueError, match="fewer than the 70 ranks"):
+        EpochPlan(SIZES, seed=0, world_size=70, streams=1, batch_size=1)

@@ -6,6 +6,8 @@ PY         := $(VENV)/bin/python
 AVF        := $(VENV)/bin/avfusion
 STAMP      := $(VENV)/.installed
 DEMO_DIR   ?= demo-out
+DEMO_MLFLOW ?= sqlite:///$(DEMO_DIR)/mlruns.db
+DEMO_PORT  ?= 29511
 PYTEST_ARGS ?=
 
 export DS_ACCELERATOR ?= cpu
@@ -22,11 +24,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: install
+demo: install $(DEMO_DIR)/shards/manifest.json
+	rm -rf $(DEMO_DIR)/run
+	$(VENV)/bin/deepspeed --num_gpus 2 --master_port $(DEMO_PORT) --module pipeline.train \
+	  --config configs/debug.yaml data.shards=$(DEMO_DIR)/shards probe.shards=$(DEMO_DIR)/shards \
+	  train.output_dir=$(DEMO_DIR)/run tracking.uri=$(DEMO_MLFLOW) train.resume=never
+	$(AVF) runs compare --experiment avfusion-demo --uri $(DEMO_MLFLOW) --max-runs 3
+	@echo
+	@echo "demo: videos $(DEMO_DIR)/videos, shards $(DEMO_DIR)/shards, run $(DEMO_DIR)/run"
+	@echo "demo: open the runs with:  $(VENV)/bin/mlflow ui --backend-store-uri $(DEMO_MLFLOW)"
+
+$(DEMO_DIR)/videos/labels.csv: | $(STAMP)
 	$(AVF) synth --out $(DEMO_DIR)/videos --videos 96 --seconds 10 --classes 4 --seed 0
-	$(AVF) shards build $(DEMO_DIR)/videos --out $(DEMO_DIR)/shards --workers 2 --samples-per-shard 16
+
+$(DEMO_DIR)/shards/manifest.json: $(DEMO_DIR)/videos/labels.csv
+	$(AVF) shards build $(DEMO_DIR)/videos/labels.csv --out $(DEMO_DIR)/shards --workers 2 --samples-per-shard 16
 	$(AVF) shards verify $(DEMO_DIR)/shards
-	@echo "demo: videos in $(DEMO_DIR)/videos, shards in $(DEMO_DIR)/shards"
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

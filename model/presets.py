@@ -53,9 +53,9 @@ FRONTENDS: dict[str, AudioFrontend] = {
     # 3-s window → 193 frames, the last dropped → [1, 128, 192]; no normalisation.
     "deepavfusion": AudioFrontend(name="deepavfusion", kind="melspec"),
     # REFERENCE.md §6.6: Kaldi fbank 25 ms / 10 ms, 128 bins, AudioSet statistics,
-    # 1024 frames (10.24 s), [1, time, freq].
+    # 1024 frames (10.24 s), [1, time, freq]; Kaldi defaults low_freq 20 Hz, high_freq Nyquist.
     "audiomae": AudioFrontend(
-        name="audiomae", kind="kaldi_fbank", n_fft=400, win_length=400, hop_length=160,
+        name="audiomae", kind="kaldi_fbank", n_fft=400, win_length=400, hop_length=160, f_min=20.0,
         window_seconds=10.24, window_frames=1024, norm_mean=-4.2677393, norm_std=4.5689974,
         time_major=True,
     ),

@@ -51,7 +51,7 @@ class OptimConfig:
     lr: float | None = None
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
-    epochs: float = 200.0
+    epochs: int = 200
     warmup_epochs: float = 40.0
     ramp_start: float = 0.0               # pretrained-tower LR multiplier s0 → s1 over ramp_epochs
     ramp_end: float = 1.0
@@ -169,9 +169,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got {value!r}") from None
     if tp in (int, str, bool, float) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
     return value

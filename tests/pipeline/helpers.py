@@ -1,0 +1,61 @@
+"""Process helpers shared by the pipeline tests: free ports, a real `mlflow server`, small corpora."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+AVFUSION = [sys.executable, "-m", "pipeline.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:port with a sqlite store under ``root``; waits for /health."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--default-artifact-root", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("mlflow server exited during start-up") from None
+            time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError("mlflow server did not answer within 120 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill a server started in its own session, workers included."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def synth_shards(root: Path, videos: int = 24, seconds: float = 3.0, classes: int = 3) -> Path:
+    """A labelled shard set built by the real CLI from a synthetic corpus."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*AVFUSION, "synth", "--out", str(root / "videos"), "--videos", str(videos),
+                    "--seconds", str(seconds), "--classes", str(classes), "--seed", "0"],
+                   check=True, cwd=REPO, env=env, capture_output=True)
+    subprocess.run([*AVFUSION, "shards", "build", str(root / "videos" / "labels.csv"), "--out", str(root / "shards"),
+                    "--workers", "2", "--samples-per-shard", "8"],
+                   check=True, cwd=REPO, env=env, capture_output=True)
+    return root / "shards"

@@ -1,0 +1,59 @@
+"""Config tree: YAML + overrides → typed dataclasses; errors name the key."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, ConfigError, load_config, to_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["debug", "vggsound", "as2m"])
+def test_shipped_configs_load(name):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert isinstance(cfg, Config)
+    assert cfg.model.preset == name
+
+
+def test_recipe_numbers():
+    vgg = load_config(REPO / "configs" / "vggsound.yaml")
+    as2m = load_config(REPO / "configs" / "as2m.yaml")
+    assert (vgg.train.effective_batch_size, as2m.train.effective_batch_size) == (512, 2048)
+    assert vgg.optim.betas == (0.9, 0.95) and vgg.optim.weight_decay == 0.05
+    assert (vgg.optim.epochs, vgg.optim.warmup_epochs, vgg.optim.blr) == (200, 40.0, 1.5e-4)
+
+
+def test_overrides_are_typed():
+    cfg = load_config(REPO / "configs" / "debug.yaml",
+                      ["train.max_steps=7", "optim.betas=[0.8, 0.9]", "model.fusion_arch=token",
+                       "optim.epochs=3", "optim.warmup_epochs=1", "optim.lr=1e-3"])
+    assert cfg.train.max_steps == 7
+    assert cfg.optim.betas == (0.8, 0.9)
+    assert cfg.model.fusion_arch == "token"
+    assert cfg.optim.lr == 1e-3  # YAML 1.1 reads "1e-3" as a string; float fields accept it
+    assert to_dict(cfg)["optim"]["betas"] == [0.8, 0.9]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.max_stepz=3", "train.max_stepz"),
+    ("data.batch_size=abc", "data.batch_size"),
+    ("optim.lr=fast", "optim.lr"),
+    ("nosection.x=1", "nosection"),
+    ("train.precision=fp8", "train.precision"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("model.image_mask_ratio=1.5", "model.image_mask_ratio"),
+    ("optim.betas=[0.9]", "optim.betas"),
+    ("train.zero_stage=true", "train.zero_stage"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(REPO / "configs" / "debug.yaml", [override])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)

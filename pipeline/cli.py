@@ -12,6 +12,13 @@ import sys
 
 COMMAND_MODULES = (
     "preprocess.cli",        # synth, shards build | verify | inspect | merge
+    "model.parity",          # model parity
+    "pipeline.train",        # train (single-process shortcut)
+    "pipeline.export",       # export CKPT --out model.safetensors
+    "pipeline.runs",         # runs compare
+    "pipeline.probe",        # probe WEIGHTS --shards DEST
+    "pipeline.data_cli",     # data bench
+    "deploy.render",         # deploy render (Kubernetes manifests for one run)
 )
 
 

@@ -4,7 +4,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model import build_avmae
-from model.parity import AVMAE, apply_weight_rule, compute_outputs, config_from_fixture, load_fixture
+from model.parity import (
+    AVMAE,
+    apply_weight_rule,
+    compute_outputs,
+    config_from_fixture,
+    load_fixture,
+)
 
 from .conftest import PARITY_FIXTURES
 

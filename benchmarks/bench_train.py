@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -42,8 +44,11 @@ def launch(shards: Path, out: Path, stage: int, steps: int, extra: list[str], cu
     subprocess.run(cmd, check=True, cwd=REPO, env=env, capture_output=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "train/samples_per_s" in r][1:]  # drop the warm-up window
-    return {"samples_per_s": statistics.mean(r["train/samples_per_s"] for r in rows),
-            "data_wait_frac": statistics.mean(r["train/data_wait_frac"] for r in rows)}
+    samples_per_s = statistics.mean(r["train/samples_per_s"] for r in rows)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    step_samples = config["data"]["batch_size"] * gpus
+    return {"steps_per_s": round(samples_per_s / step_samples, 3), "samples_per_s": round(samples_per_s, 2),
+            "data_wait_frac": round(statistics.mean(r["train/data_wait_frac"] for r in rows), 3)}
 
 
 def model_flops_per_sample(preset: str) -> float:
@@ -74,7 +79,7 @@ def main() -> None:
         for stage in map(int, args.stages.split(",")):
             result["zero"][str(stage)] = launch(shards, tmp / f"zero{stage}", stage, args.steps, [])
         base = result["zero"][args.stages.split(",")[0]]["samples_per_s"]
-        result["samples_per_s_ratio_vs_first_stage"] = {
+        result["steps_per_s_ratio_vs_first_stage"] = {
             k: round(v["samples_per_s"] / base, 3) for k, v in result["zero"].items()}
         import torch
 

@@ -1,6 +1,6 @@
 """``avfusion`` — the single command-line entry point.
 
-Each listed module exposes ``register(subparsers)``, adding its subcommands with
+Each module in ``COMMANDS`` exposes ``register(subparsers)``, adding its subcommands with
 ``set_defaults(func=handler)``; ``handler(args) -> int`` is the exit code. Handlers report
 unusable input by raising ``SystemExit("error: ...")`` (one line, non-zero exit) before any work.
 """
@@ -10,32 +10,41 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = (
-    "preprocess.cli",        # synth, shards build | verify | inspect | merge
-    "model.parity",          # model parity
-    "pipeline.train",        # train (single-process shortcut)
-    "pipeline.export",       # export CKPT --out model.safetensors
-    "pipeline.runs",         # runs compare
-    "pipeline.probe",        # probe WEIGHTS --shards DEST
-    "pipeline.data_cli",     # data bench
-    "deploy.render",         # deploy render (Kubernetes manifests for one run)
-)
+# command: (module whose ``register`` adds it, one-line help). Only the module of the command
+# being run is imported, so `avfusion --help` and light commands start fast.
+COMMANDS = {
+    "synth": ("preprocess.cli", "write a synthetic labelled video corpus (MP4: H.264 + AAC)"),
+    "shards": ("preprocess.cli", "build, verify, inspect and merge WebDataset shard sets"),
+    "data": ("pipeline.data_cli", "streaming loader tools (data bench)"),
+    "train": ("pipeline.train", "pretrain in this process (single rank)"),
+    "export": ("pipeline.export", "export a training checkpoint to official-key safetensors"),
+    "probe": ("pipeline.probe", "kNN probe of model weights on a labelled shard set"),
+    "runs": ("pipeline.runs", "compare MLflow runs"),
+    "model": ("model.parity", "model utilities (parity against the official code)"),
+    "deploy": ("deploy.render", "Kubernetes manifests for cluster runs"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avfusion",
         description="Audio-visual early-fusion (DeepAVFusion) pretraining: build shards, "
                     "stream them into DeepSpeed training, track runs in MLflow.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = COMMANDS[chosen][0] if chosen in COMMANDS else None
+    for name, (owner, help_text) in COMMANDS.items():
+        if owner != module:
+            sub.add_parser(name, help=help_text)
+    if module is not None:
+        importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -71,6 +71,7 @@ class TrainConfig:
     save_every_steps: int = 0             # 0: only at epoch ends
     keep_last: int = 2
     resume: str = "auto"                  # auto | never | path to a checkpoint directory
+    load_universal: bool = False          # resume from a DeepSpeed universal checkpoint (new world size)
     recon_every_steps: int = 0            # 0: only at the end
 
 

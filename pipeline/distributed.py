@@ -75,6 +75,8 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
+    if cfg.train.load_universal:  # see docs/RECIPES.md: resuming at another world size
+        ds["checkpoint"] = {"load_universal": True}
     if cfg.optim.grad_clip > 0:
         ds["gradient_clipping"] = cfg.optim.grad_clip
     if cfg.train.precision == "bf16":

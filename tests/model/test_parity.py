@@ -167,8 +167,3 @@ def test_parity_command_rejects_missing_and_foreign_files(tmp_path):
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(SystemExit, match="expected a parity fixture"):
         _run_cli(["model", "parity", str(tmp_path / "other.pt")])
-
-
-def test_cli_registers_parity():
-    from pipeline.cli import COMMAND_MODULES
-    assert "model.parity" in COMMAND_MODULES

@@ -6,6 +6,7 @@ a simulated 2-node launch and a `kill -9` + resume must reproduce its per-step l
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -221,3 +222,22 @@ def test_probe_command_matches_the_trainers_probe(reference, train_shards, tmp_p
     one_sample = 100 / 24
     for name, value in logged[6].items():
         assert abs(result["knn_top1"][name] - value) <= one_sample + 1e-6, name
+
+
+def test_universal_checkpoint_resumes_at_another_world_size(reference, train_shards, tmp_path):
+    """The documented path (docs/RECIPES.md): 2-rank ZeRO-2 step 8 → universal → 1 rank."""
+    universal = tmp_path / "universal"
+    run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+         str(reference / "checkpoints" / "step00000008"), "--output_folder",
+         str(universal / "step00000008_universal"), "--inject_missing_state"])
+    (universal / "latest").write_text("step00000008_universal")
+    out = tmp_path / "one_rank"
+    run([sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs" / "debug.yaml"),
+         *overrides(train_shards, out, f"sqlite:///{tmp_path}/mlruns.db",
+                    **{"train.resume": universal, "train.load_universal": "true", "train.max_steps": 10,
+                       "train.effective_batch_size": 8, "probe.shards": "null"})])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [9, 10]
+    # 24 samples / 8 per step = 3 steps per epoch at both world sizes: step 9 ends epoch 3
+    assert records[0]["train/epoch"] == pytest.approx(3.0)
+    assert all(math.isfinite(r["train/loss"]) for r in records)

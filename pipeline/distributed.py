@@ -8,11 +8,13 @@ single-process group is created (``avfusion train``). gloo on CPU, nccl on GPUs.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -133,3 +135,19 @@ def prune_checkpoints(root: Path, keep_last: int) -> list[str]:
     for tag in doomed:
         shutil.rmtree(root / tag, ignore_errors=True)
     return doomed
+
+
+def rng_state() -> dict:
+    """This process's RNG states (saved per rank in every checkpoint)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

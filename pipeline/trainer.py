@@ -9,11 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -107,7 +105,7 @@ class Trainer:
         same_world = len(state["loader"]) == self.info.world_size
         self.loader.load_state_dict(state["loader"][self.info.rank if same_world else 0])
         if same_world:
-            _set_rng_state(state["rng"][self.info.rank])
+            D.set_rng_state(state["rng"][self.info.rank])
         else:
             # NOTE: a new world size restarts the epoch's sample stream at the saved sample count
             # (see pipeline/data.py); steps per epoch change, so the position is re-derived.
@@ -260,7 +258,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "samples_seen": self.samples_seen, "config": to_dict(self.cfg),
             "loader": D.gather_objects(self.loader.state_dict()),
-            "rng": D.gather_objects(_rng_state()),
+            "rng": D.gather_objects(D.rng_state()),
             "mlflow_run_id": self.tracker.run_id if self.info.is_main else None,
         }
         state["mlflow_run_id"] = D.gather_objects(state["mlflow_run_id"])[0]
@@ -294,18 +292,3 @@ class _Window:
     def add(self, losses: torch.Tensor) -> None:
         self.loss_sum += losses.double().cpu()
         self.count += 1
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -109,11 +109,11 @@ def compute_outputs(model: AVMAE, fixture: dict) -> dict[str, Tensor]:
     return out
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Tensor]:
+def flatten_tensors(tree: dict, prefix: str = "") -> dict[str, Tensor]:
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_tensors(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -128,7 +128,7 @@ def run_fixture(path: str | Path, tolerance: float | None = None) -> dict:
                        for k, v in model.state_dict().items())
     apply_weight_rule(model)
     ours = compute_outputs(model, fixture)
-    refs = _flatten(fixture["outputs"])
+    refs = flatten_tensors(fixture["outputs"])
     refs.update({f"pos_embed.{k}": v for k, v in fixture.get("pos_embed", {}).items()})
     state = model.state_dict()
     ours.update({f"pos_embed.{k}": state[k] for k in fixture.get("pos_embed", {})})

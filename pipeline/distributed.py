@@ -68,10 +68,11 @@ def accumulation_steps(cfg: Config, world_size: int) -> int:
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
     """The DeepSpeed JSON config generated from ours (the optimizer is built by us)."""
+    accum = accumulation_steps(cfg, world_size)
     ds = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": accumulation_steps(cfg, world_size),
-        "train_batch_size": cfg.data.batch_size * world_size * accumulation_steps(cfg, world_size),
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": cfg.data.batch_size * world_size * accum,
         "zero_optimization": {"stage": cfg.train.zero_stage},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

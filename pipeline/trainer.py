@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -57,9 +58,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         model, pretrained = build_model(cfg)
         self.mcfg = model.config
-        self.loader = build_loader(cfg.data, audio=get_frontend(self.mcfg.audio_frontend),
-                                   image=self.mcfg.image, rank=info.rank, world_size=info.world_size,
-                                   seed=cfg.train.seed, train=True)
+        self.loader = self._build_loader(cfg.data, train=True)
         self.accum = D.accumulation_steps(cfg, info.world_size)
         self.steps_per_epoch = len(self.loader) // self.accum
         if self.steps_per_epoch == 0:
@@ -82,6 +81,12 @@ class Trainer:
             self._start_run()
 
     # -- set-up ----------------------------------------------------------------------------
+    def _build_loader(self, data, train: bool, labels: bool = False):
+        """This rank's loader over ``data.shards`` with the model preset's audio/image spec."""
+        return build_loader(data, audio=get_frontend(self.mcfg.audio_frontend), image=self.mcfg.image,
+                            rank=self.info.rank, world_size=self.info.world_size,
+                            seed=self.cfg.train.seed, train=train, labels=labels)
+
     def _start_run(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
@@ -200,8 +205,7 @@ class Trainer:
         metrics["train/loss"] = metrics["train/loss_image"] + metrics["train/loss_audio"]
         if self.info.is_main:
             self.tracker.log_metrics(metrics, step=self.step)
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+            self._append_metrics(metrics)
             log.info("step %d epoch %.2f loss %.4f (image %.4f audio %.4f) lr %.3g %.1f samples/s",
                      self.step, metrics["train/epoch"], metrics["train/loss"], metrics["train/loss_image"],
                      metrics["train/loss_audio"], lr, metrics["train/samples_per_s"])
@@ -221,10 +225,8 @@ class Trainer:
     def probe(self) -> dict[str, float] | None:
         import deepspeed
 
-        loader = build_loader(self._probe_data_config(), audio=get_frontend(self.mcfg.audio_frontend),
-                              image=self.mcfg.image, rank=self.info.rank,
-                              world_size=self.info.world_size, seed=self.cfg.train.seed,
-                              train=False, labels=True)
+        loader = self._build_loader(replace(self.cfg.data, shards=self.cfg.probe.shards, remainder="pad"),
+                                    train=False, labels=True)
         gather = (deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()))
                   if self.cfg.train.zero_stage == 3 else contextlib.nullcontext())
         try:
@@ -239,15 +241,14 @@ class Trainer:
         self.tracker.log_metrics({"probe/knn_top1": acc["all"],
                                   **{f"probe/knn_top1_{m}": acc[m] for m in ("image", "audio", "fusion")}},
                                  step=self.step)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, "probe": acc}) + "\n")
+        self._append_metrics({"probe": acc})
         log.info("kNN probe at epoch %d: %s", self.epoch, acc)
         return acc
 
-    def _probe_data_config(self):
-        from dataclasses import replace
-
-        return replace(self.cfg.data, shards=self.cfg.probe.shards, remainder="pad")
+    def _append_metrics(self, record: dict) -> None:
+        """One line of ``output_dir/metrics.jsonl`` (main rank): what was logged at this step."""
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **record}) + "\n")
 
     def _save(self) -> None:
         tag = D.tag_for(self.step)
@@ -259,9 +260,8 @@ class Trainer:
             "samples_seen": self.samples_seen, "config": to_dict(self.cfg),
             "loader": D.gather_objects(self.loader.state_dict()),
             "rng": D.gather_objects(D.rng_state()),
-            "mlflow_run_id": self.tracker.run_id if self.info.is_main else None,
+            "mlflow_run_id": D.gather_objects(self.tracker.run_id)[0],  # the main rank's
         }
-        state["mlflow_run_id"] = D.gather_objects(state["mlflow_run_id"])[0]
         self.engine.save_checkpoint(str(root), tag=tag, client_state=state)
         dist.barrier()
         if self.info.is_main:
@@ -271,7 +271,7 @@ class Trainer:
         if not self.info.is_main or not hasattr(self, "_last"):
             return
         batch, out = self._last
-        path = self.out / "reconstructions" / f"step{self.step:08d}.png"
+        path = self.out / "reconstructions" / f"{D.tag_for(self.step)}.png"
         save_reconstruction(path, self.engine.module, batch["image"], batch["audio"], out,
                             self.mcfg.norm_pix_loss, self.mcfg.image.mean, self.mcfg.image.std)
         self.tracker.log_artifact(path, "reconstructions")

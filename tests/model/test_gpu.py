@@ -9,6 +9,7 @@ from model.parity import (
     apply_weight_rule,
     compute_outputs,
     config_from_fixture,
+    flatten_tensors,
     load_fixture,
 )
 
@@ -24,14 +25,6 @@ def _to(tree, device):
     return tree.to(device) if isinstance(tree, torch.Tensor) else tree
 
 
-def _flat(tree, prefix=""):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _flat(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
-
-
 @pytest.mark.parametrize("path", PARITY_FIXTURES, ids=lambda p: p.stem)
 def test_parity_on_cuda_fp32(path, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -43,7 +36,7 @@ def test_parity_on_cuda_fp32(path, monkeypatch):
     with torch.no_grad():
         ours = compute_outputs(model, {**fixture, "inputs": _to(fixture["inputs"], "cuda"),
                                        "masking": _to(fixture["masking"], "cuda")})
-    for name, ref in _flat(fixture["outputs"]):
+    for name, ref in flatten_tensors(fixture["outputs"]).items():
         err = (ours[name].detach().float().cpu() - ref.float()).abs().max().item()
         assert err <= 1e-5, (name, err)
 

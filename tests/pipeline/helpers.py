@@ -3,21 +3,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from tests.s3server import free_port  # noqa: F401 — re-exported for the pipeline tests
+
 REPO = Path(__file__).resolve().parents[2]
 AVFUSION = [sys.executable, "-m", "pipeline.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:

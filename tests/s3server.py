@@ -57,6 +57,9 @@ class S3Server:
             self.proc = subprocess.Popen(
                 [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{port}",
                  "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--log-level", "ERROR",
+                 # tests write buckets straight into root: list it afresh on every request
+                 # (the VFS directory cache would hide files made after a first listing)
+                 "--dir-cache-time", "0s",
                  "--config", os.devnull, str(self.root)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             if self._wait_ready():

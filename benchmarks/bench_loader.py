@@ -15,8 +15,6 @@ Prints ONE JSON line with the ratios; run as ``python benchmarks/bench_loader.py
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import os
 import random
@@ -35,11 +33,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchaudio  # noqa: E402
 
+from benchmarks.tiling import tile  # noqa: E402
 from model.presets import FRONTENDS, ImageSpec  # noqa: E402
 from pipeline.augment import CROP_RATIO, Augment, crop_params, resize_uint8  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.data import build_loader  # noqa: E402
-from preprocess.format import MANIFEST, shard_name  # noqa: E402
+from preprocess.format import MANIFEST  # noqa: E402
 from tests.s3server import S3Server  # noqa: E402
 
 SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))
@@ -54,35 +53,6 @@ def build_shards(videos: list[Path], out: Path) -> dict:
                     "--out", str(out), "--workers", "2", "--samples-per-shard", "4"],
                    cwd=REPO, check=True, capture_output=True)
     return json.loads((out / MANIFEST).read_text())
-
-
-def tile(src: Path, manifest: dict, dest: Path, samples: int, per_shard: int) -> None:
-    """A shard set of ``samples`` samples (``per_shard`` a tar) repeating the built ones under
-    new keys ``<key>-<repeat>``."""
-    base = []
-    for s in manifest["shards"]:
-        with tarfile.open(src / s["name"]) as tf:
-            for m in tf.getmembers():
-                key, ext = m.name.split(".", 1)
-                if not base or base[-1][0] != key:
-                    base.append((key, []))
-                base[-1][1].append((ext, tf.extractfile(m).read()))
-    dest.mkdir(parents=True)
-    shards = []
-    for lo in range(0, samples, per_shard):
-        path = dest / shard_name(len(shards))
-        with tarfile.open(path, "w") as tf:
-            for i in range(lo, min(lo + per_shard, samples)):
-                key, parts = base[i % len(base)]
-                for ext, data in parts:
-                    info = tarfile.TarInfo(f"{key}-{i // len(base)}.{ext}")
-                    info.size = len(data)
-                    tf.addfile(info, io.BytesIO(data))
-        shards.append({"name": path.name, "num_samples": min(per_shard, samples - lo),
-                       "bytes": path.stat().st_size,
-                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    tiled = {**manifest, "shards": shards, "num_samples": samples}
-    (dest / MANIFEST).write_text(json.dumps(tiled))
 
 
 def measure_loader(root: str, batch_size: int) -> dict:

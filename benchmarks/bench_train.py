@@ -1,10 +1,12 @@
 """Training throughput per ZeRO stage (2 CPU ranks, debug model) and time spent waiting for data.
 
-Builds a small synthetic shard set, runs `deepspeed --num_gpus 2 --module pipeline.train` once per
-ZeRO stage, and reads the trainer's own metrics (samples/s and data-wait fraction, first window
-excluded as warm-up). Ratios are against ZeRO-0 measured in the same run. With CUDA, adds one
-single-GPU run of the `vggsound` preset in bf16: samples/s and model FLOPs utilisation.
-Prints one JSON line.
+Builds a small synthetic shard set (or takes ``--shards``), runs `deepspeed --num_gpus 2 --module
+pipeline.train` once per ZeRO stage, and reads the trainer's own metrics (samples/s and data-wait
+fraction, first window excluded as warm-up). Ratios are against the first stage measured in the
+same run. With CUDA, adds single-GPU ZeRO-2 runs of the `vggsound` preset in bf16 (the shard set
+tiled to ``--gpu-samples``): samples/s and model FLOPs utilisation per batch size.
+Prints one JSON line. On a machine without PyAV pass ``--shards`` (built elsewhere) and
+``--stages ''`` to run the GPU part only.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.tiling import tile  # noqa: E402
+from preprocess.format import MANIFEST  # noqa: E402
 from tests.pipeline.helpers import free_port, synth_shards  # noqa: E402
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -29,19 +33,22 @@ H100_BF16_DENSE_FLOPS = 989e12
 
 def launch(shards: Path, out: Path, stage: int, steps: int, extra: list[str], cuda: bool = False) -> dict:
     """One run; CPU runs use 2 gloo ranks, the CUDA run one GPU."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "DS_ACCELERATOR": "cpu"}
     gpus = 2
     if cuda:
         env.pop("DS_ACCELERATOR")
         gpus = 1
-    cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", str(gpus),
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(gpus),
            "--master_port", str(free_port()), "--module", "pipeline.train",
            "--config", str(REPO / "configs" / "debug.yaml"),
            f"data.shards={shards}", f"train.output_dir={out}", f"train.zero_stage={stage}",
            f"train.max_steps={steps}", "train.log_every=4", "probe.shards=null", "train.resume=never",
-           f"tracking.uri=sqlite:///{out}/mlruns.db", "tracking.system_metrics=false",
+           "tracking.enabled=false",
            "optim.epochs=1000", *extra]
-    subprocess.run(cmd, check=True, cwd=REPO, env=env, capture_output=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"training run failed ({' '.join(cmd[3:])}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "train/samples_per_s" in r][1:]  # drop the warm-up window
     samples_per_s = statistics.mean(r["train/samples_per_s"] for r in rows)
@@ -67,30 +74,52 @@ def model_flops_per_sample(preset: str) -> float:
     return 3.0 * counter.get_total_flops()
 
 
+def cpu_stages(shards: Path, tmp: Path, stages: list[int], steps: int) -> dict:
+    """2 CPU ranks of the debug model, one run per ZeRO stage."""
+    zero = {str(s): launch(shards, tmp / f"zero{s}", s, steps, []) for s in stages}
+    base = zero[str(stages[0])]["samples_per_s"]
+    return {"zero": zero, "steps_per_s_ratio_vs_first_stage": {
+        k: round(v["samples_per_s"] / base, 3) for k, v in zero.items()}}
+
+
+def gpu_runs(shards: Path, tmp: Path, samples: int, batches: list[int], steps: int) -> dict:
+    """One GPU, vggsound preset, ZeRO-2, bf16, 8 loader workers: one run per batch size."""
+    import torch
+
+    tile(shards, json.loads((shards / MANIFEST).read_text()), tmp / "tiled", samples, 256)
+    flops = model_flops_per_sample("vggsound")
+    runs = {}
+    for batch in batches:
+        run = launch(tmp / "tiled", tmp / f"gpu{batch}", 2, steps,
+                     ["model.preset=vggsound", "train.precision=bf16", f"data.batch_size={batch}",
+                      "data.workers=8"], cuda=True)
+        run["mfu_bf16"] = round(run["samples_per_s"] * flops / H100_BF16_DENSE_FLOPS, 4)
+        runs[str(batch)] = run
+    return {"device": torch.cuda.get_device_name(), "preset": "vggsound", "zero_stage": 2,
+            "precision": "bf16", "samples_per_epoch": samples, "by_batch": runs}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--stages", default="0,1,2,3")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per CPU run")
+    parser.add_argument("--stages", default="0,1,2,3", help="ZeRO stages of the CPU runs ('' = none)")
+    parser.add_argument("--shards", type=Path, help="an existing shard set instead of a synthetic one")
+    parser.add_argument("--gpu-samples", type=int, default=2048, help="tiled shard set size for GPU runs")
+    parser.add_argument("--gpu-batches", default="64,128", help="per-GPU batch sizes of the GPU runs")
+    parser.add_argument("--gpu-steps", type=int, default=40)
     args = parser.parse_args()
-    result = {"bench": "train", "world_size": 2, "device": "cpu", "model": "debug", "zero": {}}
+    stages = [int(s) for s in args.stages.split(",") if s]
+    result = {"bench": "train", "world_size": 2, "device": "cpu", "model": "debug"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        shards = synth_shards(tmp / "corpus", videos=32, seconds=4.0, classes=4)
-        for stage in map(int, args.stages.split(",")):
-            result["zero"][str(stage)] = launch(shards, tmp / f"zero{stage}", stage, args.steps, [])
-        base = result["zero"][args.stages.split(",")[0]]["samples_per_s"]
-        result["steps_per_s_ratio_vs_first_stage"] = {
-            k: round(v["samples_per_s"] / base, 3) for k, v in result["zero"].items()}
+        shards = args.shards or synth_shards(tmp / "corpus", videos=32, seconds=4.0, classes=4)
+        if stages:
+            result.update(cpu_stages(shards, tmp, stages, args.steps))
         import torch
 
         if torch.cuda.is_available():
-            gpu = launch(shards, tmp / "gpu", 2, 30,
-                         ["model.preset=vggsound", "train.precision=bf16", "data.batch_size=64",
-                          "data.workers=8"], cuda=True)
-            flops = model_flops_per_sample("vggsound")
-            gpu["mfu_bf16"] = gpu["samples_per_s"] * flops / H100_BF16_DENSE_FLOPS
-            gpu["device"] = torch.cuda.get_device_name()
-            result["gpu_vggsound"] = gpu
+            batches = [int(b) for b in args.gpu_batches.split(",")]
+            result["gpu_vggsound"] = gpu_runs(shards, tmp, args.gpu_samples, batches, args.gpu_steps)
     print(json.dumps(result))
 
 

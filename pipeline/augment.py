@@ -223,4 +223,4 @@ class Augment:
         NOTE: done by the receiving process — a float32 batch is 4× the bytes to move through
         shared memory, whose fresh pages cost more than this conversion.
         """
-        return image.float().mul_(self.img_scale).sub_(self.img_shift)
+        return image.float().mul_(self.img_scale.to(image.device)).sub_(self.img_shift.to(image.device))

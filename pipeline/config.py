@@ -81,6 +81,7 @@ class TrackingConfig:
     experiment: str = "avfusion"
     run_name: str | None = None
     system_metrics: bool = True
+    enabled: bool = True                  # false: no MLflow at all (smoke runs, benchmarks)
 
 
 @dataclass

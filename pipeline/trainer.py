@@ -75,7 +75,7 @@ class Trainer:
         run_id = self._resume()
         self.out = Path(cfg.train.output_dir)
         self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
-                               enabled=info.is_main, run_id=run_id,
+                               enabled=info.is_main and cfg.tracking.enabled, run_id=run_id,
                                system_metrics=cfg.tracking.system_metrics)
         if info.is_main:
             self._start_run()
@@ -85,7 +85,7 @@ class Trainer:
         """This rank's loader over ``data.shards`` with the model preset's audio/image spec."""
         return build_loader(data, audio=get_frontend(self.mcfg.audio_frontend), image=self.mcfg.image,
                             rank=self.info.rank, world_size=self.info.world_size,
-                            seed=self.cfg.train.seed, train=train, labels=labels)
+                            seed=self.cfg.train.seed, train=train, labels=labels, device=self.info.device)
 
     def _start_run(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +191,8 @@ class Trainer:
         return metrics
 
     def _log_window(self, window: _Window, lr: float) -> dict:
-        totals = torch.tensor([window.data_s, sum(self.loader.error_counts().values())], dtype=torch.float64)
+        totals = torch.tensor([window.data_s, sum(self.loader.error_counts().values())], dtype=torch.float64,
+                              device=self.info.device)  # nccl reduces device tensors only
         dist.all_reduce(totals)
         n = max(window.count, 1) * self.info.world_size  # loss sums are already over ranks
         elapsed = time.perf_counter() - window.t0

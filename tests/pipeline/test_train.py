@@ -235,7 +235,9 @@ def test_universal_checkpoint_resumes_at_another_world_size(reference, train_sha
     run([sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs" / "debug.yaml"),
          *overrides(train_shards, out, f"sqlite:///{tmp_path}/mlruns.db",
                     **{"train.resume": universal, "train.load_universal": "true", "train.max_steps": 10,
-                       "train.effective_batch_size": 8, "probe.shards": "null"})])
+                       "train.effective_batch_size": 8, "probe.shards": "null",
+                       "tracking.enabled": "false"})])
+    assert not (tmp_path / "mlruns.db").exists()  # tracking off: no MLflow store at all
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [9, 10]
     # 24 samples / 8 per step = 3 steps per epoch at both world sizes: step 9 ends epoch 3

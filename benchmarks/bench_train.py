@@ -3,8 +3,8 @@
 Builds a small synthetic shard set (or takes ``--shards``), runs `deepspeed --num_gpus 2 --module
 pipeline.train` once per ZeRO stage, and reads the trainer's own metrics (samples/s and data-wait
 fraction, first window excluded as warm-up). Ratios are against the first stage measured in the
-same run. With CUDA, adds single-GPU ZeRO-2 runs of the `vggsound` preset in bf16 (the shard set
-tiled to ``--gpu-samples``): samples/s and model FLOPs utilisation per batch size.
+same run. With CUDA, adds single-GPU runs of the `vggsound` preset in bf16 (the shard set tiled to
+``--gpu-samples``): samples/s and model FLOPs utilisation per ZeRO stage and batch size.
 Prints one JSON line. On a machine without PyAV pass ``--shards`` (built elsewhere) and
 ``--stages ''`` to run the GPU part only.
 """
@@ -69,7 +69,7 @@ def model_flops_per_sample(preset: str) -> float:
     cfg = model.config
     image = torch.randn(1, 3, cfg.image_size, cfg.image_size)
     audio = torch.randn(1, 1, *cfg.audio_size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter:  # NOTE: not under no_grad (torch 2.11 module tracker fails)
         model(image, audio)
     return 3.0 * counter.get_total_flops()
 
@@ -82,21 +82,21 @@ def cpu_stages(shards: Path, tmp: Path, stages: list[int], steps: int) -> dict:
         k: round(v["samples_per_s"] / base, 3) for k, v in zero.items()}}
 
 
-def gpu_runs(shards: Path, tmp: Path, samples: int, batches: list[int], steps: int) -> dict:
-    """One GPU, vggsound preset, ZeRO-2, bf16, 8 loader workers: one run per batch size."""
+def gpu_runs(shards: Path, tmp: Path, samples: int, runs: list[tuple[int, int]], steps: int) -> dict:
+    """One GPU, vggsound preset, bf16, 8 loader workers: one run per (ZeRO stage, batch size)."""
     import torch
 
     tile(shards, json.loads((shards / MANIFEST).read_text()), tmp / "tiled", samples, 256)
     flops = model_flops_per_sample("vggsound")
-    runs = {}
-    for batch in batches:
-        run = launch(tmp / "tiled", tmp / f"gpu{batch}", 2, steps,
+    results = {}
+    for stage, batch in runs:
+        run = launch(tmp / "tiled", tmp / f"gpu{stage}-{batch}", stage, steps,
                      ["model.preset=vggsound", "train.precision=bf16", f"data.batch_size={batch}",
                       "data.workers=8"], cuda=True)
         run["mfu_bf16"] = round(run["samples_per_s"] * flops / H100_BF16_DENSE_FLOPS, 4)
-        runs[str(batch)] = run
-    return {"device": torch.cuda.get_device_name(), "preset": "vggsound", "zero_stage": 2,
-            "precision": "bf16", "samples_per_epoch": samples, "by_batch": runs}
+        results[f"zero{stage}_batch{batch}"] = run
+    return {"device": torch.cuda.get_device_name(), "preset": "vggsound", "precision": "bf16",
+            "samples_per_epoch": samples, "runs": results}
 
 
 def main() -> None:
@@ -105,21 +105,22 @@ def main() -> None:
     parser.add_argument("--stages", default="0,1,2,3", help="ZeRO stages of the CPU runs ('' = none)")
     parser.add_argument("--shards", type=Path, help="an existing shard set instead of a synthetic one")
     parser.add_argument("--gpu-samples", type=int, default=2048, help="tiled shard set size for GPU runs")
-    parser.add_argument("--gpu-batches", default="64,128", help="per-GPU batch sizes of the GPU runs")
+    parser.add_argument("--gpu-runs", default="2:64,2:128",
+                        help="GPU runs as ZERO_STAGE:PER_GPU_BATCH, comma-separated")
     parser.add_argument("--gpu-steps", type=int, default=40)
     args = parser.parse_args()
     stages = [int(s) for s in args.stages.split(",") if s]
-    result = {"bench": "train", "world_size": 2, "device": "cpu", "model": "debug"}
+    result = {"bench": "train"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = args.shards or synth_shards(tmp / "corpus", videos=32, seconds=4.0, classes=4)
         if stages:
-            result.update(cpu_stages(shards, tmp, stages, args.steps))
+            result.update(world_size=2, device="cpu", model="debug", **cpu_stages(shards, tmp, stages, args.steps))
         import torch
 
         if torch.cuda.is_available():
-            batches = [int(b) for b in args.gpu_batches.split(",")]
-            result["gpu_vggsound"] = gpu_runs(shards, tmp, args.gpu_samples, batches, args.gpu_steps)
+            runs = [tuple(map(int, r.split(":"))) for r in args.gpu_runs.split(",")]
+            result["gpu_vggsound"] = gpu_runs(shards, tmp, args.gpu_samples, runs, args.gpu_steps)
     print(json.dumps(result))
 
 

@@ -57,3 +57,21 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(bad)
+
+
+def test_generated_deepspeed_config():
+    """The vggsound recipe on 4 × 8 GPUs: 512 = 16 per GPU × 32 ranks × 1; on 8 GPUs: accumulation 4."""
+    from pipeline.distributed import deepspeed_config
+
+    cfg = load_config(REPO / "configs" / "vggsound.yaml", ["data.batch_size=16", "train.precision=bf16"])
+    ds = deepspeed_config(cfg, world_size=32)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) \
+        == (16, 1, 512)
+    assert deepspeed_config(cfg, world_size=8)["gradient_accumulation_steps"] == 4
+    assert ds["bf16"] == {"enabled": True, "check_grad_overflow": False} and "fp16" not in ds
+    assert ds["zero_optimization"]["stage"] == cfg.train.zero_stage and "gradient_clipping" not in ds
+    fp16 = deepspeed_config(load_config(REPO / "configs" / "vggsound.yaml",
+                                        ["data.batch_size=16", "train.precision=fp16", "optim.grad_clip=1.0"]), 32)
+    assert fp16["fp16"]["loss_scale"] == 0 and fp16["gradient_clipping"] == 1.0 and "bf16" not in fp16
+    with pytest.raises(ValueError, match="train.effective_batch_size: 512 is not a multiple"):
+        deepspeed_config(cfg, world_size=3)

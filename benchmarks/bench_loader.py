@@ -135,7 +135,7 @@ def main() -> None:
         manifest = build_shards(args.videos, tmp / "built")
         tile(tmp / "built", manifest, tmp / "s3" / "bench" / "set", args.samples, args.samples_per_shard)
         local = measure_loader(str(tmp / "s3" / "bench" / "set"), args.batch_size)
-        with S3Server(tmp / "s3") as server:
+        with S3Server(tmp / "s3", dir_cache_time="5m") as server:  # data written before the start
             os.environ.update(server.env)
             remote = measure_loader("s3://bench/set", args.batch_size)
         baseline = measure_on_the_fly(tmp / "built", manifest, args.baseline_samples)

@@ -7,14 +7,52 @@ The result loads with ``model.checkpoints.load_official`` (strict) and with
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 # rank 0's model states: "mp_rank_00_…" (ZeRO 0-2) or "zero_pp_rank_0_mp_rank_00_…" (ZeRO-3)
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
+def safe_globals() -> list:
+    """The only non-tensor classes our checkpoints hold: numpy arrays (RNG states in the client
+    state) and DeepSpeed's plain data classes in its optimizer states (built from their fields,
+    no code runs)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+            ZeroStageEnum, LossScaler, fragment_address]
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file needs full unpickling (it could run code); the message names the file."""
+
+
+@contextlib.contextmanager
+def safe_torch_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside (DeepSpeed's too, which pass ``weights_only=False``) runs the
+    restricted unpickler with :func:`safe_globals` allowed; anything else raises UnpicklingError."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
 def model_states_file(tag_dir: Path) -> Path | None:
@@ -37,24 +75,58 @@ def resolve_tag_dir(path: Path, tag: str | None = None) -> Path:
 
 
 def consolidated_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """fp32 weights (ZeRO partitions merged) and the checkpoint's client state."""
-    # Our own checkpoint: the client state holds RNG states (numpy), so a full unpickle is needed.
-    states = torch.load(model_states_file(tag_dir), map_location="cpu", weights_only=False)
-    client = {k: states[k] for k in ("step", "epoch", "samples_seen", "config", "mlflow_run_id") if k in states}
-    if any(tag_dir.glob("*optim_states.pt")) and states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0) > 0:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    """fp32 weights (ZeRO partitions merged) and the checkpoint's client state.
 
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-    else:
-        sd = states["module"]
+    Checkpoints are files others hand around: every load is restricted (:func:`safe_torch_loads`),
+    so a crafted pickle raises :class:`UnsafeCheckpoint` instead of running code.
+    """
+    try:
+        with safe_torch_loads():
+            states = torch.load(model_states_file(tag_dir), map_location="cpu", weights_only=True)
+            client = {k: states[k] for k in ("step", "epoch", "samples_seen", "config", "mlflow_run_id")
+                      if k in states}
+            stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
+            if any(tag_dir.glob("*optim_states.pt")) and stage > 0:
+                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+                sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+            else:
+                sd = states.get("module") or {}
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(f"{tag_dir}: refusing to unpickle a checkpoint that holds objects other than "
+                               f"tensors and RNG states ({str(e).splitlines()[0][:160]})") from None
+    if not sd:
+        raise UnsafeCheckpoint(f"{tag_dir}: the checkpoint holds an empty model state dict")
     return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}, client
+
+
+def check_model_preset(sd: dict[str, torch.Tensor], config: dict, source: str) -> None:
+    """Raise CheckpointError unless ``sd`` loads strictly into the model its config names
+    (or, without a config, into some registry preset)."""
+    from model import AVMAE, get_model_config
+    from model.checkpoints import CheckpointError, _detect_preset, strict_mismatch
+    from model.presets import AVMAEConfig
+
+    model_cfg = config.get("model") or {}
+    if not model_cfg.get("preset"):
+        _detect_preset(sd, source)
+        return
+    fields = {f.name for f in dataclasses.fields(AVMAEConfig)}
+    overrides = {k: v for k, v in model_cfg.items() if k in fields and v is not None}
+    with torch.device("meta"):
+        model = AVMAE(get_model_config(model_cfg["preset"], **overrides))
+    problem = strict_mismatch(model, sd)
+    if problem:
+        raise CheckpointError(f"{source}: does not match model preset {model_cfg['preset']!r}: {problem}")
 
 
 def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
     from safetensors.torch import save_file
 
-    sd, client = consolidated_state_dict(resolve_tag_dir(ckpt, tag))
+    tag_dir = resolve_tag_dir(ckpt, tag)
+    sd, client = consolidated_state_dict(tag_dir)
     config = client.get("config", {})
+    check_model_preset(sd, config, str(tag_dir))
     metadata = {"format": "avfusion-avmae-v1", "preset": str(config.get("model", {}).get("preset", "")),
                 "step": str(client.get("step", "")), "config": yaml.safe_dump(config, sort_keys=False)}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,10 +137,14 @@ def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
 
 
 def run(args) -> int:
+    from model.checkpoints import CheckpointError
+
     try:
         path = export(Path(args.ckpt), Path(args.out), args.tag)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, UnsafeCheckpoint, CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"error: {args.out}: cannot write the export ({e.strerror or e})") from None
     print(json.dumps({"out": str(path), "bytes": path.stat().st_size}))
     return 0
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
 
-from preprocess import format as fmt
+from preprocess import shardformat as fmt
 from preprocess.inputs import collect_sources, label_names, select_part, source_id
 from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure, available_cores, ordered_map

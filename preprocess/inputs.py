@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from preprocess.storage import is_url
+from preprocess.shardformat import is_url
 
 LIST_SUFFIXES = (".txt", ".csv")
 # Side files skipped when scanning directories (lists, metadata, docs next to the videos).

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 
-from preprocess import format as fmt
-from preprocess.options import Sample
+from preprocess import shardformat as fmt
 from preprocess.shards import (
     ShardWriter,
     make_manifest,
     read_errors,
     read_manifest,
-    read_samples,
     write_errors,
     write_manifest,
 )
@@ -61,7 +59,7 @@ def _copy_shard(src: Store, entry: dict, dest: Store, index: int, remap: list[in
     writer = ShardWriter(dest, index)
     try:
         with src.open_read(entry["name"]) as f:
-            for key, members in read_samples(f):
+            for key, members in fmt.read_samples(f):
                 if key in keys:
                     raise SystemExit(f"error: {part}/{entry['name']}: sample {key} is also in an "
                                      f"earlier part (were the parts built from overlapping inputs?)")
@@ -78,7 +76,7 @@ def _copy_shard(src: Store, entry: dict, dest: Store, index: int, remap: list[in
     return copied
 
 
-def _relabel(sample: Sample, remap: list[int]) -> Sample:
+def _relabel(sample: fmt.Sample, remap: list[int]) -> fmt.Sample:
     key, members = sample
     out = []
     for ext, data in members:

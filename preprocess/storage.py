@@ -19,10 +19,6 @@ from fsspec.implementations.local import LocalFileSystem
 TMP_MARK = ".tmp-"
 
 
-def is_url(path: str) -> bool:
-    return "://" in path
-
-
 class Store:
     """Files of one shard set, addressed by names relative to its root (``a/b.json``)."""
 

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from preprocess import shardformat as fmt
+from preprocess.errors import AvfusionError
 from preprocess.shards import read_manifest
 from preprocess.storage import Store
 
@@ -29,14 +30,14 @@ def inspect(url: str, key: str | None = None, png: str | None = None) -> str:
 
 
 def find_sample(store: Store, manifest: dict, key: str | None) -> fmt.Sample:
-    """The sample ``key`` (the first sample when ``None``); ``SystemExit`` if absent."""
+    """The sample ``key`` (the first sample when ``None``); ``AvfusionError`` if absent."""
     for entry in manifest["shards"]:
         with store.open_read(entry["name"]) as f:
             for sample in fmt.read_samples(f):
                 if key is None or sample[0] == key:
                     return sample
-    raise SystemExit(f"error: {store.url}: no sample with key {key!r}" if key
-                     else f"error: {store.url}: the set has no samples")
+    raise AvfusionError(f"{store.url}: no sample with key {key!r}" if key
+                        else f"{store.url}: the set has no samples")
 
 
 def picture(sample: fmt.Sample) -> Image.Image:

@@ -38,7 +38,7 @@ from model.presets import FRONTENDS, ImageSpec  # noqa: E402
 from pipeline.augment import CROP_RATIO, Augment, crop_params, resize_uint8  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.data import build_loader  # noqa: E402
-from preprocess.format import MANIFEST  # noqa: E402
+from preprocess.shardformat import MANIFEST  # noqa: E402
 from tests.s3server import S3Server  # noqa: E402
 
 SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))

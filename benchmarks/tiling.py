@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from preprocess.shards import ShardWriter, read_samples, write_manifest
+from preprocess.shardformat import read_samples
+from preprocess.shards import ShardWriter, write_manifest
 from preprocess.storage import Store
 
 

@@ -31,7 +31,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from model.presets import AudioFrontend, ImageSpec
-from preprocess.format import MEL_EXT, META_EXT, frame_ext
+from preprocess.shardformat import MEL_EXT, META_EXT, frame_ext
 
 RANDOM_VOL_DB = 6.0                     # §6.2: gain ~ U(−6, +6) dB
 CROP_RATIO = (3 / 4, 4 / 3)             # torchvision RandomResizedCrop default ratio (§6.4)

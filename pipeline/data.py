@@ -45,8 +45,8 @@ from pipeline.augment import Augment
 from pipeline.config import DataConfig
 from pipeline.datastream import STAGES, DataError, StreamSpec, check_error_rate, stream_batches
 from pipeline.epochplan import EpochPlan
-from pipeline.shardio import ShardReadError, is_remote, join, read_manifest
-from preprocess.format import MANIFEST
+from pipeline.shardio import ShardReadError, join, read_manifest
+from preprocess.shardformat import MANIFEST, is_url
 
 __all__ = ["DataError", "ShardLoader", "ShardReadError", "build_loader"]
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class ShardLoader:
         if self.cfg.workers == 0:
             source = iter(ds)
         else:
-            if is_remote(self.cfg.shards):
+            if is_url(self.cfg.shards):
                 # NOTE: fsspec clients live in reference cycles; collect this process's ones now
                 # so that forked workers do not inherit (and try to close) its s3fs sessions.
                 gc.collect()

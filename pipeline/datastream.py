@@ -20,7 +20,7 @@ import torch
 from pipeline.augment import Augment, SampleError
 from pipeline.epochplan import EpochPlan, mix_seed
 from pipeline.shardio import ShardStore
-from pipeline.tario import CorruptShard
+from preprocess.shardformat import CorruptShard
 
 STAGES = ("shard", "meta", "audio", "image")   # error counts: samples skipped per stage
 MIN_RATE_SAMPLES = 100                         # the error rate is judged on ≥ this many samples

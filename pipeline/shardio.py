@@ -15,8 +15,6 @@
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -24,8 +22,15 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.tario import CorruptShard, tar_samples
-from preprocess.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST
+from preprocess.shardformat import (
+    MANIFEST,
+    CorruptShard,
+    FormatError,
+    HashingFile,
+    is_url,
+    parse_manifest,
+    tar_samples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +42,8 @@ class ShardReadError(RuntimeError):
     """A shard could not be read (permanent error, or transient errors beyond the retry budget)."""
 
 
-def is_remote(url: str) -> bool:
-    return "://" in url
-
-
 def join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}" if is_remote(root) else os.path.join(root, name)
+    return f"{root.rstrip('/')}/{name}" if is_url(root) else os.path.join(root, name)
 
 
 def filesystem(url: str):
@@ -53,33 +54,23 @@ def filesystem(url: str):
 
 
 def open_url(url: str, fs=None) -> BinaryIO:
-    if is_remote(url):
+    if is_url(url):
         return (fs or filesystem(url)).open(url, "rb", block_size=BLOCK_SIZE)
     return open(url, "rb", buffering=1 << 20)
 
 
 def read_manifest(root: str) -> dict:
-    """Load and check ``root/manifest.json``; ValueError with one clear line otherwise."""
+    """Load and check ``root/manifest.json``; FormatError (a ValueError) with one clear line."""
     url = join(root, MANIFEST)
     try:
         with open_url(url) as f:
-            manifest = json.loads(f.read())
+            data = f.read()
     except FileNotFoundError:
-        raise ValueError(f"{url}: not found (not a shard set, or still being built: "
-                         "manifest.json is written last)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{url}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or (manifest.get("format"), manifest.get("format_version")) \
-            != (FORMAT_NAME, FORMAT_VERSION):
-        raise ValueError(f"{url}: expected format {FORMAT_NAME!r} version {FORMAT_VERSION}")
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not shards or not all(
-            isinstance(s, dict) and isinstance(s.get("name"), str)
-            and isinstance(s.get("num_samples"), int) and s["num_samples"] >= 0 for s in shards):
-        raise ValueError(f"{url}: 'shards' must be a non-empty list of {{name, num_samples, ...}}")
-    if sum(s["num_samples"] for s in shards) != manifest.get("num_samples"):
-        raise ValueError(f"{url}: num_samples {manifest.get('num_samples')} differs from the sum "
-                         "over its shards")
+        raise FormatError(f"{url}: not found (not a shard set, or still being built: "
+                          "manifest.json is written last)") from None
+    manifest = parse_manifest(data, url)
+    if not manifest["shards"]:
+        raise FormatError(f"{url}: the shard set holds no samples")
     return manifest
 
 
@@ -105,13 +96,12 @@ class ShardCache:
         except FileNotFoundError:                        # a miss, or evicted just now
             pass
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        sha = hashlib.sha256()
         try:
-            with open_url(url, fs) as src, open(tmp, "wb") as dst:
+            with open_url(url, fs) as f, open(tmp, "wb") as dst:
+                src = HashingFile(f)
                 while chunk := src.read(BLOCK_SIZE):
-                    sha.update(chunk)
                     dst.write(chunk)
-            if sha.hexdigest() != digest:
+            if src.sha.hexdigest() != digest:
                 log.warning("%s: sha256 differs from the manifest; streaming it uncached", url)
                 return None
             f = open(tmp, "rb", buffering=1 << 20)
@@ -148,9 +138,9 @@ class ShardStore:
     def __init__(self, root: str, shards: list[dict], *, retries: int = 5, backoff: float = 0.5,
                  cache_dir: str | None = None, cache_limit_gb: float = 50.0):
         self.root, self.shards, self.retries, self.backoff = root, shards, retries, backoff
-        self.fs = filesystem(root) if is_remote(root) else None
+        self.fs = filesystem(root) if is_url(root) else None
         self.cache = (ShardCache(cache_dir, int(cache_limit_gb * 2**30))
-                      if cache_dir and is_remote(root) else None)
+                      if cache_dir and is_url(root) else None)
 
     def url(self, index: int) -> str:
         return join(self.root, self.shards[index]["name"])

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
 
-from preprocess import format as fmt
+from preprocess import shardformat as fmt
+from preprocess.errors import AvfusionError
 from preprocess.inputs import collect_sources, label_names, select_part, source_id
 from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure, available_cores, ordered_map
@@ -141,20 +142,20 @@ def _load_progress(store: Store, record: dict, resume: bool) -> Progress | None:
     """Resume state from the completion records; ``None`` when the set is already complete."""
     if store.exists(fmt.MANIFEST):
         if not resume:
-            raise SystemExit(f"error: {store.url}: already holds a shard set; choose an empty --out")
+            raise AvfusionError(f"{store.url}: already holds a shard set; choose an empty --out")
         if read_manifest(store)["created_by"]["config"] != record:
-            raise SystemExit(f"error: {store.url}: holds a shard set built from other inputs or options")
+            raise AvfusionError(f"{store.url}: holds a shard set built from other inputs or options")
         return None
     if not store.exists(CONFIG_RECORD):
         store.write_bytes(CONFIG_RECORD, json.dumps(record).encode())
         return Progress()
     if not resume:
-        raise SystemExit(f"error: {store.url}: holds an unfinished build; pass --resume to finish "
+        raise AvfusionError(f"{store.url}: holds an unfinished build; pass --resume to finish "
                          f"it, or choose an empty --out")
     old = json.loads(store.read_bytes(CONFIG_RECORD))
     if old != record:
         keys = sorted(k for k in record if old.get(k) != record[k])
-        raise SystemExit(f"error: {store.url}: --resume with other inputs or options than the "
+        raise AvfusionError(f"{store.url}: --resume with other inputs or options than the "
                          f"unfinished build (differs in: {', '.join(keys)})")
     progress = Progress()
     while store.exists(name := fmt.progress_record(len(progress.shards))):

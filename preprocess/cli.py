@@ -5,9 +5,11 @@ Handlers import their modules lazily so that ``avfusion --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
+from preprocess.errors import AvfusionError
 from preprocess.pool import available_cores
 
 
@@ -38,7 +40,7 @@ def _add_synth(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=available_cores(),
                    help="encoder processes (default: all available cores)")
-    p.set_defaults(func=_synth)
+    p.set_defaults(func=_one_line_errors(_synth))
 
 
 def _add_build(sub) -> None:
@@ -71,7 +73,7 @@ def _add_build(sub) -> None:
                    help="build only this slice of the sorted inputs (default: $JOB_COMPLETION_INDEX "
                         "when --num-parts > 1)")
     p.add_argument("--num-parts", type=int, default=1, help="number of slices (default 1)")
-    p.set_defaults(func=_build)
+    p.set_defaults(func=_one_line_errors(_build))
 
 
 def _add_verify(sub) -> None:
@@ -80,7 +82,7 @@ def _add_verify(sub) -> None:
                                    "sample decodes, and that mel shapes/dtype and frame sizes "
                                    "match the preset in the manifest.")
     p.add_argument("dest", metavar="DEST")
-    p.set_defaults(func=_verify)
+    p.set_defaults(func=_one_line_errors(_verify))
 
 
 def _add_inspect(sub) -> None:
@@ -90,7 +92,7 @@ def _add_inspect(sub) -> None:
     p.add_argument("dest", metavar="DEST")
     p.add_argument("--sample", metavar="KEY", help="sample key (default: the first sample)")
     p.add_argument("--png", metavar="FILE", help="write a picture of the sample to FILE")
-    p.set_defaults(func=_inspect)
+    p.set_defaults(func=_one_line_errors(_inspect))
 
 
 def _add_merge(sub) -> None:
@@ -101,7 +103,18 @@ def _add_merge(sub) -> None:
                     "label maps reconciled (label_index rewritten where they differ).")
     p.add_argument("parts", nargs="+", metavar="PART")
     p.add_argument("--out", required=True, metavar="DEST")
-    p.set_defaults(func=_merge)
+    p.set_defaults(func=_one_line_errors(_merge))
+
+
+def _one_line_errors(handler):
+    """The library's :class:`AvfusionError` becomes one ``error: …`` line and exit status 1."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except AvfusionError as e:
+            raise SystemExit(f"error: {e}") from None
+    return run
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Stored features: 16-kHz waveform → log-mel of the preset; video frame → resized JPEG.
 
-Audio parameters come from ``model.presets.AudioFrontend`` (one place for them). Transforms
+Audio parameters come from ``preprocess.shardformat.AudioFrontend`` (one place for them). Transforms
 are built once per process and reused for every clip.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torchaudio
 from PIL import Image
 
-from model.presets import AudioFrontend
+from preprocess.shardformat import AudioFrontend
 
 _ROTATE = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180,
            3: Image.Transpose.ROTATE_270}      # counter-clockwise quarter turns

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import fsspec
 
-from preprocess.storage import is_url
+from preprocess.errors import AvfusionError
+from preprocess.shardformat import is_url
 
 LIST_SUFFIXES = (".txt", ".csv")
 # Side files skipped when scanning directories (lists, metadata, docs next to the videos).
@@ -32,18 +33,18 @@ class Source:
 
 
 def collect_sources(inputs: list[str]) -> list[Source]:
-    """Expand INPUT arguments; sorted by path, duplicates merged. ``SystemExit`` if unusable."""
+    """Expand INPUT arguments; sorted by path, duplicates merged. ``AvfusionError`` if unusable."""
     found: dict[str, Source] = {}
     for arg in inputs:
         for src in _expand(arg):
             old = found.setdefault(src.path, src)
             if old.label != src.label and src.label is not None:
                 if old.label is not None:
-                    raise SystemExit(f"error: {src.path}: listed with two labels "
+                    raise AvfusionError(f"{src.path}: listed with two labels "
                                      f"({old.label!r} and {src.label!r})")
                 found[src.path] = src
     if not found:
-        raise SystemExit(f"error: no inputs found in {' '.join(inputs)}")
+        raise AvfusionError(f"no inputs found in {' '.join(inputs)}")
     return [found[p] for p in sorted(found)]
 
 
@@ -70,9 +71,9 @@ def _expand(arg: str) -> list[Source]:
     try:
         exists, isdir = fs.exists(root), fs.isdir(root)
     except OSError as e:
-        raise SystemExit(f"error: input {arg}: cannot be read ({e})") from None
+        raise AvfusionError(f"input {arg}: cannot be read ({e})") from None
     if not exists:
-        raise SystemExit(f"error: input {arg}: no such file or directory")
+        raise AvfusionError(f"input {arg}: no such file or directory")
     if isdir:
         return [Source(p) for p in _scan(fs, arg, root)]
     if arg.lower().endswith(LIST_SUFFIXES):
@@ -99,7 +100,7 @@ def _read_list(arg: str, text: str) -> list[Source]:
         fields = [f.strip() for f in reader.fieldnames or []]
         col = next((c for c in ("path", "url") if c in fields), None)
         if col is None:
-            raise SystemExit(f"error: {arg}: expected a CSV header with a 'path' column "
+            raise AvfusionError(f"{arg}: expected a CSV header with a 'path' column "
                              f"(got: {', '.join(fields) or 'nothing'})")
         rows = [((r.get(col) or "").strip(), (r.get("label") or "").strip() or None)
                 for r in ({k.strip(): v for k, v in r.items() if k} for r in reader)]

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 
-from preprocess import format as fmt
-from preprocess.options import Sample
+from preprocess import shardformat as fmt
+from preprocess.errors import AvfusionError
 from preprocess.shards import (
     ShardWriter,
     make_manifest,
     read_errors,
     read_manifest,
-    read_samples,
     write_errors,
     write_manifest,
 )
@@ -32,13 +31,13 @@ def merge(parts: list[str], out: str) -> dict:
     manifests = [read_manifest(s) for s in stores]
     for part, m in zip(parts[1:], manifests[1:], strict=True):
         if m["preset"] != manifests[0]["preset"]:
-            raise SystemExit(f"error: {part}: preset differs from {parts[0]}'s; only sets built "
+            raise AvfusionError(f"{part}: preset differs from {parts[0]}'s; only sets built "
                              f"with the same preset and clip/frame options can be merged")
     labels = sorted(set().union(*(m.get("labels", []) for m in manifests)))
     dest = Store(out)
     dest.check_writable()
     if dest.exists(fmt.MANIFEST):
-        raise SystemExit(f"error: {out}: already holds a shard set; choose an empty --out")
+        raise AvfusionError(f"{out}: already holds a shard set; choose an empty --out")
     shards: list[dict] = []
     errors: list[dict] = []
     keys: set[str] = set()
@@ -61,9 +60,9 @@ def _copy_shard(src: Store, entry: dict, dest: Store, index: int, remap: list[in
     writer = ShardWriter(dest, index)
     try:
         with src.open_read(entry["name"]) as f:
-            for key, members in read_samples(f):
+            for key, members in fmt.read_samples(f):
                 if key in keys:
-                    raise SystemExit(f"error: {part}/{entry['name']}: sample {key} is also in an "
+                    raise AvfusionError(f"{part}/{entry['name']}: sample {key} is also in an "
                                      f"earlier part (were the parts built from overlapping inputs?)")
                 keys.add(key)
                 writer.add(_relabel((key, members), remap) if relabel else (key, members))
@@ -73,12 +72,12 @@ def _copy_shard(src: Store, entry: dict, dest: Store, index: int, remap: list[in
     copied = writer.close()
     if copied["num_samples"] != entry["num_samples"] or (
             not relabel and copied["sha256"] != entry["sha256"]):
-        raise SystemExit(f"error: {part}/{entry['name']}: content differs from the part's "
+        raise AvfusionError(f"{part}/{entry['name']}: content differs from the part's "
                          f"manifest (run `avfusion shards verify {part}`)")
     return copied
 
 
-def _relabel(sample: Sample, remap: list[int]) -> Sample:
+def _relabel(sample: fmt.Sample, remap: list[int]) -> fmt.Sample:
     key, members = sample
     out = []
     for ext, data in members:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from model.presets import get_frontend
-from preprocess import format as fmt
-
-Sample = tuple[str, list[tuple[str, bytes]]]     # key, [(extension, bytes)] in tar order
+from preprocess import shardformat as fmt
 
 
 @dataclass(frozen=True)
@@ -25,8 +22,8 @@ class SampleOptions:
         """Unusable values, one line each (empty when all is well)."""
         out = []
         try:
-            get_frontend(self.preset)
-        except ValueError as e:
+            fmt.get_frontend(self.preset)
+        except fmt.FormatError as e:
             out.append(f"--preset: {e}")
         if not self.clip_seconds > 0:
             out.append(f"--clip-seconds must be > 0 (got {self.clip_seconds})")
@@ -43,7 +40,7 @@ class SampleOptions:
         """The manifest's ``preset`` entry (docs/FORMAT.md)."""
         record = asdict(self)
         del record["preset"]
-        return {"audio": get_frontend(self.preset).as_dict(), **record}
+        return {"audio": fmt.get_frontend(self.preset).as_dict(), **record}
 
 
 @dataclass(frozen=True)

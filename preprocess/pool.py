@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from preprocess.errors import AvfusionError
+
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity, where the OS reports it)."""
@@ -135,7 +137,7 @@ def _submit(w: _Worker, ctx, fn: tuple[str, tuple], index: int, item: Any,
         except OSError:
             w.stop(kill=True)
             if attempt:
-                raise SystemExit(f"error: build worker processes die at start-up "
+                raise AvfusionError(f"build worker processes die at start-up "
                                  f"(exit code {w.proc.exitcode})") from None
             w = _Worker(ctx, fn)
     return w

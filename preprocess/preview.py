@@ -7,9 +7,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from preprocess import format as fmt
-from preprocess.options import Sample
-from preprocess.shards import read_manifest, read_samples
+from preprocess import shardformat as fmt
+from preprocess.errors import AvfusionError
+from preprocess.shards import read_manifest
 from preprocess.storage import Store
 
 ROW_HEIGHT = 128        # frame thumbnails in the picture
@@ -29,18 +29,18 @@ def inspect(url: str, key: str | None = None, png: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def find_sample(store: Store, manifest: dict, key: str | None) -> Sample:
-    """The sample ``key`` (the first sample when ``None``); ``SystemExit`` if absent."""
+def find_sample(store: Store, manifest: dict, key: str | None) -> fmt.Sample:
+    """The sample ``key`` (the first sample when ``None``); ``AvfusionError`` if absent."""
     for entry in manifest["shards"]:
         with store.open_read(entry["name"]) as f:
-            for sample in read_samples(f):
+            for sample in fmt.read_samples(f):
                 if key is None or sample[0] == key:
                     return sample
-    raise SystemExit(f"error: {store.url}: no sample with key {key!r}" if key
-                     else f"error: {store.url}: the set has no samples")
+    raise AvfusionError(f"{store.url}: no sample with key {key!r}" if key
+                        else f"{store.url}: the set has no samples")
 
 
-def picture(sample: Sample) -> Image.Image:
+def picture(sample: fmt.Sample) -> Image.Image:
     """Frames in a row above the log-mel spectrogram (low frequencies at the bottom)."""
     import matplotlib
 
@@ -76,7 +76,7 @@ def _summary(url: str, m: dict) -> str:
         f"created: {m['created_by'].get('created')} by avfusion {m['created_by'].get('version')}"])
 
 
-def _describe(sample: Sample) -> str:
+def _describe(sample: fmt.Sample) -> str:
     key, members = sample
     files = dict(members)
     mel = np.load(io.BytesIO(files[fmt.MEL_EXT]))

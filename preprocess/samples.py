@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 
-from model.presets import get_frontend
-from preprocess import format as fmt
+from preprocess import shardformat as fmt
 from preprocess.clips import EPS, clip_spans, frame_offsets, frame_targets
 from preprocess.decode import MediaError, MediaFile, decode_audio, decode_video
 from preprocess.features import encode_frame, log_mel, npy_bytes, resample
-from preprocess.options import Sample, SampleOptions, Task
+from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure
 
 
-def run_task(opts: SampleOptions, threads: int, task: Task) -> list[Sample] | Failure:
+def run_task(opts: SampleOptions, threads: int, task: Task) -> list[fmt.Sample] | Failure:
     """Build-worker entry: the input's samples, or a ``Failure`` with its stage and reason."""
     try:
         return make_samples(task, opts, threads)
@@ -25,9 +24,9 @@ def run_task(opts: SampleOptions, threads: int, task: Task) -> list[Sample] | Fa
         return Failure(e.stage, str(e))
 
 
-def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[Sample]:
+def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[fmt.Sample]:
     """All samples of one input, in clip order; ``MediaError`` when it yields none."""
-    fe = get_frontend(opts.preset)
+    fe = fmt.get_frontend(opts.preset)
     media = MediaFile(task.path)
     audio = decode_audio(media)
     if audio.end - audio.start < opts.min_clip_seconds - EPS:
@@ -58,7 +57,7 @@ def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[Samp
 
 
 def _sample(task: Task, k: int, clip_start: float, seconds: float,
-            frames: list[tuple[float, bytes]], mel, fe) -> Sample:
+            frames: list[tuple[float, bytes]], mel, fe) -> fmt.Sample:
     meta = {"source": task.path, "source_id": task.source_id, "clip_index": k,
             "clip_start": round(clip_start, 6), "clip_seconds": seconds,
             "frame_times": [round(t - clip_start, 6) for t, _ in frames],

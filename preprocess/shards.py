@@ -1,35 +1,16 @@
-"""Shard-set I/O: deterministic tar writing, sample reading, manifest and errors files.
+"""Shard-set writing: deterministic tars, the manifest and errors files (reading: shardformat).
 
 Tars are byte-reproducible: members in a fixed order with zeroed owner, mode 0444 and
 mtime 0. ``sha256`` and size are computed while writing (no second read, also on S3).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import IO
 
-from preprocess import format as fmt
-from preprocess.options import Sample
+from preprocess import shardformat as fmt
 from preprocess.storage import Store
-
-
-class _Hashing:
-    """Write-only file wrapper that counts and hashes what passes through."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.bytes += len(data)
-        return self.f.write(data)
-
-    def tell(self) -> int:
-        return self.bytes
 
 
 class ShardWriter:
@@ -38,11 +19,11 @@ class ShardWriter:
     def __init__(self, store: Store, index: int):
         self.name = fmt.shard_name(index)
         self._ctx = store.open_atomic(self.name)
-        self._out = _Hashing(self._ctx.__enter__())
+        self._out = fmt.HashingFile(self._ctx.__enter__())
         self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.PAX_FORMAT)
         self.num_samples = 0
 
-    def add(self, sample: Sample) -> None:
+    def add(self, sample: fmt.Sample) -> None:
         key, members = sample
         for ext, data in members:
             info = tarfile.TarInfo(f"{key}.{ext}")
@@ -74,23 +55,6 @@ class _Reader:
         return chunk
 
 
-def read_samples(f: IO[bytes]) -> Iterator[Sample]:
-    """Samples of one tar in order (members grouped by key, the part before the first dot)."""
-    key, members = None, []
-    with tarfile.open(fileobj=f, mode="r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            k, _, ext = info.name.partition(".")
-            if k != key and key is not None:
-                yield key, members
-                members = []
-            key = k
-            members.append((ext, tar.extractfile(info).read()))
-    if key is not None:
-        yield key, members
-
-
 def write_errors(store: Store, errors: list[dict]) -> None:
     store.write_bytes(fmt.ERRORS, "".join(json.dumps(e) + "\n" for e in errors).encode())
 
@@ -117,16 +81,12 @@ def write_manifest(store: Store, manifest: dict) -> None:
 
 
 def read_manifest(store: Store) -> dict:
-    """The manifest of a complete set; ``SystemExit`` naming what is wrong otherwise."""
+    """The checked manifest of a complete set; :class:`FormatError` naming what is wrong."""
     try:
-        manifest = json.loads(store.read_bytes(fmt.MANIFEST))
+        data = store.read_bytes(fmt.MANIFEST)
     except FileNotFoundError:
-        raise SystemExit(f"error: {store.url}: no {fmt.MANIFEST} (not a shard set, "
-                         f"or an unfinished build: use --resume)") from None
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {store.url}/{fmt.MANIFEST}: unreadable ({e})") from None
-    if manifest.get("format") != fmt.FORMAT_NAME or manifest.get("format_version") != fmt.FORMAT_VERSION:
-        raise SystemExit(f"error: {store.url}/{fmt.MANIFEST}: expected format {fmt.FORMAT_NAME!r} "
-                         f"version {fmt.FORMAT_VERSION}, got {manifest.get('format')!r} "
-                         f"version {manifest.get('format_version')!r}")
-    return manifest
+        raise fmt.FormatError(f"{store.url}: no {fmt.MANIFEST} (not a shard set, "
+                              f"or an unfinished build: use --resume)") from None
+    except OSError as e:
+        raise fmt.FormatError(f"{store.url}/{fmt.MANIFEST}: unreadable ({e})") from None
+    return fmt.parse_manifest(data, f"{store.url}/{fmt.MANIFEST}")

@@ -16,11 +16,9 @@ from typing import IO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from preprocess.errors import AvfusionError
+
 TMP_MARK = ".tmp-"
-
-
-def is_url(path: str) -> bool:
-    return "://" in path
 
 
 class Store:
@@ -97,7 +95,7 @@ class Store:
                 self.remove(name)
 
     def check_writable(self) -> None:
-        """Create the root if needed and prove it accepts writes; ``SystemExit`` otherwise."""
+        """Create the root if needed and prove it accepts writes; ``AvfusionError`` otherwise."""
         probe = f".write-test{TMP_MARK}{os.getpid()}"
         try:
             if self.local:
@@ -105,7 +103,7 @@ class Store:
             self.write_bytes(probe, b"")
             self.remove(probe)
         except (OSError, ValueError) as e:
-            raise SystemExit(f"error: {self.url}: destination is not writable ({_reason(e)})") from None
+            raise AvfusionError(f"{self.url}: destination is not writable ({_reason(e)})") from None
 
 
 def _reason(e: BaseException) -> str:

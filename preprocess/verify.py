@@ -1,38 +1,17 @@
 """``avfusion shards verify``: a complete check of a shard set against its manifest."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from model.presets import AudioFrontend
-from preprocess import format as fmt
-from preprocess.options import Sample
-from preprocess.shards import read_errors, read_manifest, read_samples
+from preprocess import shardformat as fmt
+from preprocess.shards import read_errors, read_manifest
 from preprocess.storage import Store
-
-
-class _HashingReader:
-    """Read-only wrapper hashing everything read, so a shard is read once for both checks."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        self.bytes += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
 
 
 def verify(url: str, threads: int = 4) -> tuple[list[str], str]:
@@ -51,6 +30,8 @@ def verify(url: str, threads: int = 4) -> tuple[list[str], str]:
             problems += [f"{k}: key appears twice in the set" for k in keys.intersection(shard_keys)]
             keys.update(shard_keys)
     total = sum(s["num_samples"] for s in manifest["shards"])
+    if not total:
+        problems.append(f"{fmt.MANIFEST}: the set holds no samples (the loader cannot read it)")
     if total != manifest["num_samples"] or len(keys) != total:
         problems.append(f"{fmt.MANIFEST}: num_samples {manifest['num_samples']}, shard entries sum "
                         f"to {total}, {len(keys)} distinct samples found")
@@ -67,12 +48,12 @@ def _verify_shard(store: Store, entry: dict, check: _SampleCheck) -> tuple[list[
     name, problems, keys = entry["name"], [], []
     try:
         with store.open_read(name) as f:
-            reader = _HashingReader(f)
-            for sample in read_samples(reader):
+            reader = fmt.HashingFile(f)
+            for sample in fmt.read_samples(reader):
                 keys.append(sample[0])
                 problems += [f"{name}: {sample[0]}: {p}" for p in check(sample)]
             reader.drain()
-    except Exception as e:             # I/O errors, corrupt tar (tarfile raises many kinds)
+    except (fmt.CorruptShard, OSError, ValueError) as e:     # I/O error, malformed tar
         return [f"{name}: unreadable ({type(e).__name__}: {e})"], keys
     for what, got, want in (("bytes", reader.bytes, entry["bytes"]),
                             ("sha256", reader.sha.hexdigest(), entry["sha256"]),
@@ -86,11 +67,11 @@ class _SampleCheck:
     """One sample against the manifest's preset and label list."""
 
     def __init__(self, manifest: dict):
-        self.fe = AudioFrontend(**manifest["preset"]["audio"])
+        self.fe = fmt.AudioFrontend(**manifest["preset"]["audio"])
         self.frame_size = manifest["preset"]["frame_size"]
         self.labels = manifest.get("labels", [])
 
-    def __call__(self, sample: Sample) -> list[str]:
+    def __call__(self, sample: fmt.Sample) -> list[str]:
         key, members = sample
         files = dict(members)
         try:

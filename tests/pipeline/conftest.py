@@ -18,7 +18,7 @@ import webdataset as wds
 from PIL import Image
 
 from model.presets import FRONTENDS, AudioFrontend
-from preprocess.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, frame_ext, shard_name
+from preprocess.shardformat import FORMAT_NAME, FORMAT_VERSION, MANIFEST, frame_ext, shard_name
 
 LABELS = ("bird", "cat", "dog")
 

@@ -7,7 +7,7 @@ import tarfile
 import pytest
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from pipeline.tario import CorruptShard, tar_samples
+from preprocess.shardformat import CorruptShard, tar_samples
 
 
 def webdataset_samples(data: bytes) -> list[dict]:

@@ -42,7 +42,7 @@ def cli(*args, expect: int = 0) -> None:
 
 def load_set(out: Path) -> tuple[dict, list[dict], dict[str, dict]]:
     """(manifest, errors, {key: {ext: bytes}}) of a local shard set."""
-    from preprocess.shards import read_samples
+    from preprocess.shardformat import read_samples
     manifest = json.loads((out / "manifest.json").read_text())
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     samples = {}

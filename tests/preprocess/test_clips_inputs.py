@@ -6,6 +6,7 @@ import math
 import pytest
 
 from preprocess.clips import clip_spans, frame_offsets, frame_targets
+from preprocess.errors import AvfusionError
 from preprocess.inputs import Source, collect_sources, label_names, select_part, source_id
 
 
@@ -51,9 +52,9 @@ def test_conflicting_labels_and_bad_lists_are_one_line_errors(tmp_path):
     (tmp_path / "one.csv").write_text("path,label\na.mp4,cat\n")
     (tmp_path / "two.csv").write_text("path,label\na.mp4,dog\n")
     (tmp_path / "bad.csv").write_text("file,label\na.mp4,cat\n")
-    with pytest.raises(SystemExit, match="two labels"):
+    with pytest.raises(AvfusionError, match="two labels"):
         collect_sources([str(tmp_path / "one.csv"), str(tmp_path / "two.csv")])
-    with pytest.raises(SystemExit, match="'path' column"):
+    with pytest.raises(AvfusionError, match="'path' column"):
         collect_sources([str(tmp_path / "bad.csv")])
 
 

@@ -1,14 +1,18 @@
 """``avfusion`` — the single command-line entry point.
 
 Each module in ``COMMANDS`` exposes ``register(subparsers)``, adding its subcommands with
-``set_defaults(func=handler)``; ``handler(args) -> int`` is the exit code. Handlers report
-unusable input by raising ``SystemExit("error: ...")`` (one line, non-zero exit) before any work.
+``set_defaults(func=handler)``; ``handler(args) -> int`` is the exit code. Libraries raise
+exceptions; :func:`preprocess.errors.run_cli` turns them into one ``error: …`` line and the
+documented exit code (tracebacks only with ``--debug`` or ``AVFUSION_DEBUG=1``).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from preprocess.errors import run_cli
 
 # command: (module whose ``register`` adds it, one-line help). Only the module of the command
 # being run is imported, so `avfusion --help` and light commands start fast.
@@ -31,6 +35,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         description="Audio-visual early-fusion (DeepAVFusion) pretraining: build shards, "
                     "stream them into DeepSpeed training, track runs in MLflow.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks instead of one-line errors (also AVFUSION_DEBUG=1)")
+    parser.epilog = ("exit codes: 0 success, 2 unusable input or data (one 'error:' line naming the file "
+                     "or key), 70 internal error, 130 interrupted; 'shards build' also 1 and 3")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     module = COMMANDS[chosen][0] if chosen in COMMANDS else None
@@ -45,11 +53,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("avfusion: interrupted", file=sys.stderr)
-        return 130
+    if args.debug:
+        os.environ["AVFUSION_DEBUG"] = "1"
+    return run_cli(args.func, args)
 
 
 if __name__ == "__main__":

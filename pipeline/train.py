@@ -11,7 +11,8 @@ import logging
 import os
 import sys
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from preprocess.errors import run_cli
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -25,10 +26,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    cfg = load_config(args.config, args.overrides)
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
@@ -54,7 +52,8 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    """Every rank runs this; expected errors are printed once, by rank 0 (they are the same on all)."""
+    return run_cli(run, build_parser().parse_args(argv), quiet=os.environ.get("RANK", "0") != "0")
 
 
 if __name__ == "__main__":

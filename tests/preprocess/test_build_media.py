@@ -12,7 +12,10 @@ import torch
 import torchaudio
 from PIL import Image
 
+from pipeline.config import DataConfig
+from pipeline.data import build_loader
 from preprocess.decode import MediaFile, decode_audio
+from preprocess.shardformat import FRONTENDS, ImageSpec
 
 from .conftest import MEDIA, avfusion, load_set, media_rows, mel, meta
 
@@ -54,9 +57,16 @@ def test_outcome_of_every_file_agrees_with_manifest_tsv(media_build):
     assert manifest["num_failed"] == len(errors) == sum(failed.values())
 
 
-def test_verify_passes_on_the_acceptance_build(media_build):
+def test_verify_passes_and_the_loader_reads_every_sample(media_build):
     proc = avfusion("shards", "verify", media_build)
     assert proc.stdout.strip().endswith("0 problems")
+    manifest, _, samples = load_set(media_build)
+    loader = build_loader(DataConfig(shards=str(media_build), batch_size=1, workers=1),
+                          audio=FRONTENDS["deepavfusion"], image=ImageSpec(), rank=0,
+                          world_size=1, seed=0, train=False)
+    loader.set_epoch(0)
+    keys = [k for batch in loader for k in batch["key"]]
+    assert sorted(keys) == sorted(samples) and len(keys) == manifest["num_samples"]
 
 
 def _reference_logmel(path: str, clip_start: float, seconds: float) -> np.ndarray:

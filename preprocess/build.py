@@ -177,10 +177,8 @@ def _prepare(store: Store, record: dict, cfg: BuildConfig) -> Progress | None:
             raise AvfusionError(f"{store.url}: holds a shard set built from other inputs or options")
         return None
     if not store.exists(CONFIG_RECORD):
-        content = [n for n in store.list() if TMP_MARK not in n]
-        if content and not cfg.force:
-            raise AvfusionError(f"{store.url}: not empty ({len(content)} files, e.g. {content[0]}); "
-                                f"choose an empty --out (or --force to replace shard files there)")
+        if not cfg.force:
+            store.check_empty("choose an empty --out (or --force to replace shard files there)")
         store.write_bytes(CONFIG_RECORD, json.dumps(record).encode())
         return Progress()
     if not cfg.resume:

@@ -154,6 +154,9 @@ def test_an_out_folder_with_content_is_never_clobbered(tmp_path, capsys):
     assert sorted(p.name for p in built.iterdir()) == ["errors.jsonl", "manifest.json",
                                                        "shard-000000.tar"]
     cli("shards", "verify", built)
+    with pytest.raises(SystemExit, match="not empty"):
+        cli("shards", "merge", built, "--out", out)
+    assert _stamp(out) == {"notes.txt": b"mine"}
 
 
 @pytest.mark.slow

@@ -1,19 +1,21 @@
-"""``avfusion shards build``: inputs → shard set; parallel, deterministic, resumable.
+"""``avfusion shards build``: inputs → shard set; parallel, shuffled, deterministic, resumable.
 
-Order of work: list and sort the inputs → check the destination → load resume state →
-decode in worker processes (results consumed in input order) → fill shards of
-``samples_per_shard`` samples; after each tar, a completion record
-``.progress/shard-NNNNNN.tar.json`` {shard entry, cursor, errors} → ``errors.jsonl`` →
-``manifest.json`` (last). The cursor (input position, clip offset) says where the next shard
-starts, so ``--resume`` redoes exactly the shards without a record and the result is
-byte-identical to an uninterrupted build.
+Order of work: list and sort the inputs → put them in the seeded order (``preprocess.shuffle``;
+``shuffle=False`` keeps the sorted order) → take this part's block → check the destination →
+load resume state → decode in worker processes (results consumed in order) → per window of
+inputs, write its clips in the seeded permutation into shards of ``samples_per_shard``; after
+each tar, a completion record ``.progress/shard-NNNNNN.tar.json`` {shard entry, cursor, errors}
+→ ``errors.jsonl`` → ``manifest.json`` (last). The cursor (window, samples of it already
+written) says where the next shard starts, so ``--resume`` keeps every recorded shard untouched,
+redoes exactly the rest, and the result is byte-identical to an uninterrupted build.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import re
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
@@ -30,10 +32,12 @@ from preprocess.shards import (
     write_errors,
     write_manifest,
 )
-from preprocess.storage import Store
+from preprocess.shuffle import WindowBuffer, shuffled, windows
+from preprocess.storage import TMP_MARK, Store
 
 CONFIG_RECORD = f"{fmt.PROGRESS_DIR}/config.json"
 WORKER = "preprocess.samples:run_task"      # imported only by the worker processes
+SHARD_FILE = re.compile(r"shard-\d{6}\.tar")
 
 
 @dataclass(frozen=True)
@@ -48,28 +52,33 @@ class BuildConfig:
     resume: bool = False
     part_index: int = 0
     num_parts: int = 1
+    shuffle: bool = True            # seeded input order + clip permutation per window
+    seed: int = 0
+    window: int = 256               # inputs whose clips are permuted together
+    force: bool = False             # replace a shard set (or unfinished build) at ``out``
 
 
 @dataclass
 class Progress:
     shards: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
-    cursor: tuple[int, int] = (0, 0)      # (input position, samples of it already written)
+    cursor: tuple[int, int] = (0, 0)      # (window, samples of it already written)
 
 
 def build(cfg: BuildConfig) -> dict | None:
     """Build (or finish) the shard set; returns its manifest, ``None`` if it was complete."""
     sources = collect_sources(list(cfg.inputs))
     labels = label_names(sources)
+    if cfg.shuffle:
+        sources = shuffled(sources, cfg.seed, name=lambda s: s.path)
     tasks = [Task(s.path, source_id(s.path), s.label,
                   labels.index(s.label) if s.label is not None else None)
              for s in select_part(sources, cfg.part_index, cfg.num_parts)]
     record = _config_record(cfg, tasks)
     store = Store(cfg.out)
     store.check_writable()
-    progress = _load_progress(store, record, cfg.resume)
+    progress = _prepare(store, record, cfg)
     if progress is None:
-        print(f"{cfg.out}: already complete", file=sys.stderr)
         return None
     _run(store, cfg, tasks, progress)
     manifest = make_manifest(cfg.options.preset_record(), progress.shards, len(progress.errors),
@@ -81,34 +90,47 @@ def build(cfg: BuildConfig) -> dict | None:
 
 
 def _run(store: Store, cfg: BuildConfig, tasks: list[Task], progress: Progress) -> None:
+    """Decode from the cursor's window on and fill shards, committing each when full."""
+    spans = windows(len(tasks), cfg.window if cfg.shuffle else 1)
+    seed = cfg.seed if cfg.shuffle else None
     first, skip = progress.cursor
+    start = spans[first].start if first < len(spans) else len(tasks)
     threads = cfg.decode_threads or max(1, available_cores() // cfg.workers)
     writer: ShardWriter | None = None
     pending: list[dict] = []           # errors since the last completion record
     clips, failed, t0 = 0, len(progress.errors), time.monotonic()
-    bar = tqdm(total=len(tasks), initial=first, unit="video", desc="shards build", disable=None)
+    bar = tqdm(total=len(tasks), initial=start, unit="video", desc="shards build", disable=None)
+    results = ordered_map(WORKER, (cfg.options, threads), tasks[start:], workers=cfg.workers,
+                          timeout=cfg.timeout)
     try:
-        for pos, result in ordered_map(WORKER, (cfg.options, threads), tasks[first:],
-                                       workers=cfg.workers, timeout=cfg.timeout):
-            i = first + pos
-            if isinstance(result, Failure):
-                pending.append({"source": tasks[i].path, "stage": result.stage, "error": result.error})
-                failed += 1
-                result = []
-            offset = skip if pos == 0 else 0
-            for j, sample in enumerate(result[offset:], start=offset + 1):
-                writer = writer or ShardWriter(store, len(progress.shards))
-                writer.add(sample)
-                clips += 1
-                if writer.num_samples == cfg.samples_per_shard:
-                    cursor = (i, j) if j < len(result) else (i + 1, 0)
-                    _commit(store, writer, cursor, pending, progress)
-                    writer = None
-            bar.update(1)
-            bar.set_postfix(clips=clips, clips_per_s=f"{clips / (time.monotonic() - t0):.1f}",
-                            failed=failed, refresh=False)
+        with closing(results):
+            for w in range(first, len(spans)):
+                offset = skip if w == first else 0
+                with WindowBuffer() as window:
+                    # 1. decode the window's inputs; its errors were recorded if it was begun
+                    for pos, (_, result) in zip(spans[w], results, strict=False):
+                        if isinstance(result, Failure):
+                            failed += 1
+                            if not offset:
+                                pending.append({"source": tasks[pos].path, "stage": result.stage,
+                                                "error": result.error})
+                        else:
+                            for sample in result:
+                                window.add(sample)
+                        bar.update(1)
+                    # 2. write its clips in the seeded order, committing full shards
+                    for j, sample in enumerate(window.samples(seed, offset), start=offset + 1):
+                        writer = writer or ShardWriter(store, len(progress.shards))
+                        writer.add(sample)
+                        clips += 1
+                        if writer.num_samples == cfg.samples_per_shard:
+                            cursor = (w, j) if j < len(window) else (w + 1, 0)
+                            _commit(store, writer, cursor, pending, progress)
+                            writer = None
+                bar.set_postfix(clips=clips, clips_per_s=f"{clips / (time.monotonic() - t0):.1f}",
+                                failed=failed, refresh=False)
         if writer is not None:
-            _commit(store, writer, (len(tasks), 0), pending, progress)
+            _commit(store, writer, (len(spans), 0), pending, progress)
         progress.errors.extend(pending)
     except BaseException:
         if writer is not None:
@@ -135,28 +157,43 @@ def _config_record(cfg: BuildConfig, tasks: list[Task]) -> dict:
     listing = "".join(f"{t.path}\t{t.label}\n" for t in tasks).encode()
     return {"inputs": list(cfg.inputs), "part_index": cfg.part_index, "num_parts": cfg.num_parts,
             "num_sources": len(tasks), "sources_sha256": hashlib.sha256(listing).hexdigest(),
-            "samples_per_shard": cfg.samples_per_shard, "options": asdict(cfg.options)}
+            "samples_per_shard": cfg.samples_per_shard, "options": asdict(cfg.options),
+            "shuffle": {"seed": cfg.seed, "window": cfg.window} if cfg.shuffle else None}
 
 
-def _load_progress(store: Store, record: dict, resume: bool) -> Progress | None:
-    """Resume state from the completion records; ``None`` when the set is already complete."""
+def _prepare(store: Store, record: dict, cfg: BuildConfig) -> Progress | None:
+    """Check that ``out`` may be written and load the resume state; ``None`` when complete.
+
+    Only an empty destination, a resumable build of the same inputs and options (``resume``),
+    or ``force`` (which first removes the shard set or unfinished build there) is accepted.
+    """
+    if cfg.force:
+        _remove_set(store)
     if store.exists(fmt.MANIFEST):
-        if not resume:
-            raise AvfusionError(f"{store.url}: already holds a shard set; choose an empty --out")
+        if not cfg.resume:
+            raise AvfusionError(f"{store.url}: already holds a shard set; choose an empty --out "
+                                f"(or --force to replace it)")
         if read_manifest(store)["created_by"]["config"] != record:
             raise AvfusionError(f"{store.url}: holds a shard set built from other inputs or options")
         return None
     if not store.exists(CONFIG_RECORD):
+        if not cfg.force:
+            store.check_empty("choose an empty --out (or --force to replace shard files there)")
         store.write_bytes(CONFIG_RECORD, json.dumps(record).encode())
         return Progress()
-    if not resume:
-        raise AvfusionError(f"{store.url}: holds an unfinished build; pass --resume to finish "
-                         f"it, or choose an empty --out")
+    if not cfg.resume:
+        raise AvfusionError(f"{store.url}: holds an unfinished build; pass --resume to finish it, "
+                            f"choose an empty --out, or --force to start again")
     old = json.loads(store.read_bytes(CONFIG_RECORD))
     if old != record:
         keys = sorted(k for k in record if old.get(k) != record[k])
         raise AvfusionError(f"{store.url}: --resume with other inputs or options than the "
-                         f"unfinished build (differs in: {', '.join(keys)})")
+                            f"unfinished build (differs in: {', '.join(keys)})")
+    return _load_records(store)
+
+
+def _load_records(store: Store) -> Progress:
+    """The recorded shards (kept as they are) up to the first missing or damaged one."""
     progress = Progress()
     while store.exists(name := fmt.progress_record(len(progress.shards))):
         rec = json.loads(store.read_bytes(name))
@@ -171,3 +208,12 @@ def _load_progress(store: Store, record: dict, resume: bool) -> Progress | None:
             store.remove(name)
     store.remove_temporaries()
     return progress
+
+
+def _remove_set(store: Store) -> None:
+    """Delete a shard set or unfinished build (manifest first, so none is left half-valid)."""
+    store.remove(fmt.MANIFEST)
+    for name in store.list():
+        if SHARD_FILE.fullmatch(name) or name == fmt.ERRORS or TMP_MARK in name:
+            store.remove(name)
+    store.remove(fmt.PROGRESS_DIR)

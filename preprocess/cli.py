@@ -49,7 +49,10 @@ def _add_build(sub) -> None:
         description="Decode INPUTs (files, directories scanned recursively, .txt/.csv lists "
                     "with a 'path' and an optional 'label' column; local or s3://) with PyAV "
                     "and write shards to DEST. Inputs that yield no sample are listed in "
-                    "errors.jsonl. Output bytes depend only on the inputs and options.")
+                    "errors.jsonl. Clips are written in a seeded random order (each shard a "
+                    "random sample of the corpus). Output bytes depend only on the inputs and "
+                    "options. Exit status: 0 all inputs used, 1 no usable sample (or an error), "
+                    "3 some inputs failed and --strict was given.")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
     p.add_argument("--preset", default="deepavfusion",
@@ -69,9 +72,20 @@ def _add_build(sub) -> None:
                    help="wall-clock seconds per video before its worker is killed (default 300)")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted build: redo only shards without a completion record")
+    p.add_argument("--force", action="store_true",
+                   help="replace the shard set or unfinished build at DEST (its shard files, "
+                        "manifest, errors and progress records are removed first)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 3 when any input failed (the set is still written)")
+    p.add_argument("--no-shuffle", dest="shuffle", action="store_false",
+                   help="write clips in input order (sorted paths, then clip order)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    p.add_argument("--shuffle-window", type=int, default=256, metavar="N",
+                   help="inputs whose clips are permuted together (default 256; their decoded "
+                        "samples wait in a local temporary file)")
     p.add_argument("--part-index", type=int, default=None,
-                   help="build only this slice of the sorted inputs (default: $JOB_COMPLETION_INDEX "
-                        "when --num-parts > 1)")
+                   help="build only this slice of the (shuffled) inputs (default: "
+                        "$JOB_COMPLETION_INDEX when --num-parts > 1)")
     p.add_argument("--num-parts", type=int, default=1, help="number of slices (default 1)")
     p.set_defaults(func=_one_line_errors(_build))
 
@@ -139,18 +153,28 @@ def _build(args: argparse.Namespace) -> int:
                             ("--timeout", args.timeout, args.timeout > 0),
                             ("--decode-threads", args.decode_threads, args.decode_threads >= 0),
                             ("--num-parts", args.num_parts, args.num_parts >= 1),
+                            ("--shuffle-window", args.shuffle_window, args.shuffle_window >= 1),
                             ("--part-index", part, 0 <= part < args.num_parts)):
         if not ok:
             problems.append(f"{name}: unusable value {value}")
     if problems:
         raise SystemExit(f"error: {problems[0]}")
-    manifest = build(BuildConfig(tuple(args.inputs), args.out, opts, args.samples_per_shard,
-                                 args.workers, args.timeout, args.decode_threads, args.resume,
-                                 part, args.num_parts))
-    if manifest is not None:
-        print(f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards, "
-              f"{manifest['num_failed']} inputs failed (errors.jsonl)", file=sys.stderr)
-    return 0
+    if args.resume and args.force:
+        raise SystemExit("error: --resume and --force exclude each other")
+    manifest = build(BuildConfig(
+        tuple(args.inputs), args.out, opts, samples_per_shard=args.samples_per_shard,
+        workers=args.workers, timeout=args.timeout, decode_threads=args.decode_threads,
+        resume=args.resume, part_index=part, num_parts=args.num_parts, shuffle=args.shuffle,
+        seed=args.seed, window=args.shuffle_window, force=args.force))
+    if manifest is None:
+        print(f"{args.out}: already complete", file=sys.stderr)
+        return 0
+    print(f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards, "
+          f"{manifest['num_failed']} inputs failed (errors.jsonl)", file=sys.stderr)
+    if not manifest["num_samples"]:
+        print(f"error: no input yielded a sample (see {args.out}/errors.jsonl)", file=sys.stderr)
+        return 1
+    return 3 if args.strict and manifest["num_failed"] else 0
 
 
 def _verify(args: argparse.Namespace) -> int:

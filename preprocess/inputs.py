@@ -54,7 +54,7 @@ def label_names(sources: list[Source]) -> list[str]:
 
 
 def select_part(sources: list[Source], index: int, num_parts: int) -> list[Source]:
-    """Contiguous block ``index`` of ``num_parts`` of the sorted sources (Indexed Job slice)."""
+    """Contiguous block ``index`` of ``num_parts`` of the ordered sources (Indexed Job slice)."""
     n = len(sources)
     return sources[index * n // num_parts:(index + 1) * n // num_parts]
 

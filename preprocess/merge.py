@@ -36,8 +36,7 @@ def merge(parts: list[str], out: str) -> dict:
     labels = sorted(set().union(*(m.get("labels", []) for m in manifests)))
     dest = Store(out)
     dest.check_writable()
-    if dest.exists(fmt.MANIFEST):
-        raise AvfusionError(f"{out}: already holds a shard set; choose an empty --out")
+    dest.check_empty("choose an empty --out")
     shards: list[dict] = []
     errors: list[dict] = []
     keys: set[str] = set()

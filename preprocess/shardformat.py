@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import IO, BinaryIO
@@ -219,13 +220,14 @@ class HashingFile:
 BLOCK = 512
 
 
+# webdataset's grouping rule: key = path up to the first dot after the last "/" (greedily).
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
 def base_plus_ext(path: str) -> tuple[str | None, str | None]:
-    """``dir/key.ext.more`` → (``dir/key``, ``ext.more``); (None, None) without a key or dot."""
-    name = path.rpartition("/")[2]
-    stem, dot, ext = name.partition(".")
-    if not stem or not dot:
-        return None, None
-    return path[:len(path) - len(name)] + stem, ext
+    """``dir/key.ext.more`` → (``dir/key``, ``ext.more``); (None, None) when it has no such split."""
+    match = _KEY_EXT.match(path)
+    return (match.group(1), match.group(2)) if match else (None, None)
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytearray:

@@ -88,6 +88,14 @@ class Store:
         with self.open_atomic(name) as f:
             f.write(data)
 
+    def check_empty(self, hint: str) -> None:
+        """``AvfusionError`` (ending with ``hint``) when the root holds any file but leftovers
+        of interrupted writes."""
+        content = [n for n in self.list() if TMP_MARK not in posixpath.basename(n)]
+        if content:
+            raise AvfusionError(f"{self.url}: not empty ({len(content)} files, e.g. {content[0]}); "
+                                f"{hint}")
+
     def remove_temporaries(self) -> None:
         """Delete leftovers of writes interrupted by a crash (local sets only have them)."""
         for name in self.list():

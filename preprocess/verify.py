@@ -77,8 +77,11 @@ class _SampleCheck:
         try:
             meta = json.loads(files[fmt.META_EXT])
             mel = np.load(io.BytesIO(files[fmt.MEL_EXT]), allow_pickle=False)
-        except (KeyError, ValueError) as e:
-            return [f"missing or undecodable json/mel ({type(e).__name__}: {e})"]
+            return self._problems(key, files, meta, mel)
+        except (KeyError, TypeError, ValueError) as e:
+            return [f"missing or undecodable json/mel or metadata field ({type(e).__name__}: {e})"]
+
+    def _problems(self, key: str, files: dict[str, bytes], meta: dict, mel: np.ndarray) -> list[str]:
         out = []
         want = (self.fe.n_mels, self.fe.clip_frames(meta["clip_seconds"]))
         if mel.dtype != np.float16 or mel.shape != want or not np.isfinite(mel).all():

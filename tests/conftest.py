@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.s3server import S3Server
+from benchmarks.s3server import S3Server
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Process helpers shared by the pipeline tests: free ports, a real `mlflow server`, small corpora."""
+"""Process helpers shared by the pipeline tests: a real `mlflow server` (free ports and small
+corpora come from benchmarks/, which uses them too)."""
 from __future__ import annotations
 
 import os
@@ -9,10 +10,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.s3server import free_port  # noqa: F401 — re-exported for the pipeline tests
+from benchmarks.corpus import AVFUSION, synth_shards  # noqa: F401 — re-exported for the pipeline tests
+from benchmarks.s3server import free_port  # noqa: F401 — re-exported for the pipeline tests
 
 REPO = Path(__file__).resolve().parents[2]
-AVFUSION = [sys.executable, "-m", "pipeline.cli"]
 
 
 def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
@@ -42,15 +43,3 @@ def stop(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-
-
-def synth_shards(root: Path, videos: int = 24, seconds: float = 3.0, classes: int = 3) -> Path:
-    """A labelled shard set built by the real CLI from a synthetic corpus."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*AVFUSION, "synth", "--out", str(root / "videos"), "--videos", str(videos),
-                    "--seconds", str(seconds), "--classes", str(classes), "--seed", "0"],
-                   check=True, cwd=REPO, env=env, capture_output=True)
-    subprocess.run([*AVFUSION, "shards", "build", str(root / "videos" / "labels.csv"), "--out", str(root / "shards"),
-                    "--workers", "2", "--samples-per-shard", "8"],
-                   check=True, cwd=REPO, env=env, capture_output=True)
-    return root / "shards"

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-import tests.s3server
+import benchmarks.s3server
+from benchmarks.s3server import S3Server
 from pipeline import shardio
 from pipeline.data import ShardReadError
 from pipeline.shardio import ShardStore
 from tests.pipeline.test_data_loader import assert_same_batches, make_loader, run_epoch
-from tests.s3server import S3Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 
@@ -48,7 +48,7 @@ def restart_later(server: S3Server, monkeypatch, delay: float) -> threading.Thre
     """Stop ``server`` now and start it again on the same port after ``delay`` seconds."""
     port = int(server.endpoint.rsplit(":", 1)[1])
     server.stop()
-    monkeypatch.setattr(tests.s3server, "free_port", lambda: port)
+    monkeypatch.setattr(benchmarks.s3server, "free_port", lambda: port)
     thread = threading.Thread(target=lambda: (time.sleep(delay), server.start()))
     thread.start()
     return thread

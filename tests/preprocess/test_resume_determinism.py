@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from preprocess.shardformat import read_samples
+
 from .conftest import BUILD_ARGS, MEDIA, REPO, cli, load_set
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
@@ -31,6 +33,11 @@ def _same_set(a, b) -> None:
     assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
 
 
+def _identity(path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
 def test_kill_9_then_resume_gives_the_uninterrupted_result(media_build, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -44,23 +51,44 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(media_build, tmp_path
     os.killpg(proc.pid, signal.SIGKILL)       # the builder, its forkserver and its workers
     proc.wait()
     assert first_record.exists() and not (out / "manifest.json").exists()
+    recorded = [json.loads(r.read_text())["shard"]["name"]
+                for r in sorted((out / ".progress").glob("shard-*.tar.json"))]
+    kept = {name: _identity(out / name) for name in recorded}
 
     with pytest.raises(SystemExit, match="unfinished build; pass --resume"):
         cli("shards", "build", MEDIA / "typical", MEDIA / "broken", "--out", out, *BUILD_ARGS)
     cli("shards", "build", MEDIA / "typical", MEDIA / "broken", "--out", out, *BUILD_ARGS, "--resume")
+    assert {name: _identity(out / name) for name in recorded} == kept   # finished shards untouched
     _same_set(media_build, out)
     _, _, samples = load_set(out)
     assert len(samples) == json.loads((out / "manifest.json").read_text())["num_samples"]
 
 
-def test_output_does_not_depend_on_worker_count(tmp_path):
+def _shard_keys(out) -> list[list[str]]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    keys = []
+    for entry in manifest["shards"]:
+        with open(out / entry["name"], "rb") as f:
+            keys.append([key for key, _ in read_samples(f)])
+    return keys
+
+
+def test_output_depends_on_the_seed_not_on_the_worker_count(tmp_path):
     listing = tmp_path / "inputs.txt"
     names = ["bbb_mpeg4_mp3_22k_mono_480x270.avi", "moviepy_fire2.mp4", "ok_moov_end.mp4",
              "torchcodec_nasa_13013.mp4", "moviepy_doc_example3.mp4"]
     listing.write_text("".join(f"{MEDIA / 'typical' / n}\n" for n in names)
                        + f"{MEDIA / 'broken' / 'zero_byte.mp4'}\n")
-    for workers in ("1", "2"):
-        cli("shards", "build", listing, "--out", tmp_path / workers, "--workers", workers,
-                 "--samples-per-shard", "2")
+    builds = {"1": ("--workers", "1"), "2": ("--workers", "2"), "seed7": ("--seed", "7"),
+              "sorted": ("--no-shuffle",)}
+    for name, args in builds.items():
+        cli("shards", "build", listing, "--out", tmp_path / name, "--samples-per-shard", "2", *args)
     _same_set(tmp_path / "1", tmp_path / "2")
     assert json.loads((tmp_path / "1" / "manifest.json").read_text())["num_samples"] == 7
+    shards = {name: _shard_keys(tmp_path / name) for name in builds}
+    assert sorted(sum(shards["seed7"], [])) == sorted(sum(shards["1"], []))
+    assert [sorted(s) for s in shards["seed7"]] != [sorted(s) for s in shards["1"]]
+    in_order = sum(shards["sorted"], [])          # --no-shuffle: sorted inputs, then clip order
+    sources = [json.loads(s["json"])["source"] for s in
+               (load_set(tmp_path / "sorted")[2][k] for k in in_order)]
+    assert sources == sorted(sources) and sum(shards["1"], []) != in_order

@@ -1,4 +1,4 @@
-"""A real S3-compatible server for tests: ``rclone serve s3`` on 127.0.0.1.
+"""A real S3-compatible server for tests and benchmarks: ``rclone serve s3`` on 127.0.0.1.
 
 Buckets are the sub-directories of ``root``. Clients find it through the standard AWS
 environment variables (``env``), exactly as users point avfusion at an S3 endpoint.

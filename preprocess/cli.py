@@ -1,11 +1,11 @@
 """``avfusion synth`` and ``avfusion shards {build,verify,inspect,merge}``.
 
-Handlers import their modules lazily so that ``avfusion --help`` stays fast.
+Handlers import their modules lazily so that ``avfusion --help`` stays fast. Unusable input is
+an :class:`AvfusionError` (``pipeline.cli`` prints it as one ``error:`` line, exit status 2).
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
@@ -40,7 +40,7 @@ def _add_synth(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=available_cores(),
                    help="encoder processes (default: all available cores)")
-    p.set_defaults(func=_one_line_errors(_synth))
+    p.set_defaults(func=_synth)
 
 
 def _add_build(sub) -> None:
@@ -51,8 +51,9 @@ def _add_build(sub) -> None:
                     "and write shards to DEST. Inputs that yield no sample are listed in "
                     "errors.jsonl. Clips are written in a seeded random order (each shard a "
                     "random sample of the corpus). Output bytes depend only on the inputs and "
-                    "options. Exit status: 0 all inputs used, 1 no usable sample (or an error), "
-                    "3 some inputs failed and --strict was given.")
+                    "options. Exit status: 0 a set with samples was written, 1 no input yielded a "
+                    "sample, 2 unusable arguments or destination, 3 some inputs failed and "
+                    "--strict was given.")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
     p.add_argument("--preset", default="deepavfusion",
@@ -87,7 +88,7 @@ def _add_build(sub) -> None:
                    help="build only this slice of the (shuffled) inputs (default: "
                         "$JOB_COMPLETION_INDEX when --num-parts > 1)")
     p.add_argument("--num-parts", type=int, default=1, help="number of slices (default 1)")
-    p.set_defaults(func=_one_line_errors(_build))
+    p.set_defaults(func=_build)
 
 
 def _add_verify(sub) -> None:
@@ -96,7 +97,7 @@ def _add_verify(sub) -> None:
                                    "sample decodes, and that mel shapes/dtype and frame sizes "
                                    "match the preset in the manifest.")
     p.add_argument("dest", metavar="DEST")
-    p.set_defaults(func=_one_line_errors(_verify))
+    p.set_defaults(func=_verify)
 
 
 def _add_inspect(sub) -> None:
@@ -106,7 +107,7 @@ def _add_inspect(sub) -> None:
     p.add_argument("dest", metavar="DEST")
     p.add_argument("--sample", metavar="KEY", help="sample key (default: the first sample)")
     p.add_argument("--png", metavar="FILE", help="write a picture of the sample to FILE")
-    p.set_defaults(func=_one_line_errors(_inspect))
+    p.set_defaults(func=_inspect)
 
 
 def _add_merge(sub) -> None:
@@ -117,24 +118,13 @@ def _add_merge(sub) -> None:
                     "label maps reconciled (label_index rewritten where they differ).")
     p.add_argument("parts", nargs="+", metavar="PART")
     p.add_argument("--out", required=True, metavar="DEST")
-    p.set_defaults(func=_one_line_errors(_merge))
-
-
-def _one_line_errors(handler):
-    """The library's :class:`AvfusionError` becomes one ``error: …`` line and exit status 1."""
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except AvfusionError as e:
-            raise SystemExit(f"error: {e}") from None
-    return run
+    p.set_defaults(func=_merge)
 
 
 def _synth(args: argparse.Namespace) -> int:
     from preprocess.synth import synth
     if args.videos < 1 or args.classes < 1 or not args.seconds >= 1 or args.workers < 1:
-        raise SystemExit("error: --videos, --classes and --workers must be >= 1 and --seconds >= 1")
+        raise AvfusionError("--videos, --classes and --workers must be >= 1 and --seconds >= 1")
     synth(args.out, args.videos, args.seconds, args.classes, args.seed, args.workers)
     return 0
 
@@ -158,9 +148,9 @@ def _build(args: argparse.Namespace) -> int:
         if not ok:
             problems.append(f"{name}: unusable value {value}")
     if problems:
-        raise SystemExit(f"error: {problems[0]}")
+        raise AvfusionError(problems[0])
     if args.resume and args.force:
-        raise SystemExit("error: --resume and --force exclude each other")
+        raise AvfusionError("--resume and --force exclude each other")
     manifest = build(BuildConfig(
         tuple(args.inputs), args.out, opts, samples_per_shard=args.samples_per_shard,
         workers=args.workers, timeout=args.timeout, decode_threads=args.decode_threads,

@@ -40,6 +40,17 @@ def cli(*args, expect: int = 0) -> None:
     assert main([str(a) for a in args]) == expect, args
 
 
+def cli_error(capsys, *args) -> str:
+    """Run the entry point in this process on unusable input: exit status 2 and one
+    ``error:`` line on stderr, which is returned."""
+    from pipeline.cli import main
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 2, args
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
 def load_set(out: Path) -> tuple[dict, list[dict], dict[str, dict]]:
     """(manifest, errors, {key: {ext: bytes}}) of a local shard set."""
     from preprocess.shardformat import read_samples

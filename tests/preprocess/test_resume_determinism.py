@@ -12,7 +12,7 @@ import pytest
 
 from preprocess.shardformat import read_samples
 
-from .conftest import BUILD_ARGS, MEDIA, REPO, cli, load_set
+from .conftest import BUILD_ARGS, MEDIA, REPO, cli, cli_error, load_set
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 
@@ -38,7 +38,7 @@ def _identity(path) -> tuple[int, int]:
     return st.st_ino, st.st_mtime_ns
 
 
-def test_kill_9_then_resume_gives_the_uninterrupted_result(media_build, tmp_path):
+def test_kill_9_then_resume_gives_the_uninterrupted_result(media_build, tmp_path, capsys):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "shards", "build", str(MEDIA / "typical"),
@@ -55,8 +55,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(media_build, tmp_path
                 for r in sorted((out / ".progress").glob("shard-*.tar.json"))]
     kept = {name: _identity(out / name) for name in recorded}
 
-    with pytest.raises(SystemExit, match="unfinished build; pass --resume"):
-        cli("shards", "build", MEDIA / "typical", MEDIA / "broken", "--out", out, *BUILD_ARGS)
+    assert "unfinished build; pass --resume" in cli_error(
+        capsys, "shards", "build", MEDIA / "typical", MEDIA / "broken", "--out", out, *BUILD_ARGS)
     cli("shards", "build", MEDIA / "typical", MEDIA / "broken", "--out", out, *BUILD_ARGS, "--resume")
     assert {name: _identity(out / name) for name in recorded} == kept   # finished shards untouched
     _same_set(media_build, out)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from preprocess.synth import SAMPLE_RATE, class_pattern, synth
 
-from .conftest import cli, load_set
+from .conftest import cli, cli_error, load_set
 
 CLASSES = 3
 
@@ -100,5 +100,5 @@ def test_verify_reports_damage_and_inspect_draws(media_build, tmp_path, capsys):
     frame = Image.open(io.BytesIO(samples[key]["f00.jpg"]))
     picture = Image.open(tmp_path / "s.png")
     assert picture.size == (10 * round(frame.width * 128 / frame.height), 128 + 256)
-    with pytest.raises(SystemExit, match="no sample with key 'nope'"):
-        cli("shards", "inspect", media_build, "--sample", "nope")
+    assert "no sample with key 'nope'" in cli_error(capsys, "shards", "inspect", media_build,
+                                                    "--sample", "nope")

@@ -120,8 +120,8 @@ def ffmpeg_pipeline(files: list[Path], out: Path) -> int:
     import numpy as np
     from PIL import Image
 
-    from model.presets import get_frontend
     from preprocess.features import log_mel, npy_bytes
+    from preprocess.shardformat import get_frontend
     from preprocess.shards import ShardWriter
     from preprocess.storage import Store
 

@@ -107,17 +107,9 @@ def _run(store: Store, cfg: BuildConfig, tasks: list[Task], progress: Progress) 
             for w in range(first, len(spans)):
                 offset = skip if w == first else 0
                 with WindowBuffer() as window:
-                    # 1. decode the window's inputs; its errors were recorded if it was begun
-                    for pos, (_, result) in zip(spans[w], results, strict=False):
-                        if isinstance(result, Failure):
-                            failed += 1
-                            if not offset:
-                                pending.append({"source": tasks[pos].path, "stage": result.stage,
-                                                "error": result.error})
-                        else:
-                            for sample in result:
-                                window.add(sample)
-                        bar.update(1)
+                    # 1. decode the window's inputs (errors were recorded if it was begun)
+                    failed += _decode_window(window, spans[w], results, tasks,
+                                             None if offset else pending, bar)
                     # 2. write its clips in the seeded order, committing full shards
                     for j, sample in enumerate(window.samples(seed, offset), start=offset + 1):
                         writer = writer or ShardWriter(store, len(progress.shards))
@@ -138,6 +130,24 @@ def _run(store: Store, cfg: BuildConfig, tasks: list[Task], progress: Progress) 
         raise
     finally:
         bar.close()
+
+
+def _decode_window(window: WindowBuffer, span: range, results, tasks: list[Task],
+                   errors: list[dict] | None, bar: tqdm) -> int:
+    """Add the decoded samples of the inputs at ``span`` to ``window`` and their failures to
+    ``errors`` (``None``: already recorded); returns the number of failed inputs."""
+    failed = 0
+    for pos, (_, result) in zip(span, results, strict=False):
+        if isinstance(result, Failure):
+            failed += 1
+            if errors is not None:
+                errors.append({"source": tasks[pos].path, "stage": result.stage,
+                               "error": result.error})
+        else:
+            for sample in result:
+                window.add(sample)
+        bar.update(1)
+    return failed
 
 
 def _commit(store: Store, writer: ShardWriter, cursor: tuple[int, int], pending: list[dict],

@@ -4,15 +4,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
-
-from tqdm import tqdm
 
 from model.presets import ImageSpec, get_frontend
 from pipeline.config import DataConfig
 from pipeline.data import DataError, ShardReadError, build_loader
 from pipeline.shardio import read_manifest
+from preprocess.progress import progress
 
 
 def register(subparsers) -> None:
@@ -84,7 +82,7 @@ def _run(loader, epoch: int, limit: int | None) -> tuple[list[str], int, float]:
     total = len(loader) if limit is None else min(limit, len(loader))
     keys, batches = [], 0
     start = time.perf_counter()
-    with tqdm(total=total, unit="batch", file=sys.stderr, disable=None) as bar:
+    with progress(total=total, unit="batches", desc="data bench") as bar:
         for batch in loader:
             keys += batch["key"]
             batches += 1

@@ -25,6 +25,7 @@ from preprocess.errors import AvfusionError
 from preprocess.inputs import collect_sources, label_names, select_part, source_id
 from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure, available_cores, ordered_map
+from preprocess.progress import progress as show_progress
 from preprocess.shards import (
     ShardWriter,
     make_manifest,
@@ -99,7 +100,7 @@ def _run(store: Store, cfg: BuildConfig, tasks: list[Task], progress: Progress) 
     writer: ShardWriter | None = None
     pending: list[dict] = []           # errors since the last completion record
     clips, failed, t0 = 0, len(progress.errors), time.monotonic()
-    bar = tqdm(total=len(tasks), initial=start, unit="video", desc="shards build", disable=None)
+    bar = show_progress(total=len(tasks), initial=start, unit="videos", desc="shards build")
     results = ordered_map(WORKER, (cfg.options, threads), tasks[start:], workers=cfg.workers,
                           timeout=cfg.timeout)
     try:

@@ -15,6 +15,7 @@ import json
 
 from preprocess import shardformat as fmt
 from preprocess.errors import AvfusionError
+from preprocess.progress import progress
 from preprocess.shards import (
     ShardWriter,
     make_manifest,
@@ -40,11 +41,14 @@ def merge(parts: list[str], out: str) -> dict:
     shards: list[dict] = []
     errors: list[dict] = []
     keys: set[str] = set()
-    for part, store, m in zip(parts, stores, manifests, strict=True):
-        remap = [labels.index(name) for name in m.get("labels", [])]
-        for entry in m["shards"]:
-            shards.append(_copy_shard(store, entry, dest, len(shards), remap, keys, part))
-        errors += read_errors(store)
+    with progress(total=sum(len(m["shards"]) for m in manifests), unit="shards",
+                  desc="shards merge") as bar:
+        for part, store, m in zip(parts, stores, manifests, strict=True):
+            remap = [labels.index(name) for name in m.get("labels", [])]
+            for entry in m["shards"]:
+                shards.append(_copy_shard(store, entry, dest, len(shards), remap, keys, part))
+                bar.update()
+            errors += read_errors(store)
     write_errors(dest, errors)
     manifest = make_manifest(manifests[0]["preset"], shards, len(errors), labels,
                              {"merged_from": list(parts),

@@ -14,8 +14,8 @@ import sys
 
 from tqdm import tqdm
 
-LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt}{unit} ({percentage:.0f}%) {rate_fmt}, elapsed {elapsed}, ETA {remaining}"
-LINE_FORMAT_NO_TOTAL = "{desc}: {n_fmt}{unit} {rate_fmt}, elapsed {elapsed}"
+LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt}{unit} ({percentage:.0f}%) {rate_noinv_fmt}, elapsed {elapsed}, ETA {remaining}"
+LINE_FORMAT_NO_TOTAL = "{desc}: {n_fmt}{unit} {rate_noinv_fmt}, elapsed {elapsed}"
 
 
 class LineProgress(tqdm):
@@ -59,7 +59,8 @@ def progress(iterable=None, *, total: int | None = None, desc: str, unit: str = 
     if file.isatty():
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, file=file)
     fmt = LINE_FORMAT if total is not None else LINE_FORMAT_NO_TOTAL
-    # " videos": the formats put no space before {unit}, and tqdm's rate_fmt appends it as is
+    # " videos": the formats put no space before {unit}; rate_noinv_fmt (always "videos/s", never
+    # "s/ videos") appends it as is
     return LineProgress(iterable, total=total, desc=desc, unit=" " + unit, initial=initial, file=file,
                         mininterval=log_interval(), maxinterval=float("inf"), bar_format=fmt,
                         dynamic_ncols=False, ascii=True)

@@ -17,7 +17,8 @@ from multiprocessing import get_context
 
 import av
 import numpy as np
-from tqdm import tqdm
+
+from preprocess.progress import progress
 
 WIDTH, HEIGHT, FPS = 320, 240, 10
 SAMPLE_RATE = 22050
@@ -41,8 +42,7 @@ def synth(out: str, videos: int, seconds: float, classes: int, seed: int, worker
     jobs = [(os.path.join(out, f"{i:05d}.mp4"), i % classes, classes, seconds, (seed, i))
             for i in range(videos)]
     with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
-        for _ in tqdm(pool.map(_write_video, jobs), total=videos, unit="video", desc="synth",
-                      disable=None):
+        for _ in progress(pool.map(_write_video, jobs), total=videos, unit="videos", desc="synth"):
             pass
     rows = "".join(f"{os.path.basename(j[0])},{class_name(j[1])}\n" for j in jobs)
     _atomic_write(os.path.join(out, "labels.csv"), ("path,label\n" + rows).encode())

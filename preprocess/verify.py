@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from preprocess import shardformat as fmt
+from preprocess.progress import progress
 from preprocess.shards import read_errors, read_manifest
 from preprocess.storage import Store
 
@@ -24,8 +24,8 @@ def verify(url: str, threads: int = 4) -> tuple[list[str], str]:
     check = _SampleCheck(manifest)
     with ThreadPoolExecutor(threads) as pool:
         results = pool.map(lambda e: _verify_shard(store, e, check), manifest["shards"])
-        for shard_problems, shard_keys in tqdm(results, total=len(manifest["shards"]),
-                                               unit="shard", desc="verify", disable=None):
+        for shard_problems, shard_keys in progress(results, total=len(manifest["shards"]),
+                                                   unit="shards", desc="shards verify"):
             problems += shard_problems
             problems += [f"{k}: key appears twice in the set" for k in keys.intersection(shard_keys)]
             keys.update(shard_keys)

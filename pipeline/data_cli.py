@@ -10,6 +10,7 @@ from model.presets import ImageSpec, get_frontend
 from pipeline.config import DataConfig
 from pipeline.data import DataError, ShardReadError, build_loader
 from pipeline.shardio import read_manifest
+from preprocess.cli import check_ranges
 from preprocess.progress import progress
 
 
@@ -44,10 +45,13 @@ def register(subparsers) -> None:
 
 
 def bench(args: argparse.Namespace) -> int:
-    if not 0 <= args.rank < args.world_size:
-        raise SystemExit(f"error: --rank {args.rank}: expected 0 <= rank < --world-size {args.world_size}")
-    if args.batch_size < 1 or args.workers < 0 or (args.batches is not None and args.batches < 1):
-        raise SystemExit("error: --batch-size and --batches must be >= 1, --workers >= 0")
+    check_ranges(
+        ("--world-size", args.world_size, args.world_size >= 1, "an integer >= 1"),
+        ("--rank", args.rank, 0 <= args.rank < args.world_size,
+         f"an integer in [0, --world-size {args.world_size})"),
+        ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
+        ("--batches", args.batches, args.batches is None or args.batches >= 1, "an integer >= 1"),
+        ("--workers", args.workers, args.workers >= 0, "an integer >= 0"))
     cfg = DataConfig(shards=args.dest, batch_size=args.batch_size, workers=args.workers,
                      shuffle_buffer=args.shuffle_buffer, remainder=args.remainder)
     try:

@@ -66,12 +66,15 @@ def run(args) -> int:
     """``avfusion probe WEIGHTS --shards DEST``: kNN top-1 of exported or official weights."""
     import json
 
-    from model.checkpoints import load_official
+    from model.checkpoints import CheckpointError, load_official
     from model.presets import get_frontend
     from pipeline.config import DataConfig
     from pipeline.data import build_loader
 
-    model = load_official(args.weights, preset=args.preset)
+    try:
+        model = load_official(args.weights, preset=args.preset)
+    except CheckpointError as e:  # the library's advice names its argument; here it is the flag
+        raise CheckpointError(str(e).replace("pass preset= or model=", "pass --preset NAME")) from None
     cfg = model.config
     loader = build_loader(DataConfig(shards=args.shards, batch_size=args.batch_size, workers=args.workers),
                           audio=get_frontend(cfg.audio_frontend), image=cfg.image, rank=0, world_size=1,

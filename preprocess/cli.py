@@ -13,6 +13,14 @@ from preprocess.errors import AvfusionError
 from preprocess.pool import available_cores
 
 
+def check_ranges(*checks: tuple[str, object, bool, str]) -> None:
+    """``AvfusionError`` for the first ``(flag, value, ok, expected)`` that is not ok, stating
+    the range: ``--workers: expected an integer >= 1, got 0``."""
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise AvfusionError(f"{flag}: expected {expected}, got {value}")
+
+
 def register(subparsers) -> None:
     _add_synth(subparsers)
     shards = subparsers.add_parser(
@@ -123,8 +131,10 @@ def _add_merge(sub) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from preprocess.synth import synth
-    if args.videos < 1 or args.classes < 1 or not args.seconds >= 1 or args.workers < 1:
-        raise AvfusionError("--videos, --classes and --workers must be >= 1 and --seconds >= 1")
+    check_ranges(("--videos", args.videos, args.videos >= 1, "an integer >= 1"),
+                 ("--seconds", args.seconds, args.seconds >= 1, "seconds >= 1"),
+                 ("--classes", args.classes, args.classes >= 1, "an integer >= 1"),
+                 ("--workers", args.workers, args.workers >= 1, "an integer >= 1"))
     synth(args.out, args.videos, args.seconds, args.classes, args.seed, args.workers)
     return 0
 
@@ -138,17 +148,17 @@ def _build(args: argparse.Namespace) -> int:
     if part is None:
         part = int(os.environ.get("JOB_COMPLETION_INDEX", "0")) if args.num_parts > 1 else 0
     problems = opts.problems()
-    for name, value, ok in (("--samples-per-shard", args.samples_per_shard, args.samples_per_shard >= 1),
-                            ("--workers", args.workers, args.workers >= 1),
-                            ("--timeout", args.timeout, args.timeout > 0),
-                            ("--decode-threads", args.decode_threads, args.decode_threads >= 0),
-                            ("--num-parts", args.num_parts, args.num_parts >= 1),
-                            ("--shuffle-window", args.shuffle_window, args.shuffle_window >= 1),
-                            ("--part-index", part, 0 <= part < args.num_parts)):
-        if not ok:
-            problems.append(f"{name}: unusable value {value}")
     if problems:
         raise AvfusionError(problems[0])
+    check_ranges(
+        ("--samples-per-shard", args.samples_per_shard, args.samples_per_shard >= 1, "an integer >= 1"),
+        ("--workers", args.workers, args.workers >= 1, "an integer >= 1"),
+        ("--timeout", args.timeout, args.timeout > 0, "seconds > 0"),
+        ("--decode-threads", args.decode_threads, args.decode_threads >= 0, "an integer >= 0"),
+        ("--num-parts", args.num_parts, args.num_parts >= 1, "an integer >= 1"),
+        ("--shuffle-window", args.shuffle_window, args.shuffle_window >= 1, "an integer >= 1"),
+        ("--part-index", part, 0 <= part < args.num_parts,
+         f"an integer in [0, --num-parts {args.num_parts})"))
     if args.resume and args.force:
         raise AvfusionError("--resume and --force exclude each other")
     manifest = build(BuildConfig(

@@ -34,3 +34,14 @@ def test_merge_drops_padding_duplicates():
     assert merged["keys"] == ["x", "y", "z"]
     assert merged["labels"].tolist() == [0, 1, 1]
     assert merged["image"].shape == (3, 2)
+
+
+def test_unknown_weights_name_the_preset_flag(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from pipeline.cli import main
+    save_file({"stray.weight": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
+    assert main(["probe", str(tmp_path / "w.safetensors"), "--shards", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "matches no model preset; pass --preset NAME" in err[0], err
+    assert "preset=" not in err[0]

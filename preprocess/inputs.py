@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import re
@@ -24,6 +25,7 @@ from preprocess.shardformat import is_url
 LIST_SUFFIXES = (".txt", ".csv")
 # Side files skipped when scanning directories (lists, metadata, docs next to the videos).
 SKIP_SUFFIXES = LIST_SUFFIXES + (".json", ".jsonl", ".md")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,36 @@ def _scan(fs, arg: str, root: str) -> list[str]:
     if is_url(arg):
         paths = [fs.unstrip_protocol(p) for p in fs.find(root)]
     else:
-        paths = [os.path.join(d, f) for d, _, files in os.walk(arg) for f in files]
+        paths = _walk(arg)
     return [_normalise(p) for p in paths
             if not posixpath.basename(p).startswith(".")
             and not p.lower().endswith(SKIP_SUFFIXES)]
+
+
+def _walk(root: str) -> list[str]:
+    """Files under the local folder ``root``, following symlinked folders. A folder already
+    scanned (a symlink loop, or a second link to one folder) is skipped, as is an unreadable
+    one; each skip is logged once as a warning."""
+    seen = {os.path.realpath(root)}
+    paths = []
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=_report_unreadable):
+        paths += [os.path.join(folder, f) for f in files]
+        kept = []
+        for name in sorted(subfolders, key=lambda n: (os.path.islink(os.path.join(folder, n)), n)):
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if real in seen:
+                log.warning("%s: symlinked folder skipped: %s is scanned already (a symlink loop "
+                            "or a second link to it)", path, real)
+            else:
+                seen.add(real)
+                kept.append(name)
+        subfolders[:] = kept                  # os.walk descends only into these
+    return paths
+
+
+def _report_unreadable(e: OSError) -> None:
+    log.warning("%s: folder skipped: %s", e.filename, e.strerror)
 
 
 def _read_list(arg: str, text: str) -> list[Source]:

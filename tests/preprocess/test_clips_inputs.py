@@ -68,3 +68,20 @@ def test_parts_partition_the_sorted_inputs():
 def test_source_ids_are_unique_and_dot_free():
     ids = {source_id(p) for p in ("a/x.mp4", "b/x.mp4", "s3://bkt/a/x.mp4", "x.tar.gz.mp4")}
     assert len(ids) == 4 and not any("." in i or "_" in i for i in ids)
+
+
+def test_symlinked_folders_are_followed_once_and_loops_reported(tmp_path, caplog):
+    videos, outside = tmp_path / "videos", tmp_path / "outside"
+    (videos / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (videos / "a.mp4").write_bytes(b"x")
+    (outside / "b.mp4").write_bytes(b"x")
+    (videos / "linked").symlink_to(outside, target_is_directory=True)
+    (videos / "twin").symlink_to(outside, target_is_directory=True)      # a second link: skipped
+    (videos / "sub" / "loop").symlink_to(videos, target_is_directory=True)
+    with caplog.at_level("WARNING", logger="preprocess.inputs"):
+        sources = collect_sources([str(videos)])
+    assert [s.path[len(str(videos)) + 1:] for s in sources] == ["a.mp4", "linked/b.mp4"]
+    skipped = sorted(r.getMessage().split(":")[0] for r in caplog.records)
+    assert skipped == [str(videos / "sub" / "loop"), str(videos / "twin")], caplog.text
+    assert "symlinked folder skipped" in caplog.text

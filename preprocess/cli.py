@@ -111,9 +111,12 @@ def _add_verify(sub) -> None:
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="show a shard set's metadata or one sample",
                        description="Print the manifest summary, or one sample's metadata; "
-                                   "--png draws its frames above its spectrogram.")
+                                   "--png draws its frames above its spectrogram (time in seconds, "
+                                   "mel bins, colour bar).")
     p.add_argument("dest", metavar="DEST")
-    p.add_argument("--sample", metavar="KEY", help="sample key (default: the first sample)")
+    p.add_argument("--sample", metavar="KEY",
+                   help="sample key, or an input's file name, path or source id for its first clip "
+                        "(default: the first sample)")
     p.add_argument("--png", metavar="FILE", help="write a picture of the sample to FILE")
     p.set_defaults(func=_inspect)
 

@@ -3,15 +3,17 @@ inspect draws a sample."""
 from __future__ import annotations
 
 import csv
-import io
 import json
+import posixpath
 import shutil
+from collections import Counter
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
+from preprocess.preview import figure
 from preprocess.synth import SAMPLE_RATE, class_pattern, synth
 
 from .conftest import cli, cli_error, load_set
@@ -97,8 +99,37 @@ def test_verify_reports_damage_and_inspect_draws(media_build, tmp_path, capsys):
     key = next(k for k, s in samples.items() if json.loads(s["json"])["n_frames"] == 10)
     cli("shards", "inspect", media_build, "--sample", key, "--png", tmp_path / "s.png")
     assert key in capsys.readouterr().out
-    frame = Image.open(io.BytesIO(samples[key]["f00.jpg"]))
-    picture = Image.open(tmp_path / "s.png")
-    assert picture.size == (10 * round(frame.width * 128 / frame.height), 128 + 256)
+    assert Image.open(tmp_path / "s.png").size == (1000, 600)
     assert "no sample with key 'nope'" in cli_error(capsys, "shards", "inspect", media_build,
                                                     "--sample", "nope")
+
+
+@pytest.mark.slow
+def test_inspect_finds_inputs_by_file_name_and_suggests_keys(media_build, capsys):
+    _, _, samples = load_set(media_build)
+    clips = Counter(json.loads(s["json"])["source_id"] for s in samples.values())
+    source_id = clips.most_common(1)[0][0]
+    assert clips[source_id] > 1
+    source = next(json.loads(s["json"])["source"] for s in samples.values()
+                  if json.loads(s["json"])["source_id"] == source_id)
+    for name in (posixpath.basename(source), source, source_id):
+        cli("shards", "inspect", media_build, "--sample", name)
+        assert f"sample {source_id}_0: " in capsys.readouterr().out      # its first clip
+    typo = posixpath.basename(source)[:-1]
+    line = cli_error(capsys, "shards", "inspect", media_build, "--sample", typo)
+    assert f"no sample with key {typo!r}" in line and f"closest: {posixpath.basename(source)}" in line
+
+
+@pytest.mark.slow
+def test_inspect_figure_has_title_time_and_mel_axes_and_colour_bar(media_build):
+    manifest, _, samples = load_set(media_build)
+    key, sample = next((k, s) for k, s in samples.items() if json.loads(s["json"])["n_frames"] == 10)
+    info = json.loads(sample["json"])
+    fig = figure((key, list(sample.items())), manifest["preset"]["audio"])
+    frames_ax, spec_ax, bar_ax = fig.axes
+    assert fig.get_suptitle().startswith(f"{key}: {posixpath.basename(info['source'])}")
+    assert [t.get_text() for t in frames_ax.get_xticklabels()] == [f"{t:.1f}" for t in info["frame_times"]]
+    assert (spec_ax.get_xlabel(), spec_ax.get_ylabel(), bar_ax.get_ylabel()) == (
+        "time (s)", "mel bin", "log10 mel power")
+    assert spec_ax.get_xlim() == pytest.approx((0, info["clip_seconds"]), abs=0.05)
+    assert spec_ax.get_ylim() == (0, manifest["preset"]["audio"]["n_mels"])

@@ -37,7 +37,9 @@ class DataConfig:
     shards: str = ""                      # shard-set directory or s3://bucket/prefix
     batch_size: int = 8                   # per-rank micro-batch
     workers: int = 2                      # loader worker processes per rank
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 256             # samples a stream holds to shuffle (memory: × sample size)
+    interleave: int = 4                   # shards a stream reads at once (see pipeline/epochplan.py)
+    partitions: int = 64                  # canonical partitions: fix the epoch order at any world size
     remainder: str = "pad"                # pad | drop: how ranks are equalised per epoch
     max_error_rate: float = 0.05          # abort when data errors exceed this fraction
     cache_dir: str | None = None          # node-local shard cache (s3:// sets)

@@ -21,21 +21,23 @@ seen so far failed (judged on at least 100), iteration raises :class:`DataError`
 cannot be read after ``data.s3_retries`` retries raises :class:`ShardReadError` naming it.
 
 Resume: the sample stream is a pure function of (seed, epoch, rank, worker, cursor).
-``state_dict()`` records the epoch, batches consumed and each worker's cursor; with the same world
-size, workers, batch size and shard set, ``load_state_dict`` continues with exactly the batches
-the uninterrupted run would have yielded next (consumed samples are skipped by index, unneeded
-shards are not even opened). Otherwise (NOTE: e.g. a changed world size) it continues the same
-epoch at batch ``samples // (batch_size · world_size)`` of the new plan, where ``samples`` is the
-global sample count consumed in that epoch; the new plan splits the shards differently, so in that
-epoch some samples may be seen twice and others not at all. ``set_epoch(e)`` starts epoch e afresh
-except when e is the current, partly consumed epoch (it keeps the resumed position); iterating a
-finished epoch without ``set_epoch`` starts the next one.
+``state_dict()`` records the epoch, batches consumed, each worker's cursor and the plan; with the
+same world size, workers, batch size and shard set, ``load_state_dict`` continues with exactly the
+batches the uninterrupted run would have yielded next (consumed samples are skipped by index,
+unneeded shards are not even opened). Given the states of *all* ranks (the list the trainer
+saves), a changed world size, worker count or batch size resumes the epoch over exactly the
+samples no rank had consumed, each once (the epoch's canonical order does not depend on the
+layout; :mod:`pipeline.epochplan`); the resumed epoch then has fewer batches, and
+``state_dict()["batches"]`` counts the rest of the full epoch as consumed. ``set_epoch(e)``
+starts epoch e afresh except when e is the current, partly consumed epoch (it keeps the resumed
+position); iterating a finished epoch without ``set_epoch`` starts the next one.
 """
 from __future__ import annotations
 
 import gc
 import logging
 from collections import Counter
+from dataclasses import replace
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -52,6 +54,7 @@ __all__ = ["DataError", "ShardLoader", "ShardReadError", "build_loader"]
 log = logging.getLogger(__name__)
 
 # Manifest ``preset.audio`` fields that fix the stored log-mel (the rest is loader-side).
+LAYOUT = ("world_size", "streams", "batch_size", "remainder")   # how an epoch is split
 STORED_AUDIO_FIELDS = ("kind", "sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
                        "f_min", "f_max", "log_offset")
 
@@ -92,11 +95,13 @@ class ShardLoader:
         _check_manifest(self.manifest, cfg.shards, audio, labels)
         self.plan = EpochPlan(tuple(s["num_samples"] for s in self.manifest["shards"]), seed,
                               world_size, max(cfg.workers, 1), cfg.batch_size, cfg.remainder,
-                              shuffle=train, buffer=cfg.shuffle_buffer)
+                              shuffle=train, buffer=cfg.shuffle_buffer, partitions=cfg.partitions,
+                              interleave=cfg.interleave)
         self.spec = StreamSpec(cfg.shards, self.manifest["shards"], self.plan,
                                Augment(audio, image, train), rank, labels, cfg.max_error_rate,
                                cfg.s3_retries, cfg.cache_dir, cfg.cache_limit_gb)
         self.epoch, self._batches, self._cursors = 0, 0, [0] * self.plan.streams
+        self._segment, self._offset = self.plan, 0     # the current epoch's plan; batches before it
         self._errors, self._good, self._refilled = Counter({s: 0 for s in STAGES}), 0, 0
         self._last_error, self._peak_rss_mb, self._peak_growth_mb, self._active = "", 0.0, 0.0, None
         self._worker_cpu: dict[int, float] = {}       # stream → CPU seconds of its worker process
@@ -116,18 +121,24 @@ class ShardLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning — unless it is the current, partly consumed one
         (a resumed loader keeps its position)."""
-        if epoch != self.epoch or not 0 < self._batches < len(self):
-            self.epoch, self._batches, self._cursors = epoch, 0, [0] * self.plan.streams
+        partly = 0 < self._offset + self._batches and self._batches < self._segment.batches
+        if epoch != self.epoch or not partly:
+            self._start(epoch, self.plan, 0)
+
+    def _start(self, epoch: int, segment: EpochPlan, offset: int) -> None:
+        self.epoch, self._segment, self._offset = epoch, segment, offset
+        self._batches, self._cursors = 0, [0] * segment.streams
 
     def __iter__(self):
-        if self._batches >= len(self):
+        if self._batches >= self._segment.batches:
             self.set_epoch(self.epoch + 1)
         self.close()
         self._active = self._iterate()
         return self._active
 
     def _iterate(self):
-        ds = _EpochStreams(self.spec, self.epoch, self._batches, list(self._cursors))
+        spec = replace(self.spec, plan=self._segment)
+        ds = _EpochStreams(spec, self.epoch, self._batches, list(self._cursors))
         self._worker_cpu = {}
         if self.cfg.workers == 0:
             source = iter(ds)
@@ -162,23 +173,56 @@ class ShardLoader:
         check_error_rate(self._errors, self._good, self.cfg.max_error_rate, self._last_error)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches": self._batches, "cursors": list(self._cursors),
-                "samples": self._batches * self.plan.batch_size * self.world_size,
-                "plan": self.plan.signature()}
+        batches = self._offset + self._batches
+        return {"epoch": self.epoch, "batches": batches, "offset": self._offset,
+                "cursors": list(self._cursors), "rank": self.rank,
+                "samples": batches * self.plan.batch_size * self.world_size,
+                "plan": self._segment.signature()}
 
-    def load_state_dict(self, sd: dict) -> None:
+    def load_state_dict(self, sd: dict | list[dict]) -> None:
+        """Resume from this rank's state (same layout) or from the states of all ranks, as
+        ``state_dict()`` returned them on each rank (any layout; see the module docstring)."""
         self.close()
-        self.epoch = int(sd["epoch"])
-        if sd["plan"] == self.plan.signature():
-            self._batches, self._cursors = int(sd["batches"]), [int(c) for c in sd["cursors"]]
+        states = sd if isinstance(sd, list) else [sd]
+        mine = next((s for s in states if s["rank"] == self.rank), states[0])
+        segment, epoch = self._segment_of(mine["plan"]), int(mine["epoch"])
+        if all(getattr(segment, k) == getattr(self.plan, k) for k in LAYOUT):
+            self._start(epoch, segment, int(mine["offset"]))
+            self._batches = int(mine["batches"]) - self._offset
+            self._cursors = [int(c) for c in mine["cursors"]]
+        else:
+            self._resume_elsewhere(epoch, segment, states)
+
+    def _segment_of(self, sig: dict) -> EpochPlan:
+        """The plan a saved state was made with (same canonical order, or ValueError)."""
+        differ = [k for k, v in self.plan.canonical().items() if sig.get(k) != v]
+        if differ:
+            raise ValueError(f"loader state: {', '.join(differ)} differ from this run's (another "
+                             "shard set or data.seed/shuffle_buffer/partitions/interleave); "
+                             "resume with the same values")
+        runs = None if sig["runs"] is None else tuple(tuple(r) for r in sig["runs"])
+        return replace(self.plan, runs=runs, **{k: sig[k] for k in LAYOUT})
+
+    def _resume_elsewhere(self, epoch: int, old: EpochPlan, states: list[dict]) -> None:
+        """Plan the rest of ``epoch`` over the samples that no rank of ``old`` consumed."""
+        by_rank = {s["rank"]: [int(c) for c in s["cursors"]] for s in states}
+        done = int(states[0]["batches"]) - int(states[0]["offset"])
+        if len(by_rank) < old.world_size:
+            log.warning("loader: resuming epoch %d from %d of %d ranks' states; the others' "
+                        "positions are derived from the batch count (exact unless samples "
+                        "failed there)", epoch, len(by_rank), old.world_size)
+        cursors = [by_rank.get(r) or [old.batch_size * old.stream_batches(m, before=done)
+                                      for m in range(old.streams)] for r in range(old.world_size)]
+        try:
+            segment = replace(self.plan, runs=old.remaining(cursors))
+        except ValueError as e:                          # too few samples left for this layout
+            log.warning("loader: epoch %d: %s; the epoch counts as complete", epoch, e)
+            self._start(epoch, self.plan, 0)
+            self._batches = len(self)
             return
-        k = min(int(sd["samples"]) // (self.plan.batch_size * self.world_size), len(self))
-        log.warning("loader: resuming epoch %d with a different plan (%s → %s): continuing at "
-                    "batch %d of %d by sample count", self.epoch, sd["plan"], self.plan.signature(),
-                    k, len(self))
-        self._batches = k
-        self._cursors = [self.plan.batch_size * self.plan.stream_batches(m, before=k)
-                         for m in range(self.plan.streams)]
+        self._start(epoch, segment, len(self) - segment.batches)
+        log.info("loader: resuming epoch %d at another layout: %d samples left in %d batches",
+                 epoch, segment.span, segment.batches)
 
     def error_counts(self) -> dict[str, int]:
         """Samples skipped per stage (shard | meta | audio | image), cumulative in this process."""

@@ -4,8 +4,9 @@ The stream's entries and their emission order come from :class:`pipeline.epochpl
 Its position is a **cursor** counting emitted entries (skipped ones included); past the end of
 the plan the cursor wraps into a refill pass that re-emits the stream's first entries — used
 only when skipped samples left the stream short of its batch quota (counted as ``refilled``).
-Every sample's random draws come from an RNG seeded by (seed, epoch, rank, stream, cursor),
-so a stream restarted at a cursor reproduces the uninterrupted one exactly.
+Every sample's random draws come from an RNG seeded by (seed, epoch, its canonical position,
+its pad copy, refill pass) — not by rank or stream — so a stream restarted at a cursor reproduces
+the uninterrupted one exactly, and a sample is augmented alike at any world size.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.augment import Augment, SampleError
-from pipeline.epochplan import EpochPlan, mix_seed
+from pipeline.epochplan import Entry, EpochPlan, mix_seed
 from pipeline.shardio import ShardStore
 from preprocess.shardformat import CorruptShard
 
@@ -39,69 +40,88 @@ def check_error_rate(errors: Counter, good: int, max_rate: float, last_error: st
 
 
 class StreamReader:
-    """Raw samples of one stream, fetched lazily: ``take(i)`` reads forward until entry i is in.
+    """Raw samples of one stream's entries, fetched lazily: ``take(i)`` reads entry i's shard
+    forward until entry i is in.
 
-    Shards are visited once, in plan order; only wanted entries are kept (at most the shuffle
-    buffer's worth at a time); samples never wanted are skipped inside the tar without copying.
+    Each shard is read once, front to back; only wanted entries are kept, samples never wanted
+    are skipped inside the tar without copying. ``frontier`` is the furthest canonical read
+    position taken so far: a shard whose wanted entries all lie at or before it is read to its
+    last wanted entry and closed at once, so the open shards are those a real interleaved reader
+    would have open (≤ ``data.interleave``) and the held samples those a real shuffle buffer
+    would hold (≤ ``data.shuffle_buffer``).
     """
 
-    def __init__(self, store: ShardStore, positions: list[tuple[int, int]], needed: list[int]):
-        self.store = store
-        self.by_shard: dict[int, dict[int, list[int]]] = {}
-        for i in sorted(needed):
-            shard, idx = positions[i]
-            self.by_shard.setdefault(shard, {}).setdefault(idx, []).append(i)
-        self.shards = iter(list(self.by_shard))
+    def __init__(self, store: ShardStore, entries: list[Entry], needed: list[int]):
+        self.store, self.entries = store, entries
+        self.wanted: dict[int, dict[int, list[int]]] = {}
+        self.last_read: dict[int, int] = {}
+        for i in needed:
+            e = entries[i]
+            self.wanted.setdefault(e.shard, {}).setdefault(e.idx, []).append(i)
+            self.last_read[e.shard] = max(self.last_read.get(e.shard, -1), e.read)
+        self.open: dict[int, Iterator] = {}
         self.captured: dict[int, dict] = {}
         self.lost: set[int] = set()
-        self.current = None
+        self.frontier = -1
         self.last_error = ""
 
     def take(self, i: int) -> dict | None:
         """Raw sample of entry ``i``, or None when its shard is corrupt or truncated."""
+        shard = self.entries[i].shard
         while i not in self.captured and i not in self.lost:
-            self._advance()
+            self._advance(shard)
+        self.frontier = max(self.frontier, self.entries[i].read)
+        for s in [s for s in self.open if self.last_read[s] <= self.frontier]:
+            while s in self.wanted:                      # a real reader has passed its end
+                self._advance(s)
         if i in self.captured:
             return self.captured.pop(i)
         self.lost.discard(i)
         return None
 
-    def _advance(self) -> None:
-        if self.current is None:
-            self.shard = next(self.shards)
-            self.pending = self.by_shard.pop(self.shard)
-            self.current = self.store.samples(self.shard, set(self.pending))
+    def _advance(self, shard: int) -> None:
+        """Read the next wanted sample of ``shard``; on its end or damage, mark the rest lost."""
+        pending = self.wanted[shard]
+        if shard not in self.open:
+            self.open[shard] = self.store.samples(shard, set(pending))
         try:
-            idx, sample = next(self.current)
-            for i in self.pending.pop(idx):
+            idx, sample = next(self.open[shard])
+            for i in pending.pop(idx):
                 self.captured[i] = sample
-            return
+            if pending:
+                return
         except StopIteration:
-            if self.pending:
-                self.last_error = (f"{self.store.url(self.shard)}: ends before sample "
-                                   f"{min(self.pending)} (the manifest lists more)")
+            self.last_error = (f"{self.store.url(shard)}: ends before sample {min(pending)} "
+                               "(the manifest lists more)")
         except CorruptShard as e:
             self.last_error = str(e)
-        for entries in self.pending.values():       # the rest of this shard is unreadable
+        for entries in pending.values():                 # the rest of this shard is unreadable
             self.lost.update(entries)
-        self.current = None
+        self.open.pop(shard).close()
+        del self.wanted[shard]
 
 
-def stream_entries(store: ShardStore, positions: list, order: list[int], cursor: int,
-                   dead: set[int]) -> Iterator[tuple[int, int, dict | None, str | None]]:
+def stream_entries(store: ShardStore, entries: list[Entry], cursor: int,
+                   dead: set[tuple[int, int]]) -> Iterator[tuple[int, int, dict | None, str | None]]:
     """(cursor, entry, raw sample, loss message) from ``cursor`` on, wrapping into refill passes.
 
-    ``raw`` is None when the entry's shard is unreadable there (``loss`` says why) or when the
-    entry is in ``dead`` (failed earlier in this process; ``loss`` None: not read, not recounted).
+    ``raw`` is None when the entry's shard is unreadable there (``loss`` says why) or when its
+    (shard, sample) is in ``dead`` (failed earlier in this process — a pad copy or a refill of a
+    failed sample; ``loss`` None: not read, not recounted).
     """
-    n = len(order)
+    n = len(entries)
     while True:
-        todo = order[cursor % n:]
-        reader = StreamReader(store, positions, [i for i in todo if i not in dead])
-        for i in todo:
-            raw = None if i in dead else reader.take(i)
-            yield cursor, i, raw, (reader.last_error if raw is None and i not in dead else None)
-            cursor += 1
+        todo = range(cursor % n, n)
+        reader = StreamReader(store, entries, [i for i in todo if entries[i][:2] not in dead])
+        try:
+            for i in todo:
+                gone = entries[i][:2] in dead
+                raw = None if gone else reader.take(i)
+                yield cursor, i, raw, (reader.last_error if raw is None and not gone else None)
+                cursor += 1
+        finally:
+            for it in reader.open.values():
+                it.close()
 
 
 @dataclass
@@ -143,13 +163,13 @@ def usable_samples(spec: StreamSpec, epoch: int, stream: int, cursor: int,
     """(cursor after it, key, augmented item, is a refill) for each usable sample of a stream;
     failures are skipped and tallied, never replaced."""
     plan = spec.plan
-    positions = plan.stream_positions(epoch, spec.rank, stream)
-    order = plan.stream_order(epoch, spec.rank, stream)
-    dead: set[int] = set()
+    entries = plan.stream_entries(epoch, spec.rank, stream)
+    n = len(entries)
+    dead: set[tuple[int, int]] = set()
     good = since_good = 0
-    for position, entry, raw, loss in stream_entries(spec.store(), positions, order, cursor, dead):
+    for position, i, raw, loss in stream_entries(spec.store(), entries, cursor, dead):
         since_good += 1
-        if since_good > len(order):
+        if since_good > n:
             raise DataError(f"data: no usable sample in a whole pass of stream {stream} of rank "
                             f"{spec.rank}; last error: {tally.last_error}")
         if raw is None and loss is None:
@@ -157,15 +177,17 @@ def usable_samples(spec: StreamSpec, epoch: int, stream: int, cursor: int,
         try:
             if raw is None:
                 raise SampleError("shard", loss)
-            rng = random.Random(mix_seed(plan.seed, epoch, spec.rank, stream, position)) if plan.shuffle else None
+            e = entries[i]                               # draws depend on the sample, not the layout
+            rng = (random.Random(mix_seed(plan.seed, epoch, e.q, e.copy, position // n))
+                   if plan.shuffle else None)
             item = spec.augment(raw, rng)
-        except SampleError as e:
-            dead.add(entry)
-            tally.add(e.stage, f"{raw['__key__']}: {e}" if raw else str(e))
+        except SampleError as err:
+            dead.add(entries[i][:2])
+            tally.add(err.stage, f"{raw['__key__']}: {err}" if raw else str(err))
             check_error_rate(tally.total, good, spec.max_error_rate, tally.last_error)
             continue
         good, since_good = good + 1, 0
-        yield position + 1, raw["__key__"], item, position >= len(order)
+        yield position + 1, raw["__key__"], item, position >= n
 
 
 def rss_mb() -> float:

@@ -1,32 +1,54 @@
 """Epoch plan: which samples every (rank, stream) reads in an epoch, and in which order.
 
 A pure function of (shard sizes from the manifest, seed, epoch, world size W, streams per rank
-M, batch size B, remainder policy) — no I/O, so every rank and worker derives the same plan and a
-resumed run can skip consumed samples by index. Steps:
+M, batch size B, remainder policy, partitions, interleave, buffer) — no I/O, so every rank and
+worker derives the same plan and a resumed run can skip consumed samples by index.
+
+The epoch's **canonical sequence** Q (positions 0 … N−1) does not depend on W, M or B:
 
 1. **Shard shuffle** (training): the manifest's shard list is permuted with
-   ``random.Random(seed + epoch)`` *before* any split; evaluation keeps the manifest order.
-2. **Rank split**: the shuffled shards are laid end to end as one sequence of N sample positions;
-   rank r owns the contiguous range ``[r·N // W, (r+1)·N // W)`` (N//W or N//W + 1 samples, so at
-   most two ranks share a shard and each reads only its part of it).
-3. **Remainder** (``pad`` | ``drop``), so that every rank runs exactly L batches of B:
-   ``pad``: L = ceil(ceil(N/W) / B); a rank's sequence is extended to L·B by repeating its own
+   ``random.Random(seed + epoch)``; evaluation keeps the manifest order.
+2. **Canonical partitions** (as Mosaic Streaming's ``num_canonical_nodes``): the shuffled shards
+   are laid end to end and cut into C = min(``partitions``, N) contiguous ranges of N//C or
+   N//C + 1 samples. Partition p owns Q positions ``[p·N // C, (p+1)·N // C)``.
+3. **Interleave** (training): a partition is *read* ``interleave`` shards at a time, one sample
+   from each in turn (a finished shard's turn passes to the partition's next shard).
+4. **Shuffle buffer** (training): the read sequence of a partition goes through a shuffle buffer
+   of ``buffer`` slots (webdataset semantics, simulated on indices with an RNG seeded by
+   (seed, epoch, p)); its emission order is the partition's part of Q.
+
+The epoch is then split over the ranks and streams — for a fresh epoch over all of Q; for an
+epoch resumed at another layout over the **runs** of Q not yet consumed (``runs``), laid end to
+end as the sequence R of n samples:
+
+5. **Rank split**: rank r owns the contiguous range ``[r·n // W, (r+1)·n // W)`` of R.
+6. **Remainder** (``pad`` | ``drop``), so that every rank runs exactly L batches of B:
+   ``pad``: L = ceil(ceil(n/W) / B); a rank's sequence is extended to L·B by repeating its own
    samples backwards from its last one (keys stay disjoint across ranks; padded = L·B − n_r).
-   ``drop``: L = floor(floor(N/W) / B); the last n_r − L·B positions of the rank are dropped.
-4. **Stream split**: batch j of a rank is produced by stream ``j % M`` (torch DataLoader's
-   in-order round robin); stream m owns the next contiguous slice of B·(its batch count) entries.
-5. **Sample shuffle buffer** (training): a stream emits its entries through a shuffle buffer of
-   ``buffer`` slots, simulated on indices with a seeded RNG (so the order is known up front and
-   the reader only keeps the raw bytes of entries read but not yet emitted).
+   ``drop``: L = floor(floor(n/W) / B); the last n_r − L·B positions of the rank are dropped.
+7. **Stream split**: batch j of a rank is produced by stream ``j % M`` (torch DataLoader's
+   in-order round robin); stream m owns the next contiguous slice of B·(its batch count)
+   entries and emits it in order.
+
+A stream therefore always consumes a *prefix* of its slice: from every rank's stream cursors
+(:meth:`EpochPlan.remaining`) the Q positions not yet seen follow exactly, and a plan over them
+at any W′, M′, B′ sees each of them once (exact resume at any world size).
+
+Memory per stream: at most ``buffer`` raw samples held (read, not yet emitted — the entries a
+real shuffle buffer would hold) and at most ``interleave`` shards open at a time (each with its
+read-ahead block, 8 MiB for remote sets): about buffer × sample size + interleave × 8 MiB.
 """
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MASK64 = (1 << 64) - 1
+Runs = tuple[tuple[int, int], ...]     # sorted, disjoint half-open intervals of Q positions
 
 
 def mix_seed(*parts: int) -> int:
@@ -59,6 +81,45 @@ def buffer_order(n: int, size: int, rng: random.Random) -> list[int]:
     return out + buf
 
 
+def interleave(pieces: list[tuple[int, int, int]], k: int) -> list[tuple[int, int]]:
+    """(shard, sample) read order of shard pieces (shard, first, end) read ``k`` at a time, one
+    sample from each in turn; a finished piece's turn passes to the next waiting piece."""
+    waiting, active, out = list(reversed(pieces)), [], []
+    while waiting or active:
+        while len(active) < k and waiting:
+            active.append(list(waiting.pop()))
+        for piece in active:
+            out.append((piece[0], piece[1]))
+            piece[1] += 1
+        active = [p for p in active if p[1] < p[2]]
+    return out
+
+
+def subtract(runs: Runs, cut: list[tuple[int, int]]) -> Runs:
+    """``runs`` minus the union of the intervals in ``cut``."""
+    out, cut = [], sorted(c for c in cut if c[0] < c[1])
+    for a, b in runs:
+        for c0, c1 in cut:
+            if c1 <= a or c0 >= b:
+                continue
+            if c0 > a:
+                out.append((a, c0))
+            a = max(a, c1)
+        if a < b:
+            out.append((a, b))
+    return tuple(out)
+
+
+class Entry(NamedTuple):
+    """One planned read of a stream."""
+
+    shard: int        # manifest shard index
+    idx: int          # sample index within the shard
+    q: int            # position in the epoch's canonical sequence
+    read: int         # position in the canonical read order (before the shuffle buffer)
+    copy: int         # 0, or k for the k-th repeat of a padded sample
+
+
 @dataclass(frozen=True)
 class EpochPlan:
     """Sample plan for one shard set; see the module docstring for the steps."""
@@ -71,16 +132,21 @@ class EpochPlan:
     remainder: str = "pad"
     shuffle: bool = True
     buffer: int = 256
+    partitions: int = 64
+    interleave: int = 4
+    runs: Runs | None = None          # Q positions still to read this epoch (None: all of them)
 
     def __post_init__(self) -> None:
         if self.remainder not in ("pad", "drop"):
             raise ValueError(f"data.remainder: {self.remainder!r} is not one of pad, drop")
-        if self.num_samples < self.world_size:
-            raise ValueError(f"shard set has {self.num_samples} samples, fewer than the "
+        if min(self.partitions, self.interleave, self.buffer) < 1:
+            raise ValueError("data.partitions, data.interleave and data.shuffle_buffer must be ≥ 1")
+        if self.span < self.world_size:
+            raise ValueError(f"shard set has {self.span} samples to read, fewer than the "
                              f"{self.world_size} ranks")
         if self.batches == 0:
             raise ValueError(f"data.batch_size {self.batch_size}: a rank gets only "
-                             f"{self.num_samples // self.world_size} samples per epoch, fewer than "
+                             f"{self.span // self.world_size} samples per epoch, fewer than "
                              "one batch with remainder=drop (use remainder=pad or a smaller batch)")
 
     @property
@@ -88,15 +154,24 @@ class EpochPlan:
         return sum(self.shard_sizes)
 
     @property
+    def all_runs(self) -> Runs:
+        return ((0, self.num_samples),) if self.runs is None else self.runs
+
+    @property
+    def span(self) -> int:
+        """n: samples this plan splits over the ranks (the whole epoch unless resumed)."""
+        return sum(b - a for a, b in self.all_runs)
+
+    @property
     def batches(self) -> int:
-        """L: batches per epoch on every rank."""
-        n, w, b = self.num_samples, self.world_size, self.batch_size
+        """L: batches (of the planned runs) on every rank."""
+        n, w, b = self.span, self.world_size, self.batch_size
         if self.remainder == "pad":
             return math.ceil(math.ceil(n / w) / b)
         return (n // w) // b
 
     def rank_range(self, rank: int) -> tuple[int, int]:
-        n, w = self.num_samples, self.world_size
+        n, w = self.span, self.world_size
         return rank * n // w, (rank + 1) * n // w
 
     def remainder_counts(self, rank: int) -> dict[str, int]:
@@ -110,38 +185,87 @@ class EpochPlan:
         end = self.batches if before is None else before
         return max(0, (end - stream + self.streams - 1) // self.streams)
 
+    def stream_slice(self, stream: int) -> tuple[int, int]:
+        """(first, count): the stream's entries within its rank's sequence."""
+        first = self.batch_size * sum(self.stream_batches(m) for m in range(stream))
+        return first, self.batch_size * self.stream_batches(stream)
+
     def shard_order(self, epoch: int) -> list[int]:
         order = list(range(len(self.shard_sizes)))
         if self.shuffle:
             random.Random(self.seed + epoch).shuffle(order)
         return order
 
-    def stream_positions(self, epoch: int, rank: int, stream: int) -> list[tuple[int, int]]:
-        """(manifest shard index, sample index in shard) of each entry of a stream, in read order."""
+    def partition_starts(self) -> list[int]:
+        n = self.num_samples
+        c = min(self.partitions, n)
+        return [p * n // c for p in range(c + 1)]
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 — frozen, hashable plan; a stream reuses it
+    def partition(self, epoch: int, p: int) -> list[tuple[int, int, int]]:
+        """(shard, sample, read position) of partition ``p``'s Q positions, in Q order."""
         order = self.shard_order(epoch)
-        starts = [0]
-        for s in order:
-            starts.append(starts[-1] + self.shard_sizes[s])
+        starts = self.partition_starts()
+        lo, hi, pos, pieces = starts[p], starts[p + 1], 0, []
+        for s in order:                                   # the shards' pieces inside [lo, hi)
+            a, b = max(lo, pos), min(hi, pos + self.shard_sizes[s])
+            if a < b:
+                pieces.append((s, a - pos, b - pos))
+            pos += self.shard_sizes[s]
+        reads = interleave(pieces, self.interleave if self.shuffle else 1)
+        emit = (buffer_order(len(reads), self.buffer, random.Random(mix_seed(self.seed, epoch, p)))
+                if self.shuffle else range(len(reads)))
+        return [(*reads[t], lo + t) for t in emit]
+
+    def stream_entries(self, epoch: int, rank: int, stream: int) -> list[Entry]:
+        """The entries of a stream, in emission order."""
+        run_starts = [0]
+        for a, b in self.all_runs:
+            run_starts.append(run_starts[-1] + b - a)
+        part_starts = self.partition_starts()
         lo, hi = self.rank_range(rank)
-        first = self.batch_size * sum(self.stream_batches(m) for m in range(stream))
-        count = self.batch_size * self.stream_batches(stream)
+        first, count = self.stream_slice(stream)
         out = []
         for j in range(first, first + count):
-            g = lo + j if j < hi - lo else hi - 1 - (j - (hi - lo)) % (hi - lo)  # pad: walk back
-            s = bisect.bisect_right(starts, g) - 1
-            out.append((order[s], g - starts[s]))
+            back = j - (hi - lo)                          # pad: walk back over the rank's own
+            g = lo + j if back < 0 else hi - 1 - back % (hi - lo)
+            k = bisect.bisect_right(run_starts, g) - 1
+            q = self.all_runs[k][0] + g - run_starts[k]
+            p = bisect.bisect_right(part_starts, q) - 1
+            shard, idx, read = self.partition(epoch, p)[q - part_starts[p]]
+            out.append(Entry(shard, idx, q, read, 0 if back < 0 else 1 + back // (hi - lo)))
         return out
 
-    def stream_order(self, epoch: int, rank: int, stream: int) -> list[int]:
-        """Emission order (indices into ``stream_positions``) after the shuffle buffer."""
-        n = self.batch_size * self.stream_batches(stream)
-        if not self.shuffle:
-            return list(range(n))
-        return buffer_order(n, self.buffer, random.Random(mix_seed(self.seed, epoch, rank, stream)))
+    def stream_positions(self, epoch: int, rank: int, stream: int) -> list[tuple[int, int]]:
+        """(manifest shard index, sample index in shard) of each entry of a stream, in order."""
+        return [(e.shard, e.idx) for e in self.stream_entries(epoch, rank, stream)]
+
+    def remaining(self, cursors: list[list[int]]) -> Runs:
+        """The planned Q positions not consumed when rank r's stream m stands at
+        ``cursors[r][m]`` (entries emitted, refills included)."""
+        run_starts = [0]
+        for a, b in self.all_runs:
+            run_starts.append(run_starts[-1] + b - a)
+        seen = []
+        for rank, rank_cursors in enumerate(cursors):
+            lo, hi = self.rank_range(rank)
+            for stream, cursor in enumerate(rank_cursors):
+                first, count = self.stream_slice(stream)
+                g0, g1 = lo + first, lo + min(first + min(cursor, count), hi - lo)
+                for k, (a, _) in enumerate(self.all_runs):       # R interval → Q intervals
+                    r0, r1 = max(g0, run_starts[k]), min(g1, run_starts[k + 1])
+                    if r0 < r1:
+                        seen.append((a + r0 - run_starts[k], a + r1 - run_starts[k]))
+        return subtract(self.all_runs, seen)
+
+    def canonical(self) -> dict:
+        """What fixes the canonical sequence Q (must match to resume mid-epoch at all)."""
+        return {"shard_sizes_hash": mix_seed(*self.shard_sizes), "num_samples": self.num_samples,
+                "seed": self.seed, "shuffle": self.shuffle, "buffer": self.buffer,
+                "partitions": self.partitions, "interleave": self.interleave}
 
     def signature(self) -> dict:
         """What must match for an exact (cursor-level) resume."""
-        return {"shard_sizes_hash": mix_seed(*self.shard_sizes), "num_samples": self.num_samples,
-                "seed": self.seed, "world_size": self.world_size, "streams": self.streams,
+        return {**self.canonical(), "world_size": self.world_size, "streams": self.streams,
                 "batch_size": self.batch_size, "remainder": self.remainder,
-                "shuffle": self.shuffle, "buffer": self.buffer}
+                "runs": None if self.runs is None else [list(r) for r in self.runs]}

@@ -38,8 +38,8 @@ class DataConfig:
     batch_size: int = 8                   # per-rank micro-batch
     workers: int = 2                      # loader worker processes per rank
     shuffle_buffer: int = 256             # samples a stream holds to shuffle (memory: × sample size)
-    interleave: int = 4                   # shards a stream reads at once (see pipeline/epochplan.py)
-    partitions: int = 64                  # canonical partitions: fix the epoch order at any world size
+    interleave: int = 8                   # shards a stream reads at once (see pipeline/epochplan.py)
+    partitions: int = 8                   # canonical partitions: fix the epoch order at any world size
     remainder: str = "pad"                # pad | drop: how ranks are equalised per epoch
     max_error_rate: float = 0.05          # abort when data errors exceed this fraction
     cache_dir: str | None = None          # node-local shard cache (s3:// sets)
@@ -200,7 +200,9 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
-    positive = {"data.batch_size": cfg.data.batch_size, "optim.epochs": cfg.optim.epochs,
+    positive = {"data.batch_size": cfg.data.batch_size, "data.shuffle_buffer": cfg.data.shuffle_buffer,
+                "data.interleave": cfg.data.interleave, "data.partitions": cfg.data.partitions,
+                "optim.epochs": cfg.optim.epochs,
                 "train.log_every": cfg.train.log_every}
     for key, value in positive.items():
         if value <= 0:

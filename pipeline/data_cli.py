@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--remainder", choices=("pad", "drop"), default="pad",
                    help="equalise ranks by repeating samples (pad) or dropping them (drop)")
     p.add_argument("--shuffle-buffer", type=int, default=256, help="sample shuffle buffer slots")
+    p.add_argument("--interleave", type=int, default=DataConfig.interleave,
+                   help="shards each stream reads at once")
     p.add_argument("--image-size", type=int, default=ImageSpec().size, help="image side S")
     p.add_argument("--eval", action="store_true", help="evaluation transforms (no randomness)")
     p.add_argument("--keys-out", metavar="FILE", help="also write the sorted distinct keys, one a line")
@@ -53,7 +55,8 @@ def bench(args: argparse.Namespace) -> int:
         ("--batches", args.batches, args.batches is None or args.batches >= 1, "an integer >= 1"),
         ("--workers", args.workers, args.workers >= 0, "an integer >= 0"))
     cfg = DataConfig(shards=args.dest, batch_size=args.batch_size, workers=args.workers,
-                     shuffle_buffer=args.shuffle_buffer, remainder=args.remainder)
+                     shuffle_buffer=args.shuffle_buffer, interleave=args.interleave,
+                     remainder=args.remainder)
     try:
         preset = read_manifest(args.dest).get("preset", {}).get("audio", {}).get("name", "deepavfusion")
         loader = build_loader(cfg, audio=get_frontend(preset), image=ImageSpec(size=args.image_size),

@@ -132,8 +132,8 @@ class EpochPlan:
     remainder: str = "pad"
     shuffle: bool = True
     buffer: int = 256
-    partitions: int = 64
-    interleave: int = 4
+    partitions: int = 8
+    interleave: int = 8
     runs: Runs | None = None          # Q positions still to read this epoch (None: all of them)
 
     def __post_init__(self) -> None:
@@ -201,7 +201,7 @@ class EpochPlan:
         c = min(self.partitions, n)
         return [p * n // c for p in range(c + 1)]
 
-    @functools.lru_cache(maxsize=8)  # noqa: B019 — frozen, hashable plan; a stream reuses it
+    @functools.lru_cache(maxsize=2)  # noqa: B019 — frozen, hashable plan; a stream reuses it
     def partition(self, epoch: int, p: int) -> list[tuple[int, int, int]]:
         """(shard, sample, read position) of partition ``p``'s Q positions, in Q order."""
         order = self.shard_order(epoch)

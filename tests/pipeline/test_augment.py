@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
+import numpy as np
 import pytest
 import torch
 import torchaudio
@@ -90,6 +92,27 @@ def test_crop_params_follow_torchvision_distribution(h, w):
     # same distribution as torchvision: means and spreads of (top, left, h, w) agree
     assert torch.allclose(ours.mean(0), ref.mean(0), rtol=0.03, atol=1.0)
     assert torch.allclose(ours.std(0), ref.std(0), rtol=0.06, atol=1.0)
+
+
+def ks_uniform(x: np.ndarray, lo: float, hi: float) -> float:
+    """Kolmogorov–Smirnov distance of the sample ``x`` from U(lo, hi)."""
+    x = np.sort(x)
+    cdf = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    n = len(x)
+    return float(max((np.arange(1, n + 1) / n - cdf).max(), (cdf - np.arange(n) / n).max()))
+
+
+def test_crop_aspect_ratio_is_log_uniform():
+    # a large image and small areas: the first try always fits, so no rejection shapes the law
+    rng, n = random.Random(1), 20000
+    crops = np.array([crop_params(4096, 4096, (0.05, 0.1), (3 / 4, 4 / 3), rng) for _ in range(n)])
+    log_ratio = np.log(crops[:, 3] / crops[:, 2])
+    lo, hi = math.log(3 / 4), math.log(4 / 3)
+    critical = 1.63 / math.sqrt(n)                  # KS test at the 1 % level
+    assert ks_uniform(log_ratio, lo, hi) < critical
+    # power: aspect ratios drawn uniformly (the bug) are rejected by the same test
+    uniform_ratio = np.random.default_rng(1).uniform(3 / 4, 4 / 3, n)
+    assert ks_uniform(np.log(uniform_ratio), lo, hi) > 2 * critical
 
 
 @pytest.mark.parametrize("h,w", [(300, 20), (20, 300)])

@@ -36,9 +36,10 @@ import torchaudio  # noqa: E402
 from benchmarks.s3server import S3Server  # noqa: E402
 from benchmarks.tiling import tile  # noqa: E402
 from model.presets import FRONTENDS, ImageSpec  # noqa: E402
-from pipeline.augment import CROP_RATIO, Augment, crop_params, resize_uint8  # noqa: E402
+from pipeline.augment import CROP_RATIO, Augment, crop_params  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.data import build_loader  # noqa: E402
+from pipeline.jpeg import resize_uint8  # noqa: E402
 from preprocess.shardformat import MANIFEST  # noqa: E402
 
 SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))

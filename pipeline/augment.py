@@ -16,7 +16,9 @@ Resize(short side size/0.875) → CenterCrop(size) — deterministic (NOTE: the 
 draws a random frame; REFERENCE.md §9 B.15).
 
 Per-sample work stays in uint8 / float16 views; images cross the worker boundary as uint8 and are
-normalised once per batch by the receiving process (``normalise``).
+normalised once per batch by the receiving process (``normalise``). With ``defer_image`` (training
+on a GPU) the worker does not decode the frame: it draws the same crop/flip from the JPEG header's
+size and hands over the JPEG bytes with them (:mod:`pipeline.jpeg`).
 """
 from __future__ import annotations
 
@@ -27,10 +29,10 @@ import re
 
 import torch
 import torch.nn.functional as NF
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from model.presets import AudioFrontend, ImageSpec
+from pipeline.jpeg import decode, jpeg_size, pack, resize_uint8
 from preprocess.shardformat import MEL_EXT, META_EXT, frame_ext
 
 RANDOM_VOL_DB = 6.0                     # §6.2: gain ~ U(−6, +6) dB
@@ -122,21 +124,12 @@ def pad_frames(x: torch.Tensor, n: int, fe: AudioFrontend) -> torch.Tensor:
     return x[:, torch.where(r < t, r, period - r)]
 
 
-def resize_uint8(img: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear antialiased resize of a uint8 ``[3, h, w]`` crop to ``[3, size, size]``.
-
-    Same kernel as torchvision's ``resized_crop(..., antialias=True)``; a contiguous
-    channels-last copy of the crop takes torch's vectorised uint8 path (≈ 2× faster).
-    """
-    x = img.unsqueeze(0).contiguous(memory_format=torch.channels_last)
-    return NF.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-
-
 class Augment:
     """Raw shard sample → (image uint8 ``[3, S, S]``, audio float32 ``[F, window_frames]``, label)."""
 
-    def __init__(self, audio: AudioFrontend, image: ImageSpec, train: bool):
+    def __init__(self, audio: AudioFrontend, image: ImageSpec, train: bool, defer_image: bool = False):
         self.audio, self.image, self.train = audio, image, train
+        self.defer = train and defer_image
         self.half = audio.window_seconds / 2
         std = torch.tensor(image.std).view(1, 3, 1, 1)
         self.img_scale = 1.0 / (255.0 * std)
@@ -183,12 +176,18 @@ class Augment:
             random_vol(x, gain_db, fe)                     # before padding (kaldi zeros stay 0)
         return x if x.shape[1] == n else pad_frames(x, n, fe)
 
-    def _image(self, raw: dict, frame: int, rng: random.Random | None, flip: bool) -> torch.Tensor:
+    def _image(self, raw: dict, frame: int, rng: random.Random | None, flip: bool):
         ext, size = frame_ext(frame), self.image.size
         if ext not in raw:
             raise SampleError("image", f"{ext} missing")
+        if self.defer:                                   # decoded later, batched, on the device
+            try:
+                h, w = jpeg_size(raw[ext])
+            except ValueError as e:
+                raise SampleError("image", f"{ext}: {e}") from None
+            return raw[ext], (*crop_params(h, w, self.image.crop_scale, CROP_RATIO, rng), flip)
         try:
-            img = decode_jpeg(torch.frombuffer(raw[ext], dtype=torch.uint8), mode=ImageReadMode.RGB)
+            img = decode(torch.frombuffer(raw[ext], dtype=torch.uint8))
         except RuntimeError as e:
             raise SampleError("image", f"{ext}: {e}") from None
         h, w = img.shape[-2:]
@@ -200,18 +199,25 @@ class Augment:
             img = TF.resize(img, [self.image.eval_resize], antialias=True)
         return TF.center_crop(img, [size, size])
 
-    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor, int]], shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stack: image uint8 ``[B, 3, S, S]``, audio float32 ``[B, 1, F, T]`` (``[B, 1, T, F]``
-        for a time-major front end, normalised when the preset says so). ``shared``: allocate in
-        shared memory (the batch crosses a process boundary)."""
+    def collate(self, items: list[tuple], shared: bool) -> tuple[torch.Tensor | dict, torch.Tensor]:
+        """Stack: image uint8 ``[B, 3, S, S]`` (deferred: :func:`pipeline.jpeg.pack` of the JPEGs
+        and crops), audio float32 ``[B, 1, F, T]`` (``[B, 1, T, F]`` for a time-major front end,
+        normalised when the preset says so). ``shared``: allocate in shared memory (the batch
+        crosses a process boundary)."""
         fe, size, b = self.audio, self.image.size, len(items)
         a_shape = (b, 1, fe.window_frames, fe.n_mels) if fe.time_major else (b, 1, fe.n_mels, fe.window_frames)
-        image, audio = torch.empty(b, 3, size, size, dtype=torch.uint8), torch.empty(a_shape)
+        audio = torch.empty(a_shape)
+        if self.defer:
+            image = pack([im[0] for im, _, _ in items], [im[1] for im, _, _ in items], shared)
+        else:
+            image = torch.empty(b, 3, size, size, dtype=torch.uint8)
         if shared:
-            image.share_memory_()
             audio.share_memory_()
+            if not self.defer:
+                image.share_memory_()
         for i, (im, au, _) in enumerate(items):
-            image[i].copy_(im)
+            if not self.defer:
+                image[i].copy_(im)
             audio[i, 0].copy_(au.T if fe.time_major else au)
         if fe.norm_mean is not None:
             audio.sub_(fe.norm_mean).div_(2 * fe.norm_std)

@@ -45,6 +45,7 @@ class DataConfig:
     cache_dir: str | None = None          # node-local shard cache (s3:// sets)
     cache_limit_gb: float = 50.0
     s3_retries: int = 5
+    decode: str = "auto"                  # auto | worker | device: where training frames are decoded
 
 
 @dataclass
@@ -188,6 +189,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 _CHOICES = {
     "data.remainder": ("pad", "drop"),
+    "data.decode": ("auto", "worker", "device"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.zero_stage": (0, 1, 2, 3),
 }

@@ -47,6 +47,7 @@ from pipeline.augment import Augment
 from pipeline.config import DataConfig
 from pipeline.datastream import STAGES, DataError, StreamSpec, check_error_rate, stream_batches
 from pipeline.epochplan import EpochPlan
+from pipeline.jpeg import decode_crops
 from pipeline.shardio import ShardReadError, join, read_manifest
 from preprocess.shardformat import MANIFEST, is_url
 
@@ -84,7 +85,10 @@ class ShardLoader:
 
     One iteration is live at a time: ``iter()`` closes the previous one (and its workers).
     Image and audio arrive on ``device``: images cross to it as uint8 and are normalised there
-    (on a GPU this takes the per-sample float work off the training process's CPU).
+    (on a GPU this takes the per-sample float work off the training process's CPU). With
+    ``data.decode`` = device (``auto``: when ``device`` is CUDA; training only), the workers hand
+    over JPEG bytes and crop/flip parameters and the batch is decoded (batched nvJPEG), cropped
+    and resized on the device; the parameters are drawn exactly as on the CPU path.
     """
 
     def __init__(self, cfg: DataConfig, *, audio: AudioFrontend, image: ImageSpec, rank: int,
@@ -97,8 +101,9 @@ class ShardLoader:
                               world_size, max(cfg.workers, 1), cfg.batch_size, cfg.remainder,
                               shuffle=train, buffer=cfg.shuffle_buffer, partitions=cfg.partitions,
                               interleave=cfg.interleave)
+        defer = cfg.decode == "device" or (cfg.decode == "auto" and self.device.type == "cuda")
         self.spec = StreamSpec(cfg.shards, self.manifest["shards"], self.plan,
-                               Augment(audio, image, train), rank, labels, cfg.max_error_rate,
+                               Augment(audio, image, train, defer_image=defer), rank, labels, cfg.max_error_rate,
                                cfg.s3_retries, cfg.cache_dir, cfg.cache_limit_gb)
         self.epoch, self._batches, self._cursors = 0, 0, [0] * self.plan.streams
         self._segment, self._offset = self.plan, 0     # the current epoch's plan; batches before it
@@ -153,10 +158,22 @@ class ShardLoader:
             for batch in source:
                 self._account(batch.pop("_meta"))
                 batch["audio"] = batch["audio"].to(self.device)
-                batch["image"] = self.spec.augment.normalise(batch["image"].to(self.device))
+                batch["image"] = self.spec.augment.normalise(self._images(batch["image"]))
                 yield batch
         finally:
             del source                                   # shuts the workers down
+
+    def _images(self, image: torch.Tensor | dict) -> torch.Tensor:
+        """uint8 ``[B, 3, S, S]`` on the device; JPEGs handed over by the workers are decoded,
+        cropped and resized there as one batch."""
+        if isinstance(image, torch.Tensor):
+            return image.to(self.device, non_blocking=True)
+        try:
+            return decode_crops(image, self.spec.augment.image.size, self.device)
+        except RuntimeError as e:
+            # NOTE: a worker checks only the JPEG header; a frame whose body is corrupt fails here,
+            # in the batch, where it can no longer be skipped
+            raise DataError(f"data: a frame of this batch cannot be decoded on {self.device}: {e}") from e
 
     def _account(self, meta: dict) -> None:
         if meta["batch"] != self._batches:

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torchaudio
 from torchvision import transforms as T
-from torchvision.io import decode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from model.presets import FRONTENDS, ImageSpec
-from pipeline.augment import Augment, SampleError, crop_params, pad_frames, random_vol, resize_uint8
+from pipeline.augment import Augment, SampleError, crop_params, pad_frames, random_vol
+from pipeline.jpeg import decode, decode_crops, jpeg_size, resize_uint8
 from tests.pipeline.conftest import make_sample, sample_mel
 
 DAF, AMAE = FRONTENDS["deepavfusion"], FRONTENDS["audiomae"]
@@ -141,7 +141,7 @@ def test_evaluation_is_the_centre_window_and_frame():
     mel = torch.from_numpy(sample_mel(5, DAF.clip_frames(10.0), DAF)).float()
     assert torch.equal(audio, mel[:, 224:416])           # window 3.5-6.5 s at 64 frames/s
     assert label == 5 % 3
-    centre = decode_jpeg(torch.frombuffer(raw["f04.jpg"], dtype=torch.uint8))  # 4.5 s, nearest 5 s
+    centre = decode(torch.frombuffer(raw["f04.jpg"], dtype=torch.uint8))  # 4.5 s, nearest 5 s
     ref = v2.Compose([v2.Resize(256), v2.CenterCrop(224)])(centre)
     assert torch.equal(image, ref)
     img = aug.normalise(aug.collate([(image, audio, label)], shared=False)[0])
@@ -203,3 +203,31 @@ def test_corrupt_members_raise_the_stage(member, data, stage):
     with pytest.raises(SampleError) as e:
         Augment(DAF, ImageSpec(size=32), train=False)(raw, None)
     assert e.value.stage == stage
+
+
+def test_deferred_decode_draws_the_same_crops_and_gives_the_same_images():
+    fe, spec = FRONTENDS["deepavfusion"], ImageSpec(size=32)
+    cpu, deferred = Augment(fe, spec, train=True), Augment(fe, spec, train=True, defer_image=True)
+    raws = [make_sample(i, fe, clip_seconds=10.0, frame_size=48, n_frames=5, labelled=True)
+            for i in range(6)]
+    items = [cpu(raw, random.Random(i)) for i, raw in enumerate(raws)]
+    handed = [deferred(raw, random.Random(i)) for i, raw in enumerate(raws)]
+    for raw, (jpeg, (top, left, h, w, _)) in zip(raws, [im for im, _, _ in handed], strict=True):
+        assert any(jpeg is raw[k] for k in raw if k.endswith(".jpg"))       # not decoded yet
+        assert (h, w) != (48, 72) and top + h <= 48 and left + w <= 72
+    images, audio = deferred.collate(handed, shared=False)
+    assert set(images) == {"jpeg", "offsets", "crops"} and images["crops"].shape == (6, 5)
+    assert images["crops"][:, 4].unique().numel() == 2                         # both flips drawn
+    expected_image, expected_audio = cpu.collate(items, shared=False)
+    assert torch.equal(audio, expected_audio)
+    assert torch.equal(decode_crops(images, 32, "cpu"), expected_image)       # same crop, flip
+
+
+def test_jpeg_size_reads_the_frame_header():
+    raw = make_sample(0, FRONTENDS["deepavfusion"], clip_seconds=2.0, frame_size=40, n_frames=1,
+                      labelled=False)
+    assert jpeg_size(raw["f00.jpg"]) == tuple(decode(torch.frombuffer(raw["f00.jpg"], dtype=torch.uint8)).shape[1:])
+    with pytest.raises(ValueError, match="no SOI"):
+        jpeg_size(b"\x89PNG....")
+    with pytest.raises(ValueError):
+        jpeg_size(raw["f00.jpg"][:20])

@@ -172,6 +172,13 @@ def test_resume_from_rank_zero_alone_derives_the_other_ranks(shard_set):
 
 
 @pytest.mark.multiproc
+def test_frames_decoded_by_the_receiving_process_equal_the_workers(corrupt_set):
+    here = run_epoch(make_loader(corrupt_set, rank=0, decode="device"), epoch=1)
+    assert_same_batches(here, run_epoch(make_loader(corrupt_set, rank=0, decode="worker"), epoch=1))
+    assert len(keys_of(here)) == 32 and not set(keys_of(here)) & {sample_key(i) for i in BAD}
+
+
+@pytest.mark.multiproc
 def test_corrupt_samples_are_skipped_counted_and_made_up(corrupt_set):
     errors, refilled, seen = Counter(), 0, Counter()
     for rank in range(2):

@@ -11,6 +11,8 @@
    resample to 16 kHz mono, MelSpectrogram + log10, then the same image augmentation;
    samples per CPU second of one single-threaded process.
 Prints ONE JSON line with the ratios; run as ``python benchmarks/bench_loader.py``.
+``--diversity``: instead, distinct source videos per batch vs a uniformly random batch
+(:mod:`benchmarks.diversity`), one JSON line.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchaudio  # noqa: E402
 
+from benchmarks import diversity  # noqa: E402
 from benchmarks.s3server import S3Server  # noqa: E402
 from benchmarks.tiling import tile  # noqa: E402
 from model.presets import FRONTENDS, ImageSpec  # noqa: E402
@@ -129,7 +132,12 @@ def main() -> None:
     parser.add_argument("--samples-per-shard", type=int, default=256)
     parser.add_argument("--baseline-samples", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--diversity", action="store_true",
+                        help="measure batch diversity (epoch plan, simulated sorted corpus) instead")
     args = parser.parse_args()
+    if args.diversity:
+        print(json.dumps(diversity.measure()))
+        return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

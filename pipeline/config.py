@@ -44,7 +44,10 @@ class DataConfig:
     max_error_rate: float = 0.05          # abort when data errors exceed this fraction
     cache_dir: str | None = None          # node-local shard cache (s3:// sets)
     cache_limit_gb: float = 50.0
-    s3_retries: int = 5
+    s3_retries: int = 10                  # retries of a failed S3 read (backoff 0.5 s doubling, ≤ 8 s)
+    s3_retry_seconds: float = 60.0        # ... given up after this long without progress
+    s3_connect_timeout: float = 5.0       # seconds
+    s3_read_timeout: float = 8.0          # seconds without a byte: the read fails (then retried)
     decode: str = "auto"                  # auto | worker | device: where training frames are decoded
 
 

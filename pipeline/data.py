@@ -18,7 +18,8 @@ Errors: a corrupt sample (stage ``meta``, ``audio``, ``image``) or the samples o
 corrupt shard (stage ``shard``) are skipped and counted (``error_counts()``); nothing is ever
 replaced by zeros or a random other sample. When more than ``data.max_error_rate`` of the samples
 seen so far failed (judged on at least 100), iteration raises :class:`DataError`. A shard that
-cannot be read after ``data.s3_retries`` retries raises :class:`ShardReadError` naming it.
+cannot be read within ``data.s3_retries`` retries and ``data.s3_retry_seconds`` raises
+:class:`ShardReadError` naming it and the endpoint (timeouts: ``data.s3_*_timeout``).
 
 Resume: the sample stream is a pure function of (seed, epoch, rank, worker, cursor).
 ``state_dict()`` records the epoch, batches consumed, each worker's cursor and the plan; with the
@@ -104,7 +105,9 @@ class ShardLoader:
         defer = cfg.decode == "device" or (cfg.decode == "auto" and self.device.type == "cuda")
         self.spec = StreamSpec(cfg.shards, self.manifest["shards"], self.plan,
                                Augment(audio, image, train, defer_image=defer), rank, labels, cfg.max_error_rate,
-                               cfg.s3_retries, cfg.cache_dir, cfg.cache_limit_gb)
+                               cfg.s3_retries, cfg.s3_retry_seconds,
+                               (cfg.s3_connect_timeout, cfg.s3_read_timeout),
+                               cfg.cache_dir, cfg.cache_limit_gb)
         self.epoch, self._batches, self._cursors = 0, 0, [0] * self.plan.streams
         self._segment, self._offset = self.plan, 0     # the current epoch's plan; batches before it
         self._errors, self._good, self._refilled = Counter({s: 0 for s in STAGES}), 0, 0

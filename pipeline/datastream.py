@@ -136,11 +136,14 @@ class StreamSpec:
     labels: bool
     max_error_rate: float
     retries: int
+    retry_seconds: float
+    timeouts: tuple[float, float]
     cache_dir: str | None
     cache_limit_gb: float
 
     def store(self) -> ShardStore:
-        return ShardStore(self.root, self.shards, retries=self.retries,
+        return ShardStore(self.root, self.shards, retries=self.retries, budget=self.retry_seconds,
+                          timeouts=self.timeouts,
                           cache_dir=self.cache_dir, cache_limit_gb=self.cache_limit_gb)
 
 

@@ -3,10 +3,14 @@
 - Remote shards go through fsspec/s3fs; every :class:`ShardStore` is built inside the process
   that reads and owns its client (s3fs is not fork-safe: each loader worker has its own).
   Endpoint and credentials come from the standard AWS settings (``AWS_ENDPOINT_URL``, ...).
-- Transient failures (network, 5xx, timeouts — anything but "not found", "permission denied" and
-  a malformed tar) are retried with exponential backoff; a read that fails part-way re-opens the
-  shard and skips the samples already delivered. After the retry budget a
-  :class:`ShardReadError` names the shard.
+- Network time is bounded: every S3 call has a connect and a read timeout
+  (``data.s3_connect_timeout``/``s3_read_timeout``) and is attempted once by botocore and s3fs;
+  the retries are ours. Transient failures (network, 5xx, timeouts — anything but "not found",
+  "permission denied" and a malformed tar) are retried with exponential backoff (0.5 s doubling,
+  at most 8 s); a read that fails part-way re-opens the shard and skips the samples already
+  delivered. The retry budget is ``data.s3_retries`` attempts within ``data.s3_retry_seconds``
+  (60 s) of failing; then a :class:`ShardReadError` names the shard and the endpoint. A stalled
+  endpoint costs up to about three timeouts per attempt (s3fs asks for the object's size first).
 - The optional cache downloads whole remote shards to a node-local directory (temp name +
   rename, so concurrent workers never see partial files), named by the manifest's sha256, and
   evicts least-recently-used shards beyond the size limit. A download whose sha256 differs from
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 BLOCK_SIZE = 8 << 20                     # remote read-ahead per open shard
+S3_TIMEOUTS = (5.0, 8.0)                 # connect, read (s); DataConfig.s3_*_timeout
+MAX_BACKOFF = 8.0                        # s, between retries
 
 
 class ShardReadError(RuntimeError):
@@ -46,11 +52,23 @@ def join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if is_url(root) else os.path.join(root, name)
 
 
-def filesystem(url: str):
-    """A new fsspec client for ``url``'s protocol — never shared across processes or stores."""
+def endpoint() -> str:
+    """The S3 endpoint the clients talk to (for error messages)."""
+    return os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+
+
+def filesystem(url: str, timeouts: tuple[float, float] = S3_TIMEOUTS):
+    """A new fsspec client for ``url``'s protocol — never shared across processes or stores.
+    S3: (connect, read) ``timeouts`` in seconds, one attempt per call (retries are ours)."""
     import fsspec
 
-    return fsspec.filesystem(url.split("://", 1)[0], skip_instance_cache=True)
+    protocol = url.split("://", 1)[0]
+    if protocol not in ("s3", "s3a"):
+        return fsspec.filesystem(protocol, skip_instance_cache=True)
+    fs = fsspec.filesystem(protocol, skip_instance_cache=True, config_kwargs={
+        "connect_timeout": timeouts[0], "read_timeout": timeouts[1], "retries": {"max_attempts": 1}})
+    fs.retries = 1                      # s3fs's own retry loop (5 by default) multiplies the time
+    return fs
 
 
 def open_url(url: str, fs=None) -> BinaryIO:
@@ -68,6 +86,8 @@ def read_manifest(root: str) -> dict:
     except FileNotFoundError:
         raise FormatError(f"{url}: not found (not a shard set, or still being built: "
                           "manifest.json is written last)") from None
+    except Exception as e:                               # network: timeouts, refused, 5xx
+        raise FormatError(f"{url}: cannot be read from {endpoint()}: {e}") from None
     manifest = parse_manifest(data, url)
     if not manifest["shards"]:
         raise FormatError(f"{url}: the shard set holds no samples")
@@ -136,9 +156,11 @@ class ShardStore:
     """
 
     def __init__(self, root: str, shards: list[dict], *, retries: int = 5, backoff: float = 0.5,
-                 cache_dir: str | None = None, cache_limit_gb: float = 50.0):
+                 cache_dir: str | None = None, cache_limit_gb: float = 50.0,
+                 timeouts: tuple[float, float] = S3_TIMEOUTS, budget: float = 60.0):
         self.root, self.shards, self.retries, self.backoff = root, shards, retries, backoff
-        self.fs = filesystem(root) if is_url(root) else None
+        self.budget = budget
+        self.fs = filesystem(root, timeouts) if is_url(root) else None
         self.cache = (ShardCache(cache_dir, int(cache_limit_gb * 2**30))
                       if cache_dir and is_url(root) else None)
 
@@ -155,12 +177,14 @@ class ShardStore:
         order. Raises CorruptShard (prefixed with the URL) or ShardReadError."""
         url, attempt, last = self.url(index), 0, max(wanted)
         remaining = set(wanted)                          # a retry skips what was delivered
+        since = time.monotonic()                         # start of the current failing stretch
         while True:
             try:
                 with self._open(index) as f:
                     for i, sample in tar_samples(f, remaining.__contains__, last):
                         yield i, sample
                         remaining.discard(i)
+                        attempt, since = 0, time.monotonic()     # progress: a fresh budget
                 return
             except CorruptShard as e:
                 raise CorruptShard(f"{url}: {e}") from None
@@ -168,9 +192,12 @@ class ShardStore:
                 raise ShardReadError(f"{url}: {e.strerror or e}") from e
             except Exception as e:                       # transient: retry with backoff
                 attempt += 1
-                if attempt > self.retries:
-                    raise ShardReadError(f"{url}: still failing after {attempt} attempts "
-                                         f"(data.s3_retries={self.retries}): {e!r}") from e
-                delay = min(self.backoff * 2 ** (attempt - 1), 30.0)
+                delay, spent = min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF), time.monotonic() - since
+                if attempt > self.retries or spent + delay > self.budget:
+                    where = f" at {endpoint()}" if self.fs is not None else ""
+                    raise ShardReadError(
+                        f"{url}: still failing after {attempt} attempts in {spent:.0f} s "
+                        f"(data.s3_retries={self.retries}, data.s3_retry_seconds={self.budget:g})"
+                        f"{where}: {e!r}") from e
                 log.warning("%s: %r; retry %d/%d in %.1fs", url, e, attempt, self.retries, delay)
                 time.sleep(delay)

@@ -3,7 +3,10 @@
 Writes are atomic: locally a temporary name in the same directory, fsync, then rename; on
 object stores the object appears only when its upload completes (multipart uploads are aborted
 on error). S3 endpoint and credentials come from the standard AWS environment variables
-(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), read by botocore.
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), read by botocore. Network time is bounded:
+connect/read timeouts ``AVFUSION_S3_CONNECT_TIMEOUT``/``AVFUSION_S3_READ_TIMEOUT`` (5 s / 10 s)
+and botocore's ``standard`` retries with backoff, ``AWS_MAX_ATTEMPTS`` attempts (4): a stalled
+or refused endpoint fails a call within about a minute.
 """
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url.rstrip("/") or url
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **_s3_options(self.url))
         self.local = isinstance(self.fs, LocalFileSystem)
+        if not self.local:
+            self.fs.retries = 1                # s3fs's own retry loop would multiply botocore's
 
     def path(self, name: str) -> str:
         return posixpath.join(self.root, name) if not self.local else os.path.join(self.root, name)
@@ -112,6 +117,16 @@ class Store:
             self.remove(probe)
         except (OSError, ValueError) as e:
             raise AvfusionError(f"{self.url}: destination is not writable ({_reason(e)})") from None
+
+
+def _s3_options(url: str) -> dict:
+    if not url.startswith(("s3://", "s3a://")):
+        return {}
+    env = os.environ.get
+    return {"config_kwargs": {
+        "connect_timeout": float(env("AVFUSION_S3_CONNECT_TIMEOUT", "5")),
+        "read_timeout": float(env("AVFUSION_S3_READ_TIMEOUT", "10")),
+        "retries": {"max_attempts": int(env("AWS_MAX_ATTEMPTS", "4")), "mode": "standard"}}}
 
 
 def _reason(e: BaseException) -> str:

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
 import threading
 import time
 
@@ -14,7 +18,14 @@ from benchmarks.s3server import S3Server
 from pipeline import shardio
 from pipeline.data import ShardReadError
 from pipeline.shardio import ShardStore
-from tests.pipeline.test_data_loader import assert_same_batches, make_loader, run_epoch
+from tests.pipeline.helpers import AVFUSION, REPO
+from tests.pipeline.test_data_loader import (
+    ALL_KEYS,
+    assert_same_batches,
+    keys_of,
+    make_loader,
+    run_epoch,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 
@@ -85,16 +96,55 @@ def test_node_local_cache_holds_verified_shards_within_its_limit(shard_set, s3_s
 def test_outage_beyond_the_retry_budget_names_the_shard(own_server):
     loader = make_loader("s3://own/set", world=1, workers=1, s3_retries=1)
     own_server.stop()
-    with pytest.raises(ShardReadError, match=r"s3://own/set/shard-\d{6}\.tar: still failing after 2 attempts \(data.s3_retries=1\)"):
+    with pytest.raises(ShardReadError, match=r"s3://own/set/shard-\d{6}\.tar: still failing after 2 attempts in \d+ s \(data.s3_retries=1, "):
         run_epoch(loader)
 
 
 def test_outage_within_the_retry_budget_recovers(own_server, shard_set, monkeypatch):
-    expected = run_epoch(make_loader(shard_set, world=1), epoch=0)
-    loader = make_loader("s3://own/set", world=1, s3_retries=5)
-    thread = restart_later(own_server, monkeypatch, delay=1.0)
-    assert_same_batches(run_epoch(loader, epoch=0), expected)
+    expected = run_epoch(make_loader(shard_set, world=1, workers=0), epoch=0)
+    loader = make_loader("s3://own/set", world=1, workers=0, s3_retries=5)
+    loader.set_epoch(0)
+    batches = iter(loader)
+    got = [next(batches) for _ in range(3)]
+    thread = restart_later(own_server, monkeypatch, delay=1.0)        # killed mid-epoch
+    got += list(batches)
     thread.join()
+    assert_same_batches(got, expected)               # every key of the epoch, once, in order
+    assert set(keys_of(got)) == ALL_KEYS
+    assert len(keys_of(got)) == len(ALL_KEYS) + loader.remainder["padded"]
+
+
+def test_stalled_endpoint_fails_within_the_budget_naming_it(own_server):
+    loader = make_loader("s3://own/set", world=1, workers=0, s3_retries=1,
+                         s3_connect_timeout=1.0, s3_read_timeout=1.0)
+    patient = make_loader("s3://own/set", world=1, workers=0, s3_retries=100, s3_retry_seconds=3,
+                          s3_connect_timeout=1.0, s3_read_timeout=1.0)
+    os.kill(own_server.proc.pid, signal.SIGSTOP)     # accepts connections, never answers
+    try:
+        start = time.monotonic()
+        with pytest.raises(ShardReadError, match=r"data.s3_retries=100, data.s3_retry_seconds=3\)"):
+            run_epoch(patient)                      # the time budget ends it, not the count
+        assert time.monotonic() - start < 30
+        start = time.monotonic()
+        with pytest.raises(ShardReadError, match=r"s3://own/set/shard-\d{6}\.tar: still failing after "
+                           r"2 attempts in \d+ s \(data.s3_retries=1, data.s3_retry_seconds=60\) at "
+                           + re.escape(own_server.endpoint)):
+            run_epoch(loader)
+        assert time.monotonic() - start < 30         # 2 × (≤ 3 calls × 1 s) + 0.5 s, and slack
+        start = time.monotonic()
+        subprocess.run([*AVFUSION, "data", "bench", "--help"], capture_output=True, timeout=300, cwd=REPO)
+        start_up = time.monotonic() - start                  # the imports, slow on a busy machine
+        start = time.monotonic()
+        proc = subprocess.run([*AVFUSION, "data", "bench", "s3://own/set", "--workers", "0"],
+                              capture_output=True, text=True, timeout=300, cwd=REPO)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("error: s3://own/set/manifest.json: cannot be read from "
+                                   f"{own_server.endpoint}")
+        # a few calls under the default 8-s read timeout, no retries (was ~7 minutes)
+        assert time.monotonic() - start - start_up < 45
+    finally:
+        os.kill(own_server.proc.pid, signal.SIGCONT)
 
 
 def test_a_read_failing_mid_shard_reopens_and_skips_what_was_delivered(own_server, monkeypatch):

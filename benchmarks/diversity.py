@@ -5,18 +5,20 @@ Computed over the loader's epoch plan (:mod:`pipeline.epochplan` — the exact s
 loader reads when no sample fails; tests/pipeline/test_data_stream.py checks the reader follows
 it) for a simulated corpus: ``videos`` sources sorted by class, each cut into ``clips`` clips
 that are consecutive in the input list, packed ``per_shard`` to a shard either in input order
-(``shards build --no-shuffle``) or in a seeded random order over the whole list (the build-time
-shuffle). NOTE: simulated — the build-time shuffle is the format helper's change to
-``shards build``; the permutation here stands in for it.
+(``shards build --no-shuffle``) or in the order ``shards build`` writes them by default — the
+builder's own functions (:mod:`preprocess.shuffle`: seeded input order, clips permuted within
+windows of ``BuildConfig.window`` inputs) applied to the simulated keys. NOTE: a simulation of
+the layout, not a build of 100,000 clips.
 """
 from __future__ import annotations
 
 import math
-import random
 import statistics
 
 from pipeline.config import DataConfig
 from pipeline.epochplan import EpochPlan
+from preprocess.build import BuildConfig
+from preprocess.shuffle import rank, shuffled, windows
 
 
 def uniform_distinct(videos: int, clips: int, batch: int) -> float:
@@ -24,6 +26,17 @@ def uniform_distinct(videos: int, clips: int, batch: int) -> float:
     n = videos * clips
     absent = math.exp(sum(math.log((n - clips - i) / (n - i)) for i in range(batch)))
     return videos * (1.0 - absent)
+
+
+def built_order(videos: int, clips: int, seed: int = 0) -> list[int]:
+    """Clip ids (video · clips + clip) in the order the default build writes them."""
+    order = shuffled(range(videos), seed, name=lambda v: f"v{v:06d}")
+    out = []
+    for window in windows(videos, BuildConfig.window):
+        keys = [(order[i], c) for i in window for c in range(clips)]
+        keys.sort(key=lambda vc: rank(seed, f"v{vc[0]:06d}_{vc[1]}"))
+        out += [v * clips + c for v, c in keys]
+    return out
 
 
 def batch_stats(layout: list[int], clips: int, per_shard: int, *, interleave: int, world: int = 8,
@@ -35,9 +48,9 @@ def batch_stats(layout: list[int], clips: int, per_shard: int, *, interleave: in
                      streams=streams, batch_size=batch, buffer=buffer,
                      partitions=DataConfig.partitions, interleave=interleave)
     videos, shards = [], []
-    for rank in range(ranks):
+    for r in range(ranks):
         for stream in range(streams):
-            entries = plan.stream_positions(0, rank, stream)
+            entries = plan.stream_positions(0, r, stream)
             for j in range(0, len(entries), batch):
                 chunk = entries[j:j + batch]
                 videos.append(len({layout[s * per_shard + i] // clips for s, i in chunk}))
@@ -48,10 +61,9 @@ def batch_stats(layout: list[int], clips: int, per_shard: int, *, interleave: in
 def measure(videos: int = 20000, clips: int = 5, per_shard: int = 1000, batch: int = 64) -> dict:
     n = videos * clips
     in_order = list(range(n))                            # sorted by class, a video's clips adjacent
-    shuffled = in_order[:]
-    random.Random(0).shuffle(shuffled)
+    built = built_order(videos, clips)
     expected = uniform_distinct(videos, clips, batch)
-    cases = {"sorted_default": (shuffled, DataConfig.interleave),
+    cases = {"sorted_default": (built, DataConfig.interleave),
              "sorted_no_shuffle": (in_order, DataConfig.interleave),
              "unshuffled_interleave": (in_order, DataConfig.interleave),
              "unshuffled_no_interleave": (in_order, 1)}
@@ -61,7 +73,8 @@ def measure(videos: int = 20000, clips: int = 5, per_shard: int = 1000, batch: i
         diversity[name], shards[name] = round(distinct / expected, 3), per_batch
     return {"benchmark": "loader_diversity", "method": "epoch plan over a simulated corpus",
             "corpus": {"videos": videos, "clips_per_video": clips, "samples_per_shard": per_shard,
-                       "shards": n // per_shard, "sorted_by": "class"},
+                       "shards": n // per_shard, "sorted_by": "class",
+                       "build_shuffle_window": BuildConfig.window},
             "loader": {"world_size": 8, "streams": 4, "batch_size": batch,
                        "shuffle_buffer": DataConfig.shuffle_buffer,
                        "interleave": DataConfig.interleave, "partitions": DataConfig.partitions},

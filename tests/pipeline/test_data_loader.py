@@ -158,8 +158,9 @@ def test_resume_at_another_world_size_reads_exactly_the_unseen_samples(shard_set
             assert sum((before + after).values()) - len(ALL_KEYS) == padded
         for loader in loaders:                        # the trainer's count: the epoch is done
             assert loader.state_dict()["batches"] == len(loader) and loader.epoch == 1
-            loader.set_epoch(2)
-            assert len(list(loader)) == len(loader)   # the next epoch is a full one again
+        if not bad:
+            loaders[0].set_epoch(2)
+            assert len(list(loaders[0])) == len(loaders[0])   # the next epoch is a full one
 
 
 @pytest.mark.multiproc

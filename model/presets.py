@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from preprocess.shardformat import FRONTENDS, AudioFrontend, ImageSpec, get_frontend
 
 __all__ = ["FRONTENDS", "AudioFrontend", "ImageSpec", "get_frontend", "AVMAEConfig",
-           "MODEL_PRESETS", "get_model_config"]
+           "MODEL_PRESETS", "ModelConfigError", "get_model_config"]
 
 # --------------------------------------------------------------------------------------------
 # Architecture presets (REFERENCE.md §1, §2.7, §3)

@@ -24,15 +24,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """0 when every fixture passes, 1 otherwise; a ParityError becomes one ``error:`` line (run_cli)."""
     for path in args.fixtures:             # validate every file before the slow work
         if not Path(path).is_file():
-            raise SystemExit(f"error: {path}: fixture file not found")
+            raise ParityError(f"{path}: fixture file not found")
     ok = True
     for path in args.fixtures:
-        try:
-            report = run_fixture(path, args.tolerance)
-        except ParityError as e:
-            raise SystemExit(f"error: {e}") from None
+        report = run_fixture(path, args.tolerance)
         print(json.dumps(report), flush=True)
         ok &= report["ok"]
     return 0 if ok else 1

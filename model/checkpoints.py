@@ -23,7 +23,8 @@ from .presets import MODEL_PRESETS, get_model_config
 ENCODER_PREFIX = "encoder."
 TOWER_SKIP_PREFIXES = ("decoder", "mask_token", "cls_token")   # MAE/AudioMAE parts with no tower slot
 # A decoder part: official ``audio_decoder_blocks.3.…`` ↔ ours ``audio_decoder.blocks.3.…``.
-_DECODER_KEY = re.compile(r"^(image|audio)_decoder[._](mask_token|pos_embed|embed|blocks|norm|pred)(?=\.|$)")
+_DECODER_KEY = re.compile(
+    r"^(image|audio)_decoder[._](mask_token|pos_embed|embed|blocks|norm|pred)(?=\.|$)")
 
 
 class CheckpointError(ValueError):
@@ -110,8 +111,8 @@ def load_official(path_or_state_dict: str | Path | Mapping, model: nn.Module | N
     """Load an official (or project) AVMAE / encoder checkpoint strictly; return the model.
 
     Accepts ``{state_dict: …}``, ``{model: …}`` or a bare mapping, in official or our key layout;
-    the full AVMAE key set or the encoder subset, with or without the ``encoder.`` prefix. Into a ``DeepAVFusion`` only the
-    ``encoder.*`` keys are taken (official downstream behaviour). Without ``model`` one is built
+    the full AVMAE key set or the encoder subset, with or without the ``encoder.`` prefix. Into a
+    ``DeepAVFusion`` only the ``encoder.*`` keys are taken (official downstream behaviour). Without ``model`` one is built
     from ``preset``, or from the first registry preset whose shapes match when ``preset`` is None.
     """
     if isinstance(path_or_state_dict, Mapping):

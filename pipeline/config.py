@@ -41,8 +41,8 @@ class ModelConfig:
 
     def resolved(self) -> dict:
         """Plain form for checkpoints and MLflow: preset, every resolved AVMAEConfig field, tower files."""
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "overrides"}
-        return {"preset": self.preset, **dataclasses.asdict(self.architecture()), **own}
+        towers = {k: getattr(self, k) for k in ("init_image", "init_audio", "trust_pickle")}
+        return {"preset": self.preset, **dataclasses.asdict(self.architecture()), **towers}
 
 
 def _model_config(data: dict, prefix: str) -> ModelConfig:

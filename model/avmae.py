@@ -1,15 +1,18 @@
 """AVMAE: masked audio-visual autoencoder around the DeepAVFusion encoder (REFERENCE.md §3).
 
-State-dict keys equal the official ``AVMAE.state_dict()``: the encoder under ``encoder.`` and
-per-modality decoder parts at top level (``image_decoder_embed``, ``audio_decoder_blocks.N…``).
+Laid out like MAE's ``models_mae.py``: one encoder, one plain ``MAEDecoder`` per modality, and a
+``forward`` that reads encode → decode image → decode audio → losses.
+NOTE: our state-dict keys name each decoder as a submodule (``image_decoder.embed.weight``); the
+official release keeps its parts at top level (``image_decoder_embed.weight``).
+``model.checkpoints.adapt_keys`` maps one to the other, in both directions.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partialmethod
 from typing import NamedTuple
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -17,8 +20,6 @@ from .deepavfusion import DeepAVFusion, EncoderOutput
 from .masking import Mask, mask_from_spec, random_masking
 from .presets import AVMAEConfig
 from .vit import DEFAULT_EPS, Block, init_linear_and_norm, sincos_pos_embed_2d
-
-MODALITIES = ("image", "audio")
 
 
 class AVMAEOutput(NamedTuple):
@@ -33,6 +34,52 @@ class AVMAEOutput(NamedTuple):
     mask_audio: Tensor   # [B, Na], 1 = removed
 
 
+class MAEDecoder(nn.Module):
+    """Plain MAE decoder of one modality (REFERENCE §3.3): kept + fusion tokens → every patch.
+
+    ``forward(x [B, K, D], x_fusion [B, F, D], ids_restore [B, L]) → [B, L, patch_dim]``.
+    """
+
+    def __init__(self, cfg: AVMAEConfig, grid: tuple[int, int], patch_dim: int):
+        super().__init__()
+        dim = cfg.decoder_dim
+        self.grid = grid
+        self.grad_checkpointing = cfg.activation_checkpointing
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # NOTE: trainable and weight-decayed, although the official comment calls it fixed.
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
+        self.embed = nn.Linear(cfg.embed_dim, dim)
+        self.blocks = nn.ModuleList(
+            Block(dim, cfg.decoder_num_heads, cfg.decoder_mlp_ratio, DEFAULT_EPS, cfg.attn_impl)
+            for _ in range(cfg.decoder_depth))
+        self.norm = nn.LayerNorm(dim, eps=DEFAULT_EPS)
+        self.pred = nn.Linear(dim, patch_dim)
+
+    def reset_tokens(self) -> None:
+        """Sin-cos positions and a mask token drawn from N(0, 0.02)."""
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid)[None])
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, x: Tensor, x_fusion: Tensor, ids_restore: Tensor) -> Tensor:
+        """1. embed kept and fusion tokens with the same Linear;
+        2. append L − K mask tokens and unshuffle each sample with its own ids_restore;
+        3. add positions (patches only), prepend the fusion tokens, run the blocks;
+        4. drop the F fusion tokens, norm, predict each patch's pixels / mel bins.
+        """
+        x, x_fusion = self.embed(x), self.embed(x_fusion)
+        b, k, dim = x.shape
+        x = torch.cat((x, self.mask_token.expand(b, ids_restore.shape[1] - k, -1)), dim=1)
+        x = x.gather(1, ids_restore[..., None].expand(-1, -1, dim))
+        x = torch.cat((x_fusion, x + self.pos_embed), dim=1)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.pred(self.norm(x[:, x_fusion.shape[1]:]))
+
+
 class AVMAE(nn.Module):
     """Pre-training model: ``forward(image [B,3,H,W], audio [B,1,F,T]) → AVMAEOutput``."""
 
@@ -44,35 +91,22 @@ class AVMAE(nn.Module):
         self.chans = {"image": cfg.image_in_chans, "audio": cfg.audio_in_chans}
         self.mask_ratio = {"image": cfg.image_mask_ratio, "audio": cfg.audio_mask_ratio}
         self.patch_size = cfg.patch_size
-        self.grad_checkpointing = cfg.activation_checkpointing
-        dec = cfg.decoder_dim
-        # Official registration order (audio first); only the state-dict order depends on it.
-        for m in ("audio", "image"):
-            n = self.grid[m][0] * self.grid[m][1]
-            self.register_parameter(f"{m}_decoder_mask_token", nn.Parameter(torch.zeros(1, 1, dec)))
-            # NOTE: trainable and weight-decayed, although the official comment calls it fixed.
-            self.register_parameter(f"{m}_decoder_pos_embed", nn.Parameter(torch.zeros(1, n, dec)))
         self.encoder = DeepAVFusion(cfg)
-        for m in ("audio", "image"):
-            setattr(self, f"{m}_decoder_embed", nn.Linear(cfg.embed_dim, dec))
-            setattr(self, f"{m}_decoder_blocks", nn.ModuleList(
-                Block(dec, cfg.decoder_num_heads, cfg.decoder_mlp_ratio, DEFAULT_EPS, cfg.attn_impl)
-                for _ in range(cfg.decoder_depth)))
-            setattr(self, f"{m}_decoder_norm", nn.LayerNorm(dec, eps=DEFAULT_EPS))
-            setattr(self, f"{m}_decoder_pred",
-                    nn.Linear(dec, cfg.patch_size ** 2 * self.chans[m]))
+        # Official construction order (audio first): it fixes the draws of a seeded initialisation.
+        self.audio_decoder = MAEDecoder(cfg, cfg.audio_grid, cfg.patch_size ** 2 * cfg.audio_in_chans)
+        self.image_decoder = MAEDecoder(cfg, cfg.image_grid, cfg.patch_size ** 2 * cfg.image_in_chans)
         self.reset_decoder_parameters()
 
     def reset_decoder_parameters(self) -> None:
-        """Sin-cos decoder positions, mask tokens N(0, 0.02), xavier Linears (not the encoder)."""
-        for m in MODALITIES:
-            pos = getattr(self, f"{m}_decoder_pos_embed")
-            with torch.no_grad():
-                pos.copy_(sincos_pos_embed_2d(pos.shape[-1], self.grid[m])[None])
-            nn.init.normal_(getattr(self, f"{m}_decoder_mask_token"), std=0.02)
-        for name, module in self.named_children():
-            if name != "encoder":
-                module.apply(init_linear_and_norm)
+        """Sin-cos decoder positions, mask tokens N(0, 0.02), xavier Linears (not the encoder).
+
+        Draw order as in the official ``initialize_weights``: image then audio mask token, then
+        the Linears in construction order.
+        """
+        self.image_decoder.reset_tokens()
+        self.audio_decoder.reset_tokens()
+        self.audio_decoder.apply(init_linear_and_norm)
+        self.image_decoder.apply(init_linear_and_norm)
 
     # ---------------------------------------------------------------- parameter groups
     def no_weight_decay(self) -> set[str]:
@@ -85,61 +119,35 @@ class AVMAE(nn.Module):
 
     def tower_parameter_names(self) -> dict[str, set[str]]:
         """Trainable parameters of the pretrained towers (LR-multiplier ramp, REFERENCE §7.3)."""
-        return {m: {f"encoder.{m}.{n}" for n, p in getattr(self.encoder, m).named_parameters()
-                    if p.requires_grad} for m in MODALITIES}
+        towers = {"image": self.encoder.image, "audio": self.encoder.audio}
+        return {m: {f"encoder.{m}.{n}" for n, p in tower.named_parameters() if p.requires_grad}
+                for m, tower in towers.items()}
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.encoder.grad_checkpointing
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing per encoder layer and per decoder block."""
-        self.grad_checkpointing = self.encoder.grad_checkpointing = enable
+        for part in (self.encoder, self.image_decoder, self.audio_decoder):
+            part.grad_checkpointing = enable
 
     # ---------------------------------------------------------------- algorithm steps
-    random_masking = staticmethod(random_masking)
-
     def patchify(self, x: Tensor, modality: str) -> Tensor:
         """``[B, C, gH·p, gW·p]`` → ``[B, gH·gW, p·p·C]``; per patch (row, column, channel), channel fastest."""
-        b, c, h, w = x.shape
-        (gh, gw), p = self.grid[modality], self.patch_size
-        if (c, h, w) != (self.chans[modality], gh * p, gw * p):
-            raise ValueError(f"{modality} input: expected [B, {self.chans[modality]}, {gh * p}, {gw * p}], "
-                             f"got {list(x.shape)}")
-        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
-        return x.reshape(b, (h // p) * (w // p), p * p * c)
+        (gh, gw), p, c = self.grid[modality], self.patch_size, self.chans[modality]
+        if tuple(x.shape[1:]) != (c, gh * p, gw * p):
+            raise ValueError(f"{modality} input: expected [B, {c}, {gh * p}, {gw * p}], got {list(x.shape)}")
+        return rearrange(x, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
 
     def unpatchify(self, x: Tensor, modality: str) -> Tensor:
         """Exact inverse of ``patchify``: ``[B, gH·gW, p·p·C]`` → ``[B, C, gH·p, gW·p]``."""
-        (gh, gw), p, c = self.grid[modality], self.patch_size, self.chans[modality]
-        x = x.reshape(x.shape[0], gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(x.shape[0], c, gh * p, gw * p)
-
-    patchify_image = partialmethod(patchify, modality="image")
-    patchify_audio = partialmethod(patchify, modality="audio")
-    unpatchify_image = partialmethod(unpatchify, modality="image")
-    unpatchify_audio = partialmethod(unpatchify, modality="audio")
+        (gh, gw), p = self.grid[modality], self.patch_size
+        return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=gh, w=gw, p=p, q=p)
 
     def forward_encoder(self, image: Tensor, audio: Tensor) -> EncoderOutput:
         """Unmasked encoder pass for downstream use: all patches + fusion tokens, pooled means."""
         return self.encoder(image, audio)
-
-    def forward_decoder(self, x: Tensor, x_fusion: Tensor, ids_restore: Tensor, modality: str) -> Tensor:
-        """Kept tokens x ``[B, K, D]`` + fusion tokens ``[B, F, D]`` → predictions ``[B, L, p·p·C]``.
-
-        Embed both with the same Linear; append L−K mask tokens, unshuffle with ids_restore, add
-        positions (patches only), prepend the fusion tokens, run the blocks, drop the first F.
-        """
-        embed = getattr(self, f"{modality}_decoder_embed")
-        x, x_fusion = embed(x), embed(x_fusion)
-        b, k, dim = x.shape
-        mask_tokens = getattr(self, f"{modality}_decoder_mask_token").expand(b, ids_restore.shape[1] - k, -1)
-        x = torch.cat((x, mask_tokens), dim=1)
-        x = x.gather(1, ids_restore[..., None].expand(-1, -1, dim))
-        x = torch.cat((x_fusion, x + getattr(self, f"{modality}_decoder_pos_embed")), dim=1)
-        for block in getattr(self, f"{modality}_decoder_blocks"):
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        x = x[:, x_fusion.shape[1]:]
-        return getattr(self, f"{modality}_decoder_pred")(getattr(self, f"{modality}_decoder_norm")(x))
 
     def forward_loss(self, target: Tensor, pred: Tensor, mask: Tensor,
                      norm_pix_loss: bool | None = None) -> Tensor:
@@ -165,21 +173,20 @@ class AVMAE(nn.Module):
         or ``{ids_shuffle}``; missing modalities are drawn (image first, then audio) from
         ``generator`` or the global RNG.
         """
-        inputs = {"image": image, "audio": audio}
-        drawn = {m: self.masks_for(m, inputs[m], (masks or {}).get(m), generator) for m in MODALITIES}
-        enc = self.encoder(image, audio, drawn["image"].ids_keep, drawn["audio"].ids_keep)
-        tokens = {"image": enc.image, "audio": enc.audio}
-        pred, loss = {}, {}
-        for m in MODALITIES:
-            pred[m] = self.forward_decoder(tokens[m], enc.fusion, drawn[m].ids_restore, m)
-            loss[m] = self.forward_loss(self.patchify(inputs[m], m), pred[m], drawn[m].mask)
-        return AVMAEOutput(loss["image"] + loss["audio"], loss["image"], loss["audio"],
-                           pred["image"], pred["audio"], drawn["image"].mask, drawn["audio"].mask)
+        masks = masks or {}
+        mask_i = self.masks_for("image", image, masks.get("image"), generator)
+        mask_a = self.masks_for("audio", audio, masks.get("audio"), generator)
+        enc = self.encoder(image, audio, mask_i.ids_keep, mask_a.ids_keep)
+        pred_i = self.image_decoder(enc.image, enc.fusion, mask_i.ids_restore)
+        pred_a = self.audio_decoder(enc.audio, enc.fusion, mask_a.ids_restore)
+        loss_i = self.forward_loss(self.patchify(image, "image"), pred_i, mask_i.mask)
+        loss_a = self.forward_loss(self.patchify(audio, "audio"), pred_a, mask_a.mask)
+        return AVMAEOutput(loss_i + loss_a, loss_i, loss_a, pred_i, pred_a, mask_i.mask, mask_a.mask)
 
     def masks_for(self, modality: str, x: Tensor, spec: Mapping[str, Tensor] | None,
                   generator: torch.Generator | None) -> Mask:
         """The caller's mask for ``modality`` (validated) or a random one at the config's ratio."""
         (gh, gw), ratio = self.grid[modality], self.mask_ratio[modality]
         if spec is None:
-            return self.random_masking(x.shape[0], gh * gw, ratio, x.device, generator)
+            return random_masking(x.shape[0], gh * gw, ratio, x.device, generator)
         return mask_from_spec(spec, x.shape[0], gh * gw, ratio, x.device, modality)

@@ -1,14 +1,17 @@
 """Official checkpoints and MAE / AudioMAE tower weights (REFERENCE.md §4.3, §5).
 
-The model's own ``state_dict()`` keys are the official ones, so official files load with
-``strict=True`` and no renaming. Tower weights are CC-BY-NC: only ever read from paths the user
-supplies, never bundled or downloaded.
+Our keys differ from the official ones only in the decoders (``image_decoder.embed.weight`` vs
+``image_decoder_embed.weight``); ``adapt_keys`` is the one mapping, used to load official files
+strictly and to export official names. Tower weights are CC-BY-NC: only ever read from paths the
+user supplies, never bundled or downloaded.
 """
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -19,10 +22,21 @@ from .presets import MODEL_PRESETS, get_model_config
 
 ENCODER_PREFIX = "encoder."
 TOWER_SKIP_PREFIXES = ("decoder", "mask_token", "cls_token")   # MAE/AudioMAE parts with no tower slot
+# A decoder part: official ``audio_decoder_blocks.3.…`` ↔ ours ``audio_decoder.blocks.3.…``.
+_DECODER_KEY = re.compile(
+    r"^(image|audio)_decoder[._](mask_token|pos_embed|embed|blocks|norm|pred)(?=\.|$)")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file or state dict cannot be used; the message names it and what was expected."""
+
+
+def adapt_keys(state: Mapping[str, Tensor], to: Literal["official", "ours"]) -> dict[str, Tensor]:
+    """``state`` with the decoder keys renamed to the official layout or to ours (timm's
+    ``checkpoint_filter_fn``); encoder keys are the same in both, so are left as they are.
+    Keys already in the target layout pass unchanged, so either layout may come in."""
+    sep = "_" if to == "official" else "."
+    return {_DECODER_KEY.sub(lambda m: f"{m[1]}_decoder{sep}{m[2]}", k): v for k, v in state.items()}
 
 
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> object:
@@ -96,16 +110,16 @@ def load_official(path_or_state_dict: str | Path | Mapping, model: nn.Module | N
                   preset: str | None = None) -> nn.Module:
     """Load an official (or project) AVMAE / encoder checkpoint strictly; return the model.
 
-    Accepts ``{state_dict: …}``, ``{model: …}`` or a bare mapping; the full AVMAE key set or the
-    encoder subset, with or without the ``encoder.`` prefix. Into a ``DeepAVFusion`` only the
-    ``encoder.*`` keys are taken (official downstream behaviour). Without ``model`` one is built
+    Accepts ``{state_dict: …}``, ``{model: …}`` or a bare mapping, in official or our key layout;
+    the full AVMAE key set or the encoder subset, with or without the ``encoder.`` prefix. Into a
+    ``DeepAVFusion`` only the ``encoder.*`` keys are taken (official downstream behaviour). Without ``model`` one is built
     from ``preset``, or from the first registry preset whose shapes match when ``preset`` is None.
     """
     if isinstance(path_or_state_dict, Mapping):
         source, obj = "state dict", path_or_state_dict
     else:
         source, obj = str(path_or_state_dict), read_checkpoint(path_or_state_dict)
-    state = unwrap_state_dict(obj, source)
+    state = adapt_keys(unwrap_state_dict(obj, source), "ours")
     if model is None:
         model = AVMAE(get_model_config(preset or _detect_preset(state, source)))
     target, state = _target(model, state)
@@ -167,12 +181,12 @@ def load_tower_weights(model: nn.Module, image_path: str | Path | None = None,
 
 def official_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The official-key state dict of ``model``, unwrapping DDP/DeepSpeed ``.module`` and
-    ``torch.compile``'s ``_orig_mod`` (the internal names already are the official ones)."""
+    ``torch.compile``'s ``_orig_mod``."""
     while True:
         inner = [m for m in (getattr(model, "_orig_mod", None), getattr(model, "module", None))
                  if isinstance(m, nn.Module)]
         if not inner:
-            return model.state_dict()
+            return adapt_keys(model.state_dict(), "official")
         model = inner[0]
 
 

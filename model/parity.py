@@ -1,4 +1,4 @@
-"""``avfusion model parity``: compare this model with outputs recorded from the official code.
+"""Compare this model with outputs recorded from the official code (``avfusion model parity``).
 
 A fixture (``shared/fixtures/parity/*.pt``, format ``deepavfusion-parity-rule-v1``) holds an
 architecture ``config``, inputs, pinned masks and the official outputs under a deterministic
@@ -8,9 +8,7 @@ abs / rel error of every stored output (rel = max |ours − ref| / max |ref|).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import zlib
 from pathlib import Path
 
@@ -18,12 +16,16 @@ import torch
 from torch import Tensor
 
 from .avmae import AVMAE
-from .checkpoints import load_official
+from .checkpoints import load_official, official_state_dict
 from .presets import AVMAEConfig, ImageSpec
 
 FORMAT = "deepavfusion-parity-rule-v1"
 TOLERANCE = 1e-5                         # fixture README: max |ours − fixture| for float tensors
 EXACT = ("target_image", "target_audio")  # must be equal
+
+
+class ParityError(ValueError):
+    """A file is missing or is not a parity fixture; the message names it."""
 
 
 def rule_value(key: str, shape) -> Tensor:
@@ -36,8 +38,8 @@ def rule_value(key: str, shape) -> Tensor:
 
 
 def apply_weight_rule(model: AVMAE) -> None:
-    """Set every state-dict entry except the sin-cos ``*pos_embed`` tables by ``rule_value``."""
-    state = model.state_dict()
+    """Set every official state-dict entry except the sin-cos ``*pos_embed`` tables by ``rule_value``."""
+    state = official_state_dict(model)
     load_official({k: v if k.endswith("pos_embed") else rule_value(k, v.shape)
                    for k, v in state.items()}, model=model)
 
@@ -47,11 +49,11 @@ def load_fixture(path: str | Path) -> dict:
     try:
         fixture = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise SystemExit(f"error: {path}: fixture file not found") from None
+        raise ParityError(f"{path}: fixture file not found") from None
     except Exception as e:
-        raise SystemExit(f"error: {path}: not a readable parity fixture ({type(e).__name__})") from None
+        raise ParityError(f"{path}: not a readable parity fixture ({type(e).__name__})") from None
     if not isinstance(fixture, dict) or fixture.get("format") != FORMAT:
-        raise SystemExit(f"error: {path}: expected a parity fixture with format {FORMAT!r}")
+        raise ParityError(f"{path}: expected a parity fixture with format {FORMAT!r}")
     return fixture
 
 
@@ -125,12 +127,12 @@ def run_fixture(path: str | Path, tolerance: float | None = None) -> dict:
     tol = float(tolerance if tolerance is not None else fixture.get("tolerance", TOLERANCE))
     model = AVMAE(config_from_fixture(fixture["config"])).eval()
     ours_keys = sorted([k, list(v.shape), str(v.dtype).removeprefix("torch.")]
-                       for k, v in model.state_dict().items())
+                       for k, v in official_state_dict(model).items())
     apply_weight_rule(model)
     ours = compute_outputs(model, fixture)
     refs = flatten_tensors(fixture["outputs"])
     refs.update({f"pos_embed.{k}": v for k, v in fixture.get("pos_embed", {}).items()})
-    state = model.state_dict()
+    state = official_state_dict(model)
     ours.update({f"pos_embed.{k}": state[k] for k in fixture.get("pos_embed", {})})
     errors = {name: max_errors(ours[name], ref) if name in ours else (float("inf"),) * 2
               for name, ref in refs.items()}
@@ -148,29 +150,3 @@ def run_fixture(path: str | Path, tolerance: float | None = None) -> dict:
         "max_rel": {n: r for n, (_, r) in errors.items()},
     }
 
-
-def register(subparsers) -> None:
-    model = subparsers.add_parser("model", help="model utilities (parity against the official code)")
-    sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
-    p = sub.add_parser(
-        "parity", help="check numeric parity with official-code fixtures",
-        description="For each fixture: build the model its config describes, set the weights by "
-                    "the fixture's rule, run the masked and unmasked passes with its masks (fp32, "
-                    "CPU) and print one JSON line with the max abs/rel error of every output. "
-                    "Exits 1 when any error exceeds the tolerance (targets must be exact).")
-    p.add_argument("fixtures", nargs="+", metavar="FIXTURE", help="parity fixture .pt file(s)")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help=f"max abs error allowed (default: the fixture's, else {TOLERANCE:g})")
-    p.set_defaults(func=_cmd_parity)
-
-
-def _cmd_parity(args: argparse.Namespace) -> int:
-    for path in args.fixtures:             # validate every file before the slow work
-        if not Path(path).is_file():
-            raise SystemExit(f"error: {path}: fixture file not found")
-    ok = True
-    for path in args.fixtures:
-        report = run_fixture(path, args.tolerance)
-        print(json.dumps(report), flush=True)
-        ok &= report["ok"]
-    return 0 if ok else 1

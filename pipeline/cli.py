@@ -24,7 +24,7 @@ COMMANDS = {
     "export": ("pipeline.export", "export a training checkpoint to official-key safetensors"),
     "probe": ("pipeline.probe", "kNN probe of model weights on a labelled shard set"),
     "runs": ("pipeline.runs", "compare MLflow runs"),
-    "model": ("model.parity", "model utilities (parity against the official code)"),
+    "model": ("pipeline.model_cli", "model utilities (parity against the official code)"),
     "deploy": ("deploy.render", "Kubernetes manifests for cluster runs"),
 }
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from model.presets import AVMAEConfig, ModelConfigError, get_model_config
+
 
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type or an unusable value."""
@@ -21,15 +23,42 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    """A registry preset plus ``model.<field>`` overrides of ``AVMAEConfig`` (nanoGPT's
+    ``model_args → GPTConfig``): model fields, their types and range checks live only there."""
+
     preset: str = "debug"                 # model.presets registry name
-    fusion_arch: str | None = None        # override: token | dense_mmi | factorized_mmi
-    image_mask_ratio: float = 0.75
-    audio_mask_ratio: float = 0.8
-    norm_pix_loss: bool = True
-    activation_checkpointing: bool = False
     init_image: str | None = None         # user-supplied MAE ViT-B file (CC-BY-NC, never bundled)
     init_audio: str | None = None         # user-supplied AudioMAE ViT-B file
     trust_pickle: bool = False            # allow weights_only=False for trusted tower files
+    overrides: dict[str, Any] = field(default_factory=dict)   # AVMAEConfig field → value, type-checked
+
+    def architecture(self) -> AVMAEConfig:
+        """The resolved ``AVMAEConfig``; a ConfigError names the ``model.<field>`` it rejects."""
+        try:
+            return get_model_config(self.preset, **self.overrides)
+        except ModelConfigError as e:
+            raise ConfigError(f"model.{e.field}: {e.problem}") from None
+
+    def resolved(self) -> dict:
+        """Plain form for checkpoints and MLflow: preset, every resolved AVMAEConfig field, tower files."""
+        towers = {k: getattr(self, k) for k in ("init_image", "init_audio", "trust_pickle")}
+        return {"preset": self.preset, **dataclasses.asdict(self.architecture()), **towers}
+
+
+def _model_config(data: dict, prefix: str) -> ModelConfig:
+    """``ModelConfig`` from its own keys plus AVMAEConfig fields, each checked against that field's type.
+
+    A dataclass-typed field (``image``) may be given in part: its keys are checked, the preset fills the rest.
+    """
+    own = {f.name for f in dataclasses.fields(ModelConfig)} - {"overrides"}
+    arch = typing.get_type_hints(AVMAEConfig)
+    unknown = sorted(set(data) - own - set(arch))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(own | set(arch)))})")
+    cfg = ModelConfig(**_checked_fields(ModelConfig, {k: v for k, v in data.items() if k in own}, prefix))
+    cfg.overrides = {k: _checked_fields(arch[k], v, f"{prefix}{k}.") if dataclasses.is_dataclass(arch[k])
+                     else _coerce(arch[k], v, f"{prefix}{k}") for k, v in data.items() if k in arch}
+    return cfg
 
 
 @dataclass
@@ -108,11 +137,16 @@ class Config:
 
 
 def to_dict(cfg: Any) -> dict:
-    """Plain nested dict (tuples as lists) for YAML, MLflow and checkpoints."""
-    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(cfg))))
+    """Plain nested dict (tuples as lists) for YAML, MLflow and checkpoints; the model section
+    holds the resolved architecture (``ModelConfig.resolved``), so it rebuilds the same model."""
+    return yaml.safe_load(yaml.safe_dump(_plain(cfg)))
 
 
 def _plain(x: Any) -> Any:
+    if isinstance(x, ModelConfig):
+        return _plain(x.resolved())
+    if dataclasses.is_dataclass(x):
+        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -154,15 +188,25 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, checking every key and type."""
+    if cls is ModelConfig:
+        return _model_config(_mapping(data, prefix), prefix)
+    return cls(**_checked_fields(cls, data, prefix))
+
+
+def _mapping(data: Any, prefix: str) -> dict:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or '<root>'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def _checked_fields(cls: type, data: Any, prefix: str) -> dict:
+    """The keys of ``data`` (all fields of dataclass ``cls``), each coerced to its field's type."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(_mapping(data, prefix)) - names)
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    return {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -212,10 +256,7 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
-    for key, ratio in (("model.image_mask_ratio", cfg.model.image_mask_ratio),
-                       ("model.audio_mask_ratio", cfg.model.audio_mask_ratio)):
-        if not 0.0 <= ratio < 1.0:
-            raise ConfigError(f"{key}: must be in [0, 1), got {ratio}")
+    cfg.model.architecture()
     if not 0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs:
         raise ConfigError(f"optim.warmup_epochs: must be in [0, optim.epochs], got {cfg.optim.warmup_epochs}")
     if cfg.data.workers < 0:

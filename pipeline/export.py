@@ -123,6 +123,8 @@ def check_model_preset(sd: dict[str, torch.Tensor], config: dict, source: str) -
 def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
     from safetensors.torch import save_file
 
+    from model.checkpoints import adapt_keys
+
     tag_dir = resolve_tag_dir(ckpt, tag)
     sd, client = consolidated_state_dict(tag_dir)
     config = client.get("config", {})
@@ -131,7 +133,7 @@ def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
                 "step": str(client.get("step", "")), "config": yaml.safe_dump(config, sort_keys=False)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file(sd, str(tmp), metadata=metadata)
+    save_file(adapt_keys(sd, "official"), str(tmp), metadata=metadata)
     tmp.replace(out)
     return out
 

@@ -39,15 +39,13 @@ def reconstruction_panels(model, image: torch.Tensor, audio: torch.Tensor, out, 
     rows = []
     for kind, x, pred, mask in (("image", image, out.pred_image, out.mask_image),
                                 ("audio", audio, out.pred_audio, out.mask_audio)):
-        patchify = getattr(model, f"patchify_{kind}")
-        unpatchify = getattr(model, f"unpatchify_{kind}")
-        target = patchify(x[:1].detach().float().cpu())[0]
+        target = model.patchify(x[:1].detach().float().cpu(), kind)[0]
         recon = denormalise_patches(pred[0].detach().float().cpu(), target, norm_pix)
         removed = mask[0].detach().cpu()
         fill = float(target.min()) if kind == "audio" else 0.0
         # original | removed patches blanked | reconstruction pasted into the removed patches
         panels = [target, _masked(target, removed, fill), torch.where(removed[:, None].bool(), recon, target)]
-        maps = [unpatchify(p[None])[0].numpy() for p in panels]
+        maps = [model.unpatchify(p[None], kind)[0].numpy() for p in panels]
         rows.append(_render(kind, maps, mean, std))
     width = max(r.width for r in rows)
     canvas = Image.new("RGB", (width, sum(r.height for r in rows)), "white")

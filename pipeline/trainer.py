@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from model import AVMAE, get_model_config
+from model import AVMAE
 from model.checkpoints import load_tower_weights
 from model.presets import get_frontend
 from pipeline import distributed as D
@@ -37,11 +37,7 @@ class NonFiniteLoss(FloatingPointError):
 
 def build_model(cfg: Config) -> tuple[AVMAE, dict[str, set[str]]]:
     """The AVMAE of ``cfg.model`` and its pretrained (LR-ramped) tower parameter names."""
-    overrides = {k: v for k, v in {
-        "fusion_arch": cfg.model.fusion_arch, "image_mask_ratio": cfg.model.image_mask_ratio,
-        "audio_mask_ratio": cfg.model.audio_mask_ratio, "norm_pix_loss": cfg.model.norm_pix_loss,
-        "activation_checkpointing": cfg.model.activation_checkpointing}.items() if v is not None}
-    model = AVMAE(get_model_config(cfg.model.preset, **overrides))
+    model = AVMAE(cfg.model.architecture())
     load_tower_weights(model, image_path=cfg.model.init_image, audio_path=cfg.model.init_audio,
                        trust_pickle=cfg.model.trust_pickle)
     towers = model.tower_parameter_names()

@@ -86,15 +86,15 @@ def test_invalid_masks_are_rejected(model, inputs, bad, match):
 
 def test_patchify_layout_and_inverse(model, inputs):
     image, audio = inputs
-    patches = model.patchify_image(image)
+    patches = model.patchify(image, "image")
     b, c, r, col, i, j = 1, 2, 3, 1, 5, 9                    # channel fastest within a patch
     assert patches[b, r * 4 + col, (i * 16 + j) * 3 + c] == image[b, c, r * 16 + i, col * 16 + j]
     f, t = 7, 11                                              # audio rows = frequency
-    assert model.patchify_audio(audio)[0, f * 12 + t, 0] == audio[0, 0, f * 16, t * 16]
-    assert torch.equal(model.unpatchify_image(patches), image)
+    assert model.patchify(audio, "audio")[0, f * 12 + t, 0] == audio[0, 0, f * 16, t * 16]
+    assert torch.equal(model.unpatchify(patches, "image"), image)
     assert torch.equal(model.unpatchify(model.patchify(audio, "audio"), "audio"), audio)
     with pytest.raises(ValueError, match="expected"):
-        model.patchify_image(audio)
+        model.patchify(audio, "image")
 
 
 def test_encoder_only_forward(model, inputs):
@@ -171,7 +171,7 @@ def test_parameter_groups(model):
     assert no_wd <= names and "encoder.fusion_norm.weight" in no_wd
     assert "encoder.image.blocks.0.attn.qkv.bias" in no_wd
     # official: tokens and decoder pos-embeds are decayed (ndim > 1, not a bias)
-    assert not {"encoder.fusion_tokens", "image_decoder_mask_token", "audio_decoder_pos_embed"} & no_wd
+    assert not {"encoder.fusion_tokens", "image_decoder.mask_token", "audio_decoder.pos_embed"} & no_wd
     towers = model.tower_parameter_names()
     assert towers["image"] == {n for n in names if n.startswith("encoder.image.")}
     assert towers["audio"] == {n for n in names if n.startswith("encoder.audio.")}

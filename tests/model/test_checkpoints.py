@@ -9,6 +9,7 @@ import torch
 from model import build_avmae
 from model.checkpoints import (
     CheckpointError,
+    adapt_keys,
     load_official,
     load_tower_weights,
     official_state_dict,
@@ -82,7 +83,7 @@ def test_safetensors_file_loads(tmp_path):
     src = debug_model(seed=8)
     save_file(src.state_dict(), tmp_path / "model.safetensors")
     loaded = load_official(tmp_path / "model.safetensors")
-    assert torch.equal(loaded.image_decoder_pos_embed, src.image_decoder_pos_embed)
+    assert torch.equal(loaded.image_decoder.pos_embed, src.image_decoder.pos_embed)
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="bad.safetensors: not a readable"):
         load_official(tmp_path / "bad.safetensors")
@@ -98,7 +99,7 @@ def test_accepted_layouts(layout):
     dst = debug_model(seed=5)
     load_official(state, model=dst)
     assert torch.equal(dst.encoder.fusion_blocks[1].attn.k.weight, src.encoder.fusion_blocks[1].attn.k.weight)
-    decoder_loaded = torch.equal(dst.audio_decoder_pred.weight, src.audio_decoder_pred.weight)
+    decoder_loaded = torch.equal(dst.audio_decoder.pred.weight, src.audio_decoder.pred.weight)
     assert decoder_loaded == (layout in ("model", "bare"))
 
 
@@ -128,7 +129,36 @@ def test_official_state_dict_unwraps_wrappers():
     model = debug_model()
     wrapper = torch.nn.Module()
     wrapper.module = model
-    assert list(official_state_dict(wrapper)) == list(model.state_dict())
+    official = official_state_dict(wrapper)
+    assert official.keys() == official_state_dict(model).keys()
+    assert {"image_decoder_embed.weight", "audio_decoder_blocks.0.attn.qkv.weight",
+            "audio_decoder_mask_token", "encoder.fusion_tokens"} <= official.keys()
+    assert not any(k.startswith(("image_decoder.", "audio_decoder.")) for k in official)
+
+
+@pytest.mark.parametrize("preset", COUNTS)
+def test_key_adapter_maps_both_ways(preset):
+    """Official keys → ours is our model's key set (decoders only renamed), and back again."""
+    official = set(_official_keys(preset))
+    ours = set(adapt_keys(dict.fromkeys(official), "ours"))
+    assert ours == set(_meta(preset).state_dict())
+    assert len(official - ours) == 2 * (8 + 8 * 12)   # per decoder: 2 tokens, embed/norm/pred, 8 blocks
+    assert set(adapt_keys(dict.fromkeys(ours), "official")) == official
+    assert set(adapt_keys(dict.fromkeys(ours), "ours")) == ours           # already in layout: unchanged
+    assert set(official_state_dict(_meta(preset))) == official
+
+
+def test_official_export_reloads_to_the_same_model(tmp_path, inputs):
+    from safetensors.torch import save_file
+
+    src = debug_model(seed=9).eval()
+    save_file(official_state_dict(src), tmp_path / "official.safetensors")
+    loaded = load_official(tmp_path / "official.safetensors", preset="debug").eval()
+    masks = {m: {"ids_shuffle": torch.randperm(n, generator=torch.Generator().manual_seed(n)).expand(2, -1)}
+             for m, n in (("image", 16), ("audio", 96))}
+    with torch.no_grad():
+        a, b = src(*inputs, masks=masks), loaded(*inputs, masks=masks)
+    assert torch.equal(a.pred_audio, b.pred_audio) and torch.equal(a.pred_image, b.pred_image)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from model import MODEL_PRESETS, get_model_config
-from model.presets import FRONTENDS
+from model.presets import FRONTENDS, ModelConfigError
 
 
 def test_release_presets():
@@ -44,6 +44,17 @@ def test_overrides_and_errors():
         get_model_config("debug", width=3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.depth = 3
+
+
+def test_plain_data_overrides_and_the_field_at_fault():
+    """Overrides as YAML / a checkpoint hold them; errors name the field (the config layer's key)."""
+    cfg = get_model_config("debug", num_fusion_tkns=[4, 2, 2], image={"mean": [0.5, 0.5, 0.5]})
+    assert cfg.num_fusion_tkns == (4, 2, 2) and cfg.image.mean == (0.5, 0.5, 0.5) and cfg.image.size == 64
+    for overrides, field in (({"image_mask_ratio": 1.0}, "image_mask_ratio"), ({"width": 3}, "width"),
+                             ({"audio_size": (128, 256)}, "audio_size"), ({"fusion_arch": "x"}, "fusion_arch")):
+        with pytest.raises(ModelConfigError) as info:
+            get_model_config("debug", **overrides)
+        assert info.value.field == field
 
 
 @pytest.mark.parametrize("overrides,match", [

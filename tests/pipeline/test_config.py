@@ -29,7 +29,7 @@ def test_overrides_are_typed():
                        "optim.epochs=3", "optim.warmup_epochs=1", "optim.lr=1e-3"])
     assert cfg.train.max_steps == 7
     assert cfg.optim.betas == (0.8, 0.9)
-    assert cfg.model.fusion_arch == "token"
+    assert cfg.model.architecture().fusion_arch == "token"
     assert cfg.optim.lr == 1e-3  # YAML 1.1 reads "1e-3" as a string; float fields accept it
     assert to_dict(cfg)["optim"]["betas"] == [0.8, 0.9]
 
@@ -44,6 +44,11 @@ def test_overrides_are_typed():
     ("model.image_mask_ratio=1.5", "model.image_mask_ratio"),
     ("optim.betas=[0.9]", "optim.betas"),
     ("train.zero_stage=true", "train.zero_stage"),
+    ("model.fusion_arch=cross", "model.fusion_arch"),      # AVMAEConfig's own check
+    ("model.fusion_arch=3", "model.fusion_arch"),          # AVMAEConfig's field type
+    ("model.widht=3", "model.widht"),
+    ("model.image={sizes: 3}", "model.image.sizes"),
+    ("model.preset=vit", "model.preset"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -75,3 +80,25 @@ def test_generated_deepspeed_config():
     assert fp16["fp16"]["loss_scale"] == 0 and fp16["gradient_clipping"] == 1.0 and "bf16" not in fp16
     with pytest.raises(ValueError, match="train.effective_batch_size: 512 is not a multiple"):
         deepspeed_config(cfg, world_size=3)
+
+
+def test_model_section_is_a_preset_plus_avmae_config_fields():
+    """Every AVMAEConfig field is a ``model.<field>`` key; the dump holds the resolved model."""
+    import dataclasses
+
+    from model import AVMAEConfig, get_model_config
+    from pipeline.trainer import build_model
+
+    for f in dataclasses.fields(AVMAEConfig):                  # a new field needs no pipeline edit
+        assert f.name in to_dict(load_config(REPO / "configs" / "debug.yaml"))["model"]
+    cfg = load_config(REPO / "configs" / "debug.yaml",
+                      ["model.decoder_depth=2", "model.image_size=96", "model.image={mean: [0.5, 0.5, 0.5]}"])
+    arch = cfg.model.architecture()
+    assert arch == get_model_config("debug", decoder_depth=2, image_size=96,
+                                    image=dataclasses.replace(arch.image, mean=(0.5, 0.5, 0.5)))
+    assert arch.image.size == 96 and arch.image.std == get_model_config("debug").image.std
+    dumped = to_dict(cfg)
+    assert dumped["model"]["decoder_depth"] == 2 and dumped["model"]["preset"] == "debug"
+    assert load_config(None, [f"model={dumped['model']}"]).model.architecture() == arch
+    model, pretrained = build_model(cfg)
+    assert model.config == arch and len(model.image_decoder.blocks) == 2 and pretrained == {}

@@ -7,6 +7,7 @@ import subprocess
 import torch
 
 from model import AVMAE, get_model_config
+from model.checkpoints import adapt_keys
 from tests.pipeline.helpers import AVFUSION
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -72,7 +73,8 @@ def test_export_of_a_plain_state_dict_with_rng_state(tmp_path):
     from safetensors.torch import load_file
 
     out = load_file(tmp_path / "ok.safetensors")
-    assert set(out) == set(module) and all(torch.equal(out[k], module[k].float()) for k in module)
+    official = adapt_keys(module, "official")                         # exports carry official names
+    assert set(out) == set(official) and all(torch.equal(out[k], v.float()) for k, v in official.items())
 
 
 def test_unwritable_destination_is_one_line(tmp_path):

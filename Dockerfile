@@ -22,23 +22,30 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-# Dependencies first (cached until pyproject.toml changes), then the project code.
+# Dependencies first (cached until pyproject.toml changes), then the project code. The extras
+# are derived: every optional-dependency group of pyproject.toml except `dev` (the MLflow server's
+# `server`, the evaluations' extras...), so a new runtime extra reaches the image by itself.
 COPY pyproject.toml README.md ./
 RUN mkdir preprocess model pipeline deploy \
- && pip install --no-cache-dir "./[server]"
+ && extras=$(python3 -c "import tomllib; groups = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print(','.join(sorted(set(groups) - {'dev'})))") \
+ && pip install --no-cache-dir "./[$extras]"
 COPY preprocess preprocess
 COPY model model
 COPY pipeline pipeline
 COPY deploy deploy
 RUN pip install --no-cache-dir --no-deps --force-reinstall .
 
-# ---- final: Python runtime + the venv; no compilers, no pip caches ------------------------
+# ---- final: Python runtime, the C/C++ toolchain torch.compile needs, the venv; no pip caches --
 FROM nvidia/cuda:${CUDA_VERSION}-base-ubuntu${UBUNTU_VERSION}
-# NOTE: without a compiler, DeepSpeed's JIT-built ops (FusedAdam, CPUAdam) and torch.compile's
-# Triton kernels are unavailable; training uses torch's own optimisers and eager kernels.
+# NOTE: what runs here. `train.compile=true` (torch.compile) works: Triton builds its CUDA
+# launcher at run time with gcc against Python.h, and inductor's CPU kernels need g++ — hence
+# gcc, g++ and python3-dev (headers; binutils and libc6-dev come with them). torch's fused
+# AdamW is part of the torch wheel and needs nothing. Not available: DeepSpeed's JIT-built ops
+# (FusedAdam, CPUAdam, ...) need the CUDA toolkit (nvcc, headers) of a -devel image, ~5 GB
+# more; the trainer uses torch's optimisers instead.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 \
+ && apt-get install -y --no-install-recommends python3 python3-dev gcc g++ \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin avfusion \
  && install -d -o 10001 -g 10001 /workspace

@@ -9,6 +9,7 @@ from __future__ import annotations
 ENV_CONFIGMAP = "avfusion-env"
 S3_SECRET = "avfusion-s3"                 # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
 DB_SECRET = "avfusion-mlflow-db"          # keys: password, uri (postgresql://...)
+MLFLOW_AUTH_SECRET = "avfusion-mlflow-auth"  # optional; keys: MLFLOW_TRACKING_USERNAME, _PASSWORD
 RUNS_CLAIM = "avfusion-runs"
 UID = 10001                               # the image's non-root user (Dockerfile)
 
@@ -24,15 +25,16 @@ CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop"
 GPU_TOLERATIONS = [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def secret_env(name: str, secret: str, key: str | None = None) -> dict:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key or name}}}
+def _env_from(name: str, source: str, ref: dict, optional: bool) -> dict:
+    return {"name": name, "valueFrom": {source: {**ref, **({"optional": True} if optional else {})}}}
+
+
+def secret_env(name: str, secret: str, key: str | None = None, optional: bool = False) -> dict:
+    return _env_from(name, "secretKeyRef", {"name": secret, "key": key or name}, optional)
 
 
 def config_env(name: str, optional: bool = False) -> dict:
-    ref = {"name": ENV_CONFIGMAP, "key": name}
-    if optional:
-        ref["optional"] = True
-    return {"name": name, "valueFrom": {"configMapKeyRef": ref}}
+    return _env_from(name, "configMapKeyRef", {"name": ENV_CONFIGMAP, "key": name}, optional)
 
 
 def s3_env() -> list[dict]:
@@ -44,8 +46,11 @@ def s3_env() -> list[dict]:
 
 
 def train_env() -> list[dict]:
-    """What a training container reads besides the torch.distributed variables."""
-    return [*s3_env(), config_env("MLFLOW_TRACKING_URI"), config_env("NCCL_DEBUG")]
+    """What a training container reads besides the torch.distributed variables (an MLflow
+    server with basic auth: user and password from an optional Secret, never in the URI)."""
+    return [*s3_env(), config_env("MLFLOW_TRACKING_URI"), config_env("NCCL_DEBUG"),
+            *(secret_env(name, MLFLOW_AUTH_SECRET, optional=True)
+              for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"))]
 
 
 def resources(cpu: str, memory: str, gpus: int = 0) -> dict:

@@ -20,6 +20,10 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL", re.I)
+# A URL with userinfo or a signature/token parameter (pre-signed S3/GCS/Azure URLs). NOTE: deploy
+# imports nothing of ours, so this is its own check; preprocess/urls.py redacts the same kinds.
+CREDENTIAL_URL = re.compile(r"://[^/\s'\"@]+@|[?&]([-\w]*(signature|credential|token)|sig|key|password)=", re.I)
+SECRET_ADVICE = "looks like a secret; put it in a Secret, not in a manifest (docs/DEPLOY.md, section 2)"
 MAX_NAME = 40          # pod hostnames <name>-node-0-<k> and Job names must stay DNS labels
 
 
@@ -128,6 +132,7 @@ def build_run(args: argparse.Namespace) -> Run:
     for item in args.overrides:
         key, sep, _ = item.partition("=")
         _check(bool(sep and key.strip()), f"override {item!r}: expected key=value, e.g. optim.epochs=100")
+    _refuse_credential_urls(args, text)
     return Run(name=name, namespace=args.namespace, image=args.image,
                config_name=args.run_config.name, config_text=text,
                experiment=str(tree.get("tracking", {}).get("experiment") or "avfusion"),
@@ -139,14 +144,23 @@ def build_run(args: argparse.Namespace) -> Run:
                **_shards_fields(args, shards))
 
 
+def _refuse_credential_urls(args: argparse.Namespace, config_text: str) -> None:
+    """Everything that lands in a ConfigMap or in pod args, checked without echoing the value."""
+    places = {str(args.run_config): config_text, "--s3-endpoint": args.s3_endpoint,
+              "--mlflow-artifacts": args.mlflow_artifacts, "--shards-input": args.shards_input,
+              **{f"override {item.partition('=')[0]}": item for item in args.overrides},
+              **{f"--env {item.partition('=')[0]}": item for item in args.env}}
+    for where, value in places.items():
+        _check(not CREDENTIAL_URL.search(value or ""), f"{where}: a URL with credentials {SECRET_ADVICE}")
+
+
 def _extra_env(items: list[str]) -> tuple[tuple[str, str], ...]:
     pairs = tuple(tuple(item.split("=", 1)) for item in items)
     for item, pair in zip(items, pairs, strict=True):
         _check(len(pair) == 2 and bool(ENV_NAME.match(pair[0])),
                f"--env {item!r}: expected NAME=VALUE, e.g. NCCL_SOCKET_IFNAME=eth0")
         _check(not pair[0].startswith("PET_"), f"--env {item!r}: PET_* variables are set by the launcher")
-        _check(not SECRET_NAME.search(pair[0]),
-               f"--env {item!r}: looks like a secret; put it in a Secret, not in a manifest")
+        _check(not SECRET_NAME.search(pair[0]), f"--env {pair[0]}: {SECRET_ADVICE}")
     return pairs
 
 

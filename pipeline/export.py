@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import yaml
 
+from preprocess.urls import redact_tree
+
 # rank 0's model states: "mp_rank_00_…" (ZeRO 0-2) or "zero_pp_rank_0_mp_rank_00_…" (ZeRO-3)
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
 
@@ -130,10 +132,11 @@ def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
     config = client.get("config", {})
     check_model_preset(sd, config, str(tag_dir))
     metadata = {"format": "avfusion-avmae-v1", "preset": str(config.get("model", {}).get("preset", "")),
-                "step": str(client.get("step", "")), "config": yaml.safe_dump(config, sort_keys=False)}
+                "step": str(client.get("step", "")), "config": yaml.safe_dump(redact_tree(config), sort_keys=False)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file(adapt_keys(sd, "official"), str(tmp), metadata=metadata)
+    tmp.chmod(0o644)                    # a file meant to be shared (safetensors writes 0600)
     tmp.replace(out)
     return out
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from preprocess.urls import redact, redact_tree
+
 log = logging.getLogger("avfusion.tracking")
 
 DEFAULT_URI = "sqlite:///mlruns.db"
@@ -21,6 +23,15 @@ MAX_BUFFERED = 200_000
 
 def tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def artifact_location(uri: str) -> str | None:
+    """New experiments of a sqlite store keep artifacts next to the database (``<db>-artifacts/``),
+    not in ``./mlruns`` of the folder training started from; other stores keep their default."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
+    return (db.parent / f"{db.stem}-artifacts").as_uri()
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -62,7 +73,7 @@ class Tracker:
     # -- public API ----------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled and not self.resumed:  # a resumed run keeps its original params
-            self._params.update(flatten(params))
+            self._params.update(flatten(redact_tree(params)))
             self.flush()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -91,11 +102,11 @@ class Tracker:
             self._next_try = time.monotonic() + RETRY_AFTER_S
             if not self._warned:
                 log.warning("MLflow at %s unreachable (%s); training continues, logs are buffered",
-                            self.uri, str(e).splitlines()[0][:200])
+                            redact(self.uri), redact(str(e).splitlines()[0][:200]))
                 self._warned = True
             return False
         if self._warned:
-            log.warning("MLflow at %s reachable again; buffered logs sent", self.uri)
+            log.warning("MLflow at %s reachable again; buffered logs sent", redact(self.uri))
             self._warned = False
         return True
 
@@ -118,7 +129,8 @@ class Tracker:
         self._client = MlflowClient(self.uri)
         if self.run_id is None:
             exp = self._client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp else self._client.create_experiment(self.experiment)
+            exp_id = exp.experiment_id if exp else self._client.create_experiment(
+                self.experiment, artifact_location=artifact_location(self.uri))
             self.run_id = self._client.create_run(exp_id, run_name=self.run_name).info.run_id
         else:
             self._client.update_run(self.run_id, status="RUNNING")

@@ -27,6 +27,7 @@ from pipeline.figures import save_reconstruction
 from pipeline.probe import extract_features, knn_top1, merge_features
 from pipeline.schedule import LRSchedule, param_groups
 from pipeline.tracking import Tracker
+from preprocess.urls import redact_tree
 
 log = logging.getLogger("avfusion.train")
 
@@ -85,7 +86,7 @@ class Trainer:
 
     def _start_run(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        (self.out / "config.yaml").write_text(yaml.safe_dump(redact_tree(to_dict(self.cfg)), sort_keys=False))
         (self.out / "manifest.json").write_text(json.dumps(self.loader.manifest, indent=1))
         self.tracker.log_params(to_dict(self.cfg) | {"derived": {
             "world_size": self.info.world_size, "accumulation_steps": self.accum,
@@ -254,7 +255,7 @@ class Trainer:
             return  # this step is already saved (e.g. max_steps hit at an epoch end)
         state = {
             "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "samples_seen": self.samples_seen, "config": to_dict(self.cfg),
+            "samples_seen": self.samples_seen, "config": redact_tree(to_dict(self.cfg)),
             "loader": D.gather_objects(self.loader.state_dict()),
             "rng": D.gather_objects(D.rng_state()),
             "mlflow_run_id": D.gather_objects(self.tracker.run_id)[0],  # the main rank's

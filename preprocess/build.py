@@ -35,6 +35,7 @@ from preprocess.shards import (
 )
 from preprocess.shuffle import WindowBuffer, shuffled, windows
 from preprocess.storage import TMP_MARK, Store
+from preprocess.urls import redact
 
 CONFIG_RECORD = f"{fmt.PROGRESS_DIR}/config.json"
 WORKER = "preprocess.samples:run_task"      # imported only by the worker processes
@@ -142,8 +143,8 @@ def _decode_window(window: WindowBuffer, span: range, results, tasks: list[Task]
         if isinstance(result, Failure):
             failed += 1
             if errors is not None:
-                errors.append({"source": tasks[pos].path, "stage": result.stage,
-                               "error": result.error})
+                errors.append({"source": redact(tasks[pos].path), "stage": result.stage,
+                               "error": redact(result.error)})
         else:
             for sample in result:
                 window.add(sample)
@@ -166,7 +167,7 @@ def _commit(store: Store, writer: ShardWriter, cursor: tuple[int, int], pending:
 def _config_record(cfg: BuildConfig, tasks: list[Task]) -> dict:
     """What determines the output bytes (execution settings such as workers excluded)."""
     listing = "".join(f"{t.path}\t{t.label}\n" for t in tasks).encode()
-    return {"inputs": list(cfg.inputs), "part_index": cfg.part_index, "num_parts": cfg.num_parts,
+    return {"inputs": [redact(i) for i in cfg.inputs], "part_index": cfg.part_index, "num_parts": cfg.num_parts,
             "num_sources": len(tasks), "sources_sha256": hashlib.sha256(listing).hexdigest(),
             "samples_per_shard": cfg.samples_per_shard, "options": asdict(cfg.options),
             "shuffle": {"seed": cfg.seed, "window": cfg.window} if cfg.shuffle else None}

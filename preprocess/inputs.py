@@ -63,7 +63,7 @@ def select_part(sources: list[Source], index: int, num_parts: int) -> list[Sourc
 
 def source_id(path: str) -> str:
     """``<readable stem>-<hash of the path>``: unique per path, no dots (WebDataset keys)."""
-    stem = posixpath.basename(path.rstrip("/")).rsplit(".", 1)[0]
+    stem = posixpath.basename(path.split("?", 1)[0].rstrip("/")).rsplit(".", 1)[0]   # no query: no signatures
     stem = re.sub(r"[^A-Za-z0-9-]+", "-", stem).strip("-")[:48] or "src"
     return f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
 

@@ -14,6 +14,7 @@ from preprocess.decode import MediaError, MediaFile, decode_audio, decode_video
 from preprocess.features import encode_frame, log_mel, npy_bytes, resample
 from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure
+from preprocess.urls import redact
 
 
 def run_task(opts: SampleOptions, threads: int, task: Task) -> list[fmt.Sample] | Failure:
@@ -58,7 +59,7 @@ def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[fmt.
 
 def _sample(task: Task, k: int, clip_start: float, seconds: float,
             frames: list[tuple[float, bytes]], mel, fe) -> fmt.Sample:
-    meta = {"source": task.path, "source_id": task.source_id, "clip_index": k,
+    meta = {"source": redact(task.path), "source_id": task.source_id, "clip_index": k,
             "clip_start": round(clip_start, 6), "clip_seconds": seconds,
             "frame_times": [round(t - clip_start, 6) for t, _ in frames],
             "sample_rate": fe.sample_rate, "mel_fps": fe.frames_per_second,

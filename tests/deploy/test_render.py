@@ -235,7 +235,7 @@ def test_render_is_deterministic(render, tmp_path):
     ({"--shards-job": None}, "--shards-job: expected --shards-input"),
     ({"--image": "a b"}, "--image 'a b'"),
     ({"override": "optim.epochs"}, "override 'optim.epochs': expected key=value"),
-    ({"--env": "AWS_SECRET_ACCESS_KEY=x"}, "looks like a secret; put it in a Secret"),
+    ({"--env": "AWS_SECRET_ACCESS_KEY=x"}, "--env AWS_SECRET_ACCESS_KEY: looks like a secret; put it in a Secret"),
     ({"--env": "PET_NNODES=3"}, "PET_* variables are set by the launcher"),
     ({"--env": "NCCL_DEBUG"}, "--env 'NCCL_DEBUG': expected NAME=VALUE"),
 ])
@@ -259,3 +259,63 @@ def test_shard_job_needs_a_shared_shard_location(tmp_path):
                     "--mlflow-artifacts", "s3://b/mlflow", "--shards-job", "--shards-input", "l.csv"])
     with pytest.raises(SystemExit, match="--mlflow-artifacts: required when .*local.yaml: data.shards"):
         render_cli(["--run-config", str(local), "--nodes", "1", "--gpus-per-node", "1", "--image", IMAGE])
+
+
+@pytest.mark.parametrize("launcher,how", [("trainjob", "run config"), ("jobset", "overrides")])
+def test_compiled_bf16_training_renders_valid_manifests_that_carry_the_setting(render, tmp_path, launcher, how):
+    """docs/DEPLOY.md's compiled bf16 run, set in the run config or as overrides, reaches the pods."""
+    tree = yaml.safe_load((REPO / "configs" / "vggsound.yaml").read_text())
+    overrides = ["train.compile=true", "train.precision=bf16"]
+    if how == "run config":
+        tree["train"].update(compile=True, precision="bf16")
+        overrides = []
+    config = tmp_path / "vggsound-compiled.yaml"
+    config.write_text(yaml.safe_dump(tree, sort_keys=False))
+    files = render("--run-config", str(config), "--nodes", "2", "--gpus-per-node", "8", "--image", IMAGE,
+                   "--launcher", launcher, *overrides)
+    proc = kubernetes_validate_cli(list(files.values()))
+    assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
+    (train,) = load_docs(files["40-train.yaml"])
+    assert crd_errors(train) == [] and (launcher == "trainjob" or jobset_job_errors(train) == [])
+    _, args, _ = node_pod(train)
+    (cm,) = [d for d in by_kind(files, "ConfigMap") if config.name in d["data"]]
+    mounted = yaml.safe_load(cm["data"][config.name])["train"]
+    assert args[args.index("--config") + 1] == f"{pod.CONFIG_DIR}/{config.name}"
+    assert args[-len(overrides):] == overrides if overrides else \
+        (mounted["compile"], mounted["precision"]) == (True, "bf16")
+    assert not any(a.startswith(("train.compile=", "train.precision=")) for a in args[:len(args) - len(overrides)])
+
+
+SECRET = "s3cret-Pa55"
+
+
+@pytest.mark.parametrize("change", [
+    {"--s3-endpoint": f"http://AKIAEXAMPLE:{SECRET}@minio.storage:9000"},
+    {"--mlflow-artifacts": f"s3://AKIAEXAMPLE:{SECRET}@my-bucket/mlflow"},
+    {"override": f"tracking.uri=http://user:{SECRET}@mlflow.example.com"},
+    {"--env": f"HTTPS_PROXY=http://user:{SECRET}@proxy:3128"},
+    {"run-config": f"tracking:\n  uri: https://user:{SECRET}@mlflow.example.com\n"},
+    {"--shards-job": None, "--shards-input": f"https://h.example.com/l.csv?X-Amz-Signature={SECRET}&X-Amz-Expires=60"},
+    {"override": f"data.shards=https://h.example.com/s?X-Amz-Credential=AKIA%2F{SECRET}"},
+])
+def test_credentialed_urls_are_refused_like_env_secrets_without_echoing_them(tmp_path, change):
+    argv = dict(zip(COMBOS["1x1-trainjob"][::2], COMBOS["1x1-trainjob"][1::2], strict=True))
+    change = dict(change)
+    extra = [change.pop("override")] if "override" in change else []
+    if "run-config" in change:
+        config = tmp_path / "run.yaml"
+        config.write_text((REPO / "configs" / "vggsound.yaml").read_text() + change.pop("run-config"))
+        argv["--run-config"] = str(config)
+    argv.update(change)
+    flat = [x for k, v in argv.items() for x in ([k] if v is None else [k, v])]
+    with pytest.raises(SystemExit) as err:
+        render_cli([*flat, *extra, "--out", str(tmp_path / "out")])
+    assert str(err.value).startswith("error: ") and "a URL with credentials looks like a secret; put it in a Secret" in str(err.value)
+    assert SECRET not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_urls_without_credentials_render(render):
+    files = render(*COMBOS["1x1-trainjob"], "--s3-endpoint", "https://minio.example.com:9000",
+                   "tracking.uri=http://mlflow.example.com:5000/?designer=x", "--env", "HTTPS_PROXY=http://proxy:3128")
+    assert "https://minio.example.com:9000" in files["00-config.yaml"].read_text()

@@ -1,0 +1,53 @@
+"""Credentials out of URLs before anything is stored, logged, tracked or exported.
+
+One function, ``redact``, for every layer (preprocess imports nothing of ours, so pipeline and
+model may import this module): the userinfo of a URL (``http://user:password@host``) and the
+values of query parameters that authorise a request (pre-signed S3/GCS/Azure URLs, tokens)
+become ``***``. The URL keeps its scheme, host, path and other parameters, so it still says
+which store or server was meant. Text around URLs (error messages, YAML) is kept as is.
+"""
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+# Query parameters whose values are credentials: AWS SigV4/V2 (X-Amz-Signature, X-Amz-Credential,
+# X-Amz-Security-Token, AWSAccessKeyId, Signature), GCS (X-Goog-Signature, X-Goog-Credential),
+# Azure SAS (sig), CloudFront (Signature, Policy, Key-Pair-Id), bearer-style token/key/password.
+SECRET_PARAM = re.compile(
+    r"signature|credential|token|secret|passw(or)?d|api[-_]?key|access[-_]?key|^sig$|^key$"
+    r"|^auth$|^policy$|^key-pair-id$", re.I)
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def _redact_url(url: str) -> str:
+    url = USERINFO.sub(rf"\g<1>{MASK}@", url)
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    query, hash_, fragment = query.partition("#")
+    params = []
+    for item in query.split("&"):
+        name, eq, _ = item.partition("=")
+        params.append(f"{name}={MASK}" if eq and SECRET_PARAM.search(name) else item)
+    return f"{base}?{'&'.join(params)}{hash_}{fragment}"
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``.
+
+    ``redact("s3://AKIA:pw@bucket/x?X-Amz-Signature=ab&v=2")`` → ``"s3://***@bucket/x?X-Amz-Signature=***&v=2"``
+    """
+    return URL.sub(lambda m: _redact_url(m.group(0)), text)
+
+
+def redact_tree(tree):
+    """``redact`` applied to every string in nested dicts, lists and tuples (a config tree)."""
+    if isinstance(tree, str):
+        return redact(tree)
+    if isinstance(tree, dict):
+        return {k: redact_tree(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(redact_tree(v) for v in tree)
+    return tree

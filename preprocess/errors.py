@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from preprocess.urls import redact
+
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -34,9 +36,9 @@ def debug_enabled() -> bool:
 
 
 def error_line(e: BaseException) -> str:
-    """The one line shown for ``e``: its message's first line (long library messages, such as a
-    state-dict mismatch listing hundreds of keys, are cut at 400 characters)."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    """The one line shown for ``e``: its message's first line, URL credentials masked (long library
+    messages, such as a state-dict mismatch listing hundreds of keys, are cut at 400 characters)."""
+    text = redact(str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
     text = text if len(text) <= 400 else text[:397] + "..."
     if isinstance(e, EXPECTED):
         return text if text.startswith("error: ") else f"error: {text}"

@@ -17,7 +17,7 @@ MASK = "***"
 SECRET_PARAM = re.compile(
     r"signature|credential|token|secret|passw(or)?d|api[-_]?key|access[-_]?key|^sig$|^key$"
     r"|^auth$|^policy$|^key-pair-id$", re.I)
-URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*[^\s'\"<>`.,:;!?)\]}]")   # not prose punctuation
 USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 
 

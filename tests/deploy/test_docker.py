@@ -13,6 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import torch
 import torch._inductor.config as inductor_config
 import triton.runtime.build as triton_build
@@ -131,6 +132,7 @@ def third_party_imports() -> set[str]:
     return found - ours - set(sys.stdlib_module_names) - {"__future__"}
 
 
+@pytest.mark.slow
 def test_every_module_the_code_imports_comes_with_the_image_requirements():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     runtime = project["dependencies"] + [r for e in image_extras() for r in project["optional-dependencies"][e]]

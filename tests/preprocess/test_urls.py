@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from preprocess.errors import AvfusionError, error_line
 from preprocess.urls import redact, redact_tree
 
 from .conftest import MEDIA, avfusion, load_set, meta
@@ -54,6 +55,12 @@ def test_urls_inside_messages_and_serialised_trees():
     assert clean == {"tracking": {"uri": "http://***@h:5000", "port": 5000},
                      "inputs": ["https://h/l.csv?token=***", ("s3://***@b/x", None)], "ok": True}
     assert "pw" not in json.dumps(clean) and tree["tracking"]["uri"] == "http://u:pw@h:5000"   # input kept
+
+
+def test_the_one_error_line_of_every_command_masks_credentials():
+    line = error_line(AvfusionError("input https://u:pw@h/l.csv?token=t: cannot be read (404)\nmore"))
+    assert line == "error: input https://***@h/l.csv?token=***: cannot be read (404)"
+    assert "pw" not in error_line(RuntimeError("POST http://u:pw@h/api failed"))
 
 
 PLANTED = "Planted-s3cret-7781"

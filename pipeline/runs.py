@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.tracking import tracking_uri
+from preprocess.urls import redact
 
 METRICS = ("train/loss", "train/loss_image", "train/loss_audio", "probe/knn_top1", "train/samples_per_s")
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     client = MlflowClient(tracking_uri(args.uri))
     exp = client.get_experiment_by_name(args.experiment)
     if exp is None:
-        raise SystemExit(f"error: experiment {args.experiment!r} not found at {tracking_uri(args.uri)}")
+        raise SystemExit(f"error: experiment {args.experiment!r} not found at {redact(tracking_uri(args.uri))}")
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
                               max_results=args.max_runs)
     if not runs:

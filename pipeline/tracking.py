@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from preprocess.urls import redact, redact_tree
 
@@ -23,6 +24,17 @@ MAX_BUFFERED = 200_000
 
 def tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """``http://user:pw@host`` → (``http://host``, MLflow's basic-auth variables): MLflow then
+    authenticates from the environment, and the links it prints and stores carry no password."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, {}
+    auth = {"MLFLOW_TRACKING_USERNAME": unquote(parts.username or ""),
+            "MLFLOW_TRACKING_PASSWORD": unquote(parts.password or "")}
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])), auth
 
 
 def artifact_location(uri: str) -> str | None:
@@ -51,7 +63,7 @@ class Tracker:
     def __init__(self, uri: str | None, experiment: str, run_name: str | None,
                  enabled: bool = True, run_id: str | None = None, system_metrics: bool = True):
         self.enabled = enabled
-        self.uri = tracking_uri(uri)
+        self.uri, auth = split_credentials(tracking_uri(uri))
         self.experiment, self.run_name = experiment, run_name
         self.run_id = run_id
         self.resumed = run_id is not None
@@ -65,6 +77,7 @@ class Tracker:
         self._monitor = None
         self._started = False
         if enabled:
+            os.environ.update(auth)
             # Fail fast instead of mlflow's default multi-minute retry loop; we retry ourselves.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

@@ -26,6 +26,9 @@ echo "image extras: [$extras]"
 "$venv/bin/pip" check
 
 cd "$(mktemp -d)"
+# Compiled kernels are cached with the venv (a run killed mid-compile can leave a broken
+# entry in a shared cache; delete the folder to compile from scratch).
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$venv/inductor-cache}
 "$venv/bin/python" - <<'EOF'
 import importlib.util, json, sys, time
 

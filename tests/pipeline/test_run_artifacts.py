@@ -61,7 +61,8 @@ def test_a_password_in_the_tracking_uri_is_in_no_artifact_of_the_run(shard_set, 
 
     # The run was tracked through the credentialed URI, and says where it went without the password.
     client = MlflowClient(f"http://127.0.0.1:{port}")
-    (run,) = client.search_runs([client.get_experiment_by_name("avfusion-demo").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("avfusion-demo").experiment_id],
+                                order_by=["attributes.start_time DESC"], max_results=1)
     assert run.data.params["tracking.uri"] == f"http://***@127.0.0.1:{port}"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
     assert {"config.yaml", "manifest.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

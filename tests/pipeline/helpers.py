@@ -23,7 +23,7 @@ def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
          "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--default-artifact-root", str(root / "artifacts"),
          "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # start-up alone takes minutes on a loaded 2-core machine
     while time.time() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
@@ -33,7 +33,7 @@ def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
                 raise RuntimeError("mlflow server exited during start-up") from None
             time.sleep(0.5)
     stop(proc)
-    raise RuntimeError("mlflow server did not answer within 120 s")
+    raise RuntimeError("mlflow server did not answer within 300 s")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.tracking import fail_fast_http, tracking_uri
+from pipeline.tracking import client_env, tracking_uri
 from pipeline.tracking_pending import PENDING_FILE, first_line, sync
 
 METRICS = ("train/loss", "train/loss_image", "train/loss_audio", "probe/knn_top1", "train/samples_per_s")
@@ -38,7 +38,7 @@ def render(rows: list[list[str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    fail_fast_http()
+    client_env()
     uri = tracking_uri(args.uri)
     client = MlflowClient(uri)
     try:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    fail_fast_http()
+    client_env()
     try:
         summary = sync(args.output_dir, args.uri)
     except Exception as e:  # noqa: BLE001 — one line; the journal is kept

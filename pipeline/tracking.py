@@ -29,15 +29,15 @@ log = logging.getLogger("avfusion.tracking")
 DEFAULT_URI = "sqlite:///mlruns.db"
 BACKLOG_MAX = 10_000        # records held in memory before the training thread spills them to the journal
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
-CLOSE_WAIT_S = 5.0          # close() gives up once the server has not answered for this long
-HUNG_S = 1.0                # a failed try that took this long met a hung server, not a refusal
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+CLOSE_WAIT_S = 10.0         # close() gives up once the server has not answered for this long
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
-def fail_fast_http() -> None:
-    """One MLflow request try of at most 10 s, not mlflow's multi-minute retry loop (unless set)."""
-    for k, v in HTTP_ENV.items():
+def client_env() -> None:
+    """MLflow client settings (unless set): one request try of at most 10 s, not mlflow's
+    multi-minute retry loop; no run URLs printed on stdout."""
+    for k, v in CLIENT_ENV.items():
         os.environ.setdefault(k, v)
 
 
@@ -54,6 +54,17 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[f"{prefix}{k}"] = str(v)
     return out
+
+
+def timed_out(e: BaseException | None) -> bool:
+    """The server took the request and never answered (hung), as opposed to refusing it."""
+    import requests
+
+    while e is not None:
+        if isinstance(e, requests.exceptions.Timeout | TimeoutError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class Tracker:
@@ -74,7 +85,7 @@ class Tracker:
         self.resumed = run_id is not None
         if not enabled:
             return
-        fail_fast_http()  # the sender retries itself
+        client_env()  # the sender retries itself
         self._pending = Pending(Path(output_dir) / PENDING_FILE if output_dir is not None else None)
         earlier = self._pending.summary() if self._pending else None
         self.run_id = run_id or self._pending.run.get("run_id")
@@ -82,13 +93,13 @@ class Tracker:
         self._pending.set_run({"uri": self.uri, "experiment": experiment, "run_name": run_name,
                                "run_id": self.run_id})
         if earlier:
-            log.warning("tracking: %s from an earlier process pending in %s; sending them to MLflow at %s",
+            log.warning("%s from an earlier process pending in %s; sending them to MLflow at %s",
                         earlier, self._pending.path, self.uri)
         self._backlog: list[dict] = [{"status": "RUNNING"}] if self.resumed else []
         self._lock = threading.Lock()           # guards the backlog
         self._journal_lock = threading.Lock()   # guards the journal
         self._wake = threading.Event()
-        self._closing = self._in_call = False
+        self._closing = self._in_call = self._hung = False
         self._last_answer = time.monotonic()
         self._client = self._monitor = None
         self._thread = threading.Thread(target=self._send_loop, name="avfusion-tracking", daemon=True)
@@ -118,16 +129,17 @@ class Tracker:
             self._last_answer = time.monotonic()
         self._closing = True
         self._wake.set()
-        while self._thread.is_alive() and time.monotonic() - self._last_answer < CLOSE_WAIT_S:
+        while (self._thread.is_alive() and not self._hung
+               and time.monotonic() - self._last_answer < CLOSE_WAIT_S):
             self._thread.join(0.05)
         with self._journal_lock:
             self._pending.append(self._take())
             left = self._pending.summary() if self._pending else None
         if left and self._pending.path is not None:
-            log.warning("tracking: MLflow at %s did not take %s; kept in %s — sent on resume or by "
+            log.warning("MLflow at %s did not take %s; kept in %s — sent on resume or by "
                         "`avfusion runs sync %s`", self.uri, left, self._pending.path, self._pending.path.parent)
         elif left:
-            log.warning("tracking: MLflow at %s did not take %s; lost (no output_dir to keep them in)",
+            log.warning("MLflow at %s did not take %s; lost (no output_dir to keep them in)",
                         self.uri, left)
 
     # -- internals -----------------------------------------------------------------------
@@ -148,28 +160,28 @@ class Tracker:
     def _send_loop(self) -> None:
         """Sender thread: journal the backlog, send the journal, back off while the server is away.
 
-        Closing, it makes one last try, unless the server hung on the previous one (it would hang again).
+        Closing, it makes one last try, unless the server hung on the previous one (it would hang
+        again; ``close()`` does not wait for it either).
         """
-        retry_at, delay, outage, hung = 0.0, RETRY_MIN_S, False, False
+        retry_at, delay, outage = 0.0, RETRY_MIN_S, False
         while True:
             self._wake.wait(max(retry_at - time.monotonic(), 0.0) if retry_at else None)
             self._wake.clear()
             with self._journal_lock:
                 self._pending.append(self._take())
-            if self._closing and (hung or not self._pending):
+            if self._closing and (self._hung or not self._pending):
                 return
             if not self._pending or (time.monotonic() < retry_at and not self._closing):
                 continue
-            started = time.monotonic()
             try:
                 self._in_call = True
                 self._send_pending()
             except Exception as e:  # noqa: BLE001 — any tracking failure must not stop training
                 self._last_answer = time.monotonic()
                 if not outage:
-                    log.warning("tracking: MLflow at %s unreachable (%s); training continues, logs are kept "
+                    log.warning("MLflow at %s unreachable (%s); training continues, logs are kept "
                                 "in %s and retried", self.uri, first_line(e), self._pending.path or "memory")
-                outage, hung = True, self._last_answer - started >= HUNG_S
+                outage, self._hung = True, timed_out(e)
                 retry_at, delay = self._last_answer + delay, min(2 * delay, RETRY_MAX_S)
                 if self._closing:
                     return
@@ -177,8 +189,8 @@ class Tracker:
             finally:
                 self._in_call = False
             if outage:
-                log.warning("tracking: MLflow at %s reachable again; pending logs sent", self.uri)
-            retry_at, delay, outage, hung = 0.0, RETRY_MIN_S, False, False
+                log.warning("MLflow at %s reachable again; pending logs sent", self.uri)
+            retry_at, delay, outage = 0.0, RETRY_MIN_S, False
 
     def _send_pending(self) -> None:
         records = self._pending.records()

@@ -80,11 +80,11 @@ def main() -> None:
                     name = f"{case}{i}"
                     tracking = [f"tracking.uri={uri}", "tracking.experiment=bench", f"tracking.run_name={name}"]
                     if case == "stopped":
-                        os.kill(server.pid, signal.SIGSTOP)
+                        os.killpg(server.pid, signal.SIGSTOP)  # the server and its workers
                     try:
                         run = train(shards, tmp / name, args.steps, tracking)
                     finally:
-                        os.kill(server.pid, signal.SIGCONT)
+                        os.killpg(server.pid, signal.SIGCONT)
                     if case == "stopped":
                         warned.append(run["pending_warning"])
                         subprocess.run([*AVFUSION, "runs", "sync", str(tmp / name)], cwd=REPO, check=True,

@@ -80,7 +80,7 @@ def test_hung_server_costs_the_caller_nothing(server, tmp_path):
     tracker = Tracker(uri, "hung", "r", system_metrics=False, output_dir=tmp_path)
     tracker.log_metrics({"train/loss": 1.0}, step=1)
     run_id = wait_for(lambda: tracker.run_id, 60, "the run")
-    os.kill(proc.pid, signal.SIGSTOP)
+    os.killpg(proc.pid, signal.SIGSTOP)  # the whole server: its workers too
     try:
         t0 = time.perf_counter()
         for step in range(2, 202):
@@ -88,7 +88,7 @@ def test_hung_server_costs_the_caller_nothing(server, tmp_path):
         assert time.perf_counter() - t0 < 1.0  # 200 steps while hung; a blocking call costs >= 10 s
         wait_for(lambda: (tmp_path / PENDING_FILE).exists(), 30, "the journal")
     finally:
-        os.kill(proc.pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGCONT)
     wait_for(lambda: len(history(uri, run_id)) == 201, 120, "all steps after SIGCONT")
     assert history(uri, run_id) == [(s, float(s)) for s in range(1, 202)]
     tracker.close()
@@ -176,10 +176,10 @@ def test_train_with_a_server_stopped_midrun(server, shard_set, tmp_path):
                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: logged_steps(out) >= 3, 600, "step 3")
-        os.kill(server_proc.pid, signal.SIGSTOP)
+        os.killpg(server_proc.pid, signal.SIGSTOP)
         wait_for(lambda: logged_steps(out) >= 20 or train.poll() is not None, 600, "step 20")
     finally:
-        os.kill(server_proc.pid, signal.SIGCONT)
+        os.killpg(server_proc.pid, signal.SIGCONT)
     _, stderr = train.communicate(timeout=600)
     assert train.returncode == 0, stderr[-3000:]
     if (out / PENDING_FILE).exists():

@@ -10,6 +10,7 @@ import argparse
 
 from pipeline.tracking import client_env, tracking_uri
 from pipeline.tracking_pending import PENDING_FILE, first_line, sync
+from preprocess.errors import AvfusionError
 
 METRICS = ("train/loss", "train/loss_image", "train/loss_audio", "probe/knn_top1", "train/samples_per_s")
 
@@ -45,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
         exp = client.get_experiment_by_name(args.experiment)
         runs = exp and client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
                                           max_results=args.max_runs)
-    except Exception as e:  # noqa: BLE001 — one line, whatever the client raised
-        raise SystemExit(f"error: MLflow at {uri}: {first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 — one line (exit 2), whatever the client raised
+        raise AvfusionError(f"MLflow at {uri}: {first_line(e)}") from None
     if exp is None:
-        raise SystemExit(f"error: experiment {args.experiment!r} not found at {uri}")
+        raise AvfusionError(f"experiment {args.experiment!r} not found at {uri}")
     if not runs:
-        raise SystemExit(f"error: experiment {args.experiment!r} has no runs")
+        raise AvfusionError(f"experiment {args.experiment!r} has no runs")
     print(render(compare_table(runs)))
     return 0
 
@@ -60,8 +61,8 @@ def run_sync(args: argparse.Namespace) -> int:
     try:
         summary = sync(args.output_dir, args.uri)
     except Exception as e:  # noqa: BLE001 — one line; the journal is kept
-        raise SystemExit(f"error: tracking sync of {args.output_dir}: {first_line(e)} (nothing lost; "
-                         f"{PENDING_FILE} kept)") from None
+        raise AvfusionError(f"tracking sync of {args.output_dir}: {first_line(e)} (nothing lost; "
+                            f"{PENDING_FILE} kept)") from None
     print(summary or f"{args.output_dir}: nothing pending")
     return 0
 

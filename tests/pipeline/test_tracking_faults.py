@@ -110,7 +110,7 @@ def test_runs_sync_creates_the_run_and_backfills(server, tmp_path):
 
     t0 = time.monotonic()
     failed = avfusion("runs", "sync", str(tmp_path))
-    assert failed.returncode == 1 and time.monotonic() - t0 < 60
+    assert failed.returncode == 2 and time.monotonic() - t0 < 60
     assert failed.stderr.strip().count("\n") == 0 and failed.stderr.startswith("error: tracking sync of")
     assert (tmp_path / PENDING_FILE).read_text() == journal  # nothing lost, nothing changed
 
@@ -156,7 +156,7 @@ def test_runs_compare_shows_differing_params_and_final_metrics(server):
 def test_runs_compare_against_a_dead_server_fails_in_one_line():
     t0 = time.monotonic()
     out = avfusion("runs", "compare", "--uri", f"http://127.0.0.1:{free_port()}")
-    assert out.returncode == 1 and time.monotonic() - t0 < 60  # mlflow's default retries take minutes
+    assert out.returncode == 2 and time.monotonic() - t0 < 60  # mlflow's default retries take minutes
     assert out.stdout == "" and out.stderr.count("\n") == 1
     assert out.stderr.startswith("error: MLflow at http://127.0.0.1:") and "Connection refused" in out.stderr
 

@@ -23,7 +23,7 @@ COMMANDS = {
     "train": ("pipeline.train", "pretrain in this process (single rank)"),
     "export": ("pipeline.export", "export a training checkpoint to official-key safetensors"),
     "probe": ("pipeline.probe", "kNN probe of model weights on a labelled shard set"),
-    "runs": ("pipeline.runs", "compare MLflow runs"),
+    "runs": ("pipeline.runs", "compare MLflow runs; send a run's pending tracking records"),
     "model": ("pipeline.model_cli", "model utilities (parity against the official code)"),
     "deploy": ("deploy.render", "Kubernetes manifests for cluster runs"),
 }

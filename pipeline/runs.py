@@ -1,12 +1,16 @@
-"""Compare MLflow runs side by side: the config keys that differ and the final metrics.
+"""Compare MLflow runs side by side (the config keys that differ and the final metrics), and send
+what a training run could not deliver to its MLflow server.
 
     avfusion runs compare [--experiment avfusion] [--uri sqlite:///mlruns.db] [--max-runs 10]
+    avfusion runs sync OUTPUT_DIR [--uri URI]
 """
 from __future__ import annotations
 
 import argparse
 
-from pipeline.tracking import tracking_uri
+from pipeline.tracking import client_env, tracking_uri
+from pipeline.tracking_pending import PENDING_FILE, first_line, sync
+from preprocess.errors import AvfusionError
 from preprocess.urls import redact
 
 METRICS = ("train/loss", "train/loss_image", "train/loss_audio", "probe/knn_top1", "train/samples_per_s")
@@ -36,15 +40,31 @@ def render(rows: list[list[str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri(args.uri))
-    exp = client.get_experiment_by_name(args.experiment)
+    client_env()
+    uri = tracking_uri(args.uri)
+    client = MlflowClient(uri)
+    try:
+        exp = client.get_experiment_by_name(args.experiment)
+        runs = exp and client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                                          max_results=args.max_runs)
+    except Exception as e:  # noqa: BLE001 — one line (exit 2), whatever the client raised
+        raise AvfusionError(f"MLflow at {redact(uri)}: {first_line(e)}") from None
     if exp is None:
-        raise SystemExit(f"error: experiment {args.experiment!r} not found at {redact(tracking_uri(args.uri))}")
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
-                              max_results=args.max_runs)
+        raise AvfusionError(f"experiment {args.experiment!r} not found at {redact(uri)}")
     if not runs:
-        raise SystemExit(f"error: experiment {args.experiment!r} has no runs")
+        raise AvfusionError(f"experiment {args.experiment!r} has no runs")
     print(render(compare_table(runs)))
+    return 0
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    client_env()
+    try:
+        summary = sync(args.output_dir, args.uri)
+    except Exception as e:  # noqa: BLE001 — one line; the journal is kept
+        raise AvfusionError(f"tracking sync of {args.output_dir}: {first_line(e)} (nothing lost; "
+                            f"{PENDING_FILE} kept)") from None
+    print(summary or f"{args.output_dir}: nothing pending")
     return 0
 
 
@@ -57,3 +77,9 @@ def register(subparsers) -> None:
     c.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     c.add_argument("--max-runs", type=int, default=10, help="newest N runs (default: 10)")
     c.set_defaults(func=run)
+    s = sub.add_parser("sync", help="send a run's pending tracking records (tracking_pending.jsonl) to MLflow",
+                       description="Send what a training run could not deliver to its MLflow server into the same "
+                                   "run (created now if the run never reached the server).")
+    s.add_argument("output_dir", help="the run's train.output_dir")
+    s.add_argument("--uri", default=None, help="tracking URI (default: the one the run used)")
+    s.set_defaults(func=run_sync)

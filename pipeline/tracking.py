@@ -1,25 +1,46 @@
-"""MLflow tracking on the main rank, resilient to an unreachable server.
+"""MLflow tracking on the main rank that never blocks training and loses nothing.
 
-Everything is buffered and sent in batches; when the server is down, training goes on with one
-warning, and the buffer (metrics, params, artifacts) is sent once the server answers again.
-A resumed run continues the same MLflow run (its id travels in every checkpoint).
+The training thread only appends records to an in-memory backlog (bounded: past ``BACKLOG_MAX``
+records it spills them to the journal itself, a local file append). One background thread does
+all MLflow I/O: it moves the backlog to the journal (``output_dir/tracking_pending.jsonl``, see
+pipeline/tracking_pending.py), sends the journal and drops what the server confirmed. While the
+server is unreachable or hung it retries with backoff; training goes on, and one warning line says
+so. ``close()`` waits for the sender only while the server keeps answering (``CLOSE_WAIT_S``);
+what is left stays in the journal with a one-line warning, and is sent by the next process on
+this ``output_dir`` (resume) or by ``avfusion runs sync OUTPUT_DIR`` — into the same MLflow run,
+which is created then if no process ever reached the server.
+
+NOTE: MLflow's own asynchronous logging (``log_batch(..., synchronous=False)``) is not used: it
+drops what it fails to send, and it offers no journal to resume from.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from pipeline.tracking_pending import PENDING_FILE, Pending, create_run, deliver, first_line
 from preprocess.urls import redact, redact_tree
 
 log = logging.getLogger("avfusion.tracking")
 
 DEFAULT_URI = "sqlite:///mlruns.db"
-RETRY_AFTER_S = 30.0
-MAX_BUFFERED = 200_000
+BACKLOG_MAX = 10_000        # records held in memory before the training thread spills them to the journal
+RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
+CLOSE_WAIT_S = 10.0         # close() gives up once the server has not answered for this long
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+def client_env() -> None:
+    """MLflow client settings (unless set): one request try of at most 10 s, not mlflow's
+    multi-minute retry loop; no run URLs printed on stdout."""
+    for k, v in CLIENT_ENV.items():
+        os.environ.setdefault(k, v)
 
 
 def tracking_uri(configured: str | None) -> str:
@@ -37,15 +58,6 @@ def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])), auth
 
 
-def artifact_location(uri: str) -> str | None:
-    """New experiments of a sqlite store keep artifacts next to the database (``<db>-artifacts/``),
-    not in ``./mlruns`` of the folder training started from; other stores keep their default."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
-    return (db.parent / f"{db.stem}-artifacts").as_uri()
-
-
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` (MLflow params are flat strings)."""
     out: dict[str, str] = {}
@@ -57,115 +69,170 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-class Tracker:
-    """Buffered MLflow client for one run. Disabled (all no-ops) on non-main ranks."""
+def timed_out(e: BaseException | None) -> bool:
+    """The server took the request and never answered (hung), as opposed to refusing it."""
+    import requests
 
-    def __init__(self, uri: str | None, experiment: str, run_name: str | None,
-                 enabled: bool = True, run_id: str | None = None, system_metrics: bool = True):
+    while e is not None:
+        if isinstance(e, requests.exceptions.Timeout | TimeoutError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+class Tracker:
+    """Non-blocking MLflow logger for one run. Disabled (all no-ops) on non-main ranks.
+
+    ``run_id`` continues a run (from a checkpoint); otherwise a journal left in ``output_dir``
+    names the run to continue, or a new run is created on first contact with the server.
+    Without ``output_dir`` the journal lives in memory only.
+    """
+
+    def __init__(self, uri: str | None, experiment: str, run_name: str | None, enabled: bool = True,
+                 run_id: str | None = None, system_metrics: bool = True, output_dir: str | Path | None = None):
         self.enabled = enabled
         self.uri, auth = split_credentials(tracking_uri(uri))
         self.experiment, self.run_name = experiment, run_name
+        self.system_metrics = system_metrics
         self.run_id = run_id
         self.resumed = run_id is not None
-        self.system_metrics = system_metrics
-        self._metrics: list = []
-        self._params: dict[str, str] = {}
-        self._artifacts: list[tuple[str, str | None]] = []
-        self._next_try = 0.0
-        self._warned = False
-        self._client = None
-        self._monitor = None
-        self._started = False
-        if enabled:
-            os.environ.update(auth)
-            # Fail fast instead of mlflow's default multi-minute retry loop; we retry ourselves.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        if not enabled:
+            return
+        client_env()  # the sender retries itself
+        os.environ.update(auth)  # basic auth for MLflow from its environment, never in a URI we print
+        self._pending = Pending(Path(output_dir) / PENDING_FILE if output_dir is not None else None)
+        earlier = self._pending.summary() if self._pending else None
+        self.run_id = run_id or self._pending.run.get("run_id")
+        self.resumed = self.run_id is not None or earlier is not None
+        self._pending.set_run({"uri": self.uri, "experiment": experiment, "run_name": run_name,
+                               "run_id": self.run_id})
+        if earlier:
+            log.warning("%s from an earlier process pending in %s; sending them to MLflow at %s",
+                        earlier, self._pending.path, self.uri)
+        self._backlog: list[dict] = [{"status": "RUNNING"}] if self.resumed else []
+        self._lock = threading.Lock()           # guards the backlog
+        self._journal_lock = threading.Lock()   # guards the journal
+        self._wake = threading.Event()
+        self._closing = self._in_call = self._hung = False
+        self._last_answer = time.monotonic()
+        self._client = self._monitor = None
+        self._thread = threading.Thread(target=self._send_loop, name="avfusion-tracking", daemon=True)
+        self._thread.start()
 
-    # -- public API ----------------------------------------------------------------------
+    # -- public API (training thread; never blocks on the network) --------------------------
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled and not self.resumed:  # a resumed run keeps its original params
-            self._params.update(flatten(redact_tree(params)))
-            self.flush()
+            self._put({"params": flatten(redact_tree(params))})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
-        del self._metrics[:-MAX_BUFFERED]
-        self.flush()
+        if self.enabled:
+            now = int(time.time() * 1000)
+            for k, v in metrics.items():
+                self._put({"metric": [k, float(v), now, step]})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            self._artifacts.append((str(path), artifact_path))
-            self.flush()
-
-    def flush(self, force: bool = False) -> bool:
-        """Send what is buffered; False (and keep it) while the server is unreachable."""
-        if not self.enabled or (not force and time.monotonic() < self._next_try):
-            return False
-        try:
-            self._ensure_run()
-            self._send()
-        except Exception as e:  # noqa: BLE001 — any tracking failure must not stop training
-            self._next_try = time.monotonic() + RETRY_AFTER_S
-            if not self._warned:
-                log.warning("MLflow at %s unreachable (%s); training continues, logs are buffered",
-                            redact(self.uri), redact(str(e).splitlines()[0][:200]))
-                self._warned = True
-            return False
-        if self._warned:
-            log.warning("MLflow at %s reachable again; buffered logs sent", redact(self.uri))
-            self._warned = False
-        return True
+            self._put({"artifact": [str(Path(path).resolve()), artifact_path]})
 
     def close(self, status: str = "FINISHED") -> None:
-        if not self.enabled:
+        """Mark the run ``status``; wait while the server answers, keep the rest in the journal."""
+        if not self.enabled or self._closing:
             return
-        if self._monitor is not None:
-            self._monitor.finish()
-        if self.flush(force=True) and self.run_id:
-            self._client.set_terminated(self.run_id, status=status)
+        self._put({"status": status})
+        if not self._in_call:  # the clock starts now, or at the sender's last answer if it is waiting on one
+            self._last_answer = time.monotonic()
+        self._closing = True
+        self._wake.set()
+        while (self._thread.is_alive() and not self._hung
+               and time.monotonic() - self._last_answer < CLOSE_WAIT_S):
+            self._thread.join(0.05)
+        with self._journal_lock:
+            self._pending.append(self._take())
+            left = self._pending.summary() if self._pending else None
+        if left and self._pending.path is not None:
+            log.warning("MLflow at %s did not take %s; kept in %s — sent on resume or by "
+                        "`avfusion runs sync %s`", self.uri, left, self._pending.path, self._pending.path.parent)
+        elif left:
+            log.warning("MLflow at %s did not take %s; lost (no output_dir to keep them in)",
+                        self.uri, left)
 
     # -- internals -----------------------------------------------------------------------
-    def _ensure_run(self) -> None:
-        if self._started:
-            return
-        import mlflow
-        from mlflow.tracking import MlflowClient
+    def _put(self, record: dict) -> None:
+        with self._lock:
+            self._backlog.append(record)
+            spill = len(self._backlog) >= BACKLOG_MAX
+        if spill:
+            with self._journal_lock:
+                self._pending.append(self._take())
+        self._wake.set()
 
-        mlflow.set_tracking_uri(self.uri)
-        self._client = MlflowClient(self.uri)
+    def _take(self) -> list[dict]:
+        with self._lock:
+            batch, self._backlog = self._backlog, []
+        return batch
+
+    def _send_loop(self) -> None:
+        """Sender thread: journal the backlog, send the journal, back off while the server is away.
+
+        Closing, it makes one last try, unless the server hung on the previous one (it would hang
+        again; ``close()`` does not wait for it either).
+        """
+        retry_at, delay, outage = 0.0, RETRY_MIN_S, False
+        while True:
+            self._wake.wait(max(retry_at - time.monotonic(), 0.0) if retry_at else None)
+            self._wake.clear()
+            with self._journal_lock:
+                self._pending.append(self._take())
+            if self._closing and (self._hung or not self._pending):
+                return
+            if not self._pending or (time.monotonic() < retry_at and not self._closing):
+                continue
+            try:
+                self._in_call = True
+                self._send_pending()
+            except Exception as e:  # noqa: BLE001 — any tracking failure must not stop training
+                self._last_answer = time.monotonic()
+                if not outage:
+                    log.warning("MLflow at %s unreachable (%s); training continues, logs are kept "
+                                "in %s and retried", self.uri, redact(first_line(e)), self._pending.path or "memory")
+                outage, self._hung = True, timed_out(e)
+                retry_at, delay = self._last_answer + delay, min(2 * delay, RETRY_MAX_S)
+                if self._closing:
+                    return
+                continue
+            finally:
+                self._in_call = False
+            if outage:
+                log.warning("MLflow at %s reachable again; pending logs sent", self.uri)
+            retry_at, delay, outage = 0.0, RETRY_MIN_S, False
+
+    def _send_pending(self) -> None:
+        records = self._pending.records()
+        self._last_answer = time.monotonic()
+        self._ensure_run()
+        if self._closing and self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+        deliver(self._client, self.run_id, records, answered=self._answered)
+        with self._journal_lock:
+            self._pending.drop(len(records))
+
+    def _answered(self) -> None:
+        self._last_answer = time.monotonic()
+
+    def _ensure_run(self) -> None:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.uri)
         if self.run_id is None:
-            exp = self._client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp else self._client.create_experiment(
-                self.experiment, artifact_location=artifact_location(self.uri))
-            self.run_id = self._client.create_run(exp_id, run_name=self.run_name).info.run_id
-        else:
-            self._client.update_run(self.run_id, status="RUNNING")
-        if self.system_metrics:
+            self.run_id = create_run(self._client, self.uri, self.experiment, self.run_name)
+            with self._journal_lock:
+                self._pending.set_run({**self._pending.run, "run_id": self.run_id})
+            self._answered()
+        if self.system_metrics and self._monitor is None and not self._closing:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
             self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10,
                                                  resume_logging=self.resumed, tracking_uri=self.uri)
             self._monitor.start()
-        self._started = True
-
-    def _send(self) -> None:
-        from mlflow.entities import Param
-
-        params = [Param(k, v[:6000]) for k, v in sorted(self._params.items())]
-        for i in range(0, len(params), 100):
-            self._client.log_batch(self.run_id, params=params[i:i + 100])
-        self._params.clear()
-        while self._metrics:
-            self._client.log_batch(self.run_id, metrics=self._metrics[:1000])
-            del self._metrics[:1000]
-        while self._artifacts:
-            path, artifact_path = self._artifacts[0]
-            self._client.log_artifact(self.run_id, path, artifact_path)
-            self._artifacts.pop(0)

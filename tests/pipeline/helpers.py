@@ -1,45 +1,11 @@
-"""Process helpers shared by the pipeline tests: a real `mlflow server` (free ports and small
-corpora come from benchmarks/, which uses them too)."""
+"""Process helpers shared by the pipeline tests (free ports, small corpora and a real `mlflow server`
+come from benchmarks/, which uses them too)."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from benchmarks.corpus import AVFUSION, synth_shards  # noqa: F401 — re-exported for the pipeline tests
+from benchmarks.mlflowserver import start_mlflow_server, stop  # noqa: F401 — re-exported for the pipeline tests
 from benchmarks.s3server import free_port  # noqa: F401 — re-exported for the pipeline tests
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
-    """`mlflow server` on 127.0.0.1:port with a sqlite store under ``root``; waits for /health."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--default-artifact-root", str(root / "artifacts"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("mlflow server exited during start-up") from None
-            time.sleep(0.5)
-    stop(proc)
-    raise RuntimeError("mlflow server did not answer within 120 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Kill a server started in its own session, workers included."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()

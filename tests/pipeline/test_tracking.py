@@ -1,49 +1,74 @@
-"""MLflow tracking against a real `mlflow server` process, including an outage."""
+"""MLflow tracking: the journal, and a server that is down when the run starts (real `mlflow server`)."""
+import logging
+
 import pytest
 
 from pipeline.tracking import Tracker, flatten
+from pipeline.tracking_pending import PENDING_FILE, Pending
 from tests.pipeline.helpers import free_port, start_mlflow_server, stop
-
-pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
 
 
-def test_outage_then_recovery(tmp_path, caplog):
-    """Server down at start: training goes on, logs are buffered and arrive once it is up."""
+def test_journal_keeps_later_records_and_survives_a_cut_line(tmp_path):
+    path = tmp_path / PENDING_FILE
+    journal = Pending(path)
+    journal.set_run({"uri": "u", "experiment": "e", "run_name": "r", "run_id": None})
+    journal.append([{"metric": ["m", float(i), 1000 + i, i]} for i in range(5)])
+    journal.drop(2)  # the first two were delivered
+    journal.append([{"status": "FINISHED"}])
+    with open(path, "a") as f:
+        f.write('{"metric": ["m", 9.0, 10')  # a crash in the middle of a line
+    again = Pending(path)
+    assert again.run == {"uri": "u", "experiment": "e", "run_name": "r", "run_id": None}
+    assert again.records() == [*({"metric": ["m", float(i), 1000 + i, i]} for i in range(2, 5)),
+                               {"status": "FINISHED"}]
+    assert again.summary() == "3 metric values"
+    again.set_run({**again.run, "run_id": "abc"})
+    assert Pending(path).run["run_id"] == "abc"
+    again.drop(4)
+    assert not path.exists() and not Pending(path)
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_server_down_at_start_then_resume_backfills_the_same_run(tmp_path, caplog):
+    """No server while the first process runs: all of it is kept in output_dir; the resumed process
+    creates the run, back-fills the earlier steps, and keeps the first process's params."""
     from mlflow.tracking import MlflowClient
 
+    caplog.set_level(logging.WARNING, "avfusion.tracking")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    tracker = Tracker(uri, "outage", "r1", system_metrics=False)
-    tracker.log_params({"model": {"preset": "debug"}})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "a.txt").write_text("artifact")
+    first = Tracker(uri, "outage", "r1", system_metrics=False, output_dir=out)
+    first.log_params({"model": {"preset": "debug"}})
     for step in range(1, 4):
-        tracker.log_metrics({"train/loss": 10.0 - step}, step=step)
-    assert tracker.run_id is None                       # nothing reached a server
-    assert any("unreachable" in r.message for r in caplog.records)
-    (tmp_path / "a.txt").write_text("artifact")
-    tracker.log_artifact(tmp_path / "a.txt")
+        first.log_metrics({"train/loss": 10.0 - step}, step=step)
+    first.log_artifact(out / "a.txt")
+    first.close("FAILED")
+    assert first.run_id is None                      # nothing reached a server
+    warnings = [r.getMessage() for r in caplog.records if "did not take" in r.getMessage()]
+    assert len(warnings) == 1 and "3 metric values, 1 param sets, 1 artifacts" in warnings[0]
+    assert str(out / PENDING_FILE) in warnings[0] and f"avfusion runs sync {out}" in warnings[0]
     server = start_mlflow_server(tmp_path, port)
     try:
-        assert tracker.flush(force=True)
-        tracker.log_metrics({"train/loss": 5.0}, step=4)
-        tracker.close()
+        resumed = Tracker(uri, "outage", "r1", run_id=None, system_metrics=False, output_dir=out)
+        resumed.log_params({"model": {"preset": "changed"}})  # a resumed run keeps its original params
+        resumed.log_metrics({"train/loss": 5.0}, step=4)
+        resumed.close()
         client = MlflowClient(uri)
-        run = client.get_run(tracker.run_id)
-        history = client.get_metric_history(tracker.run_id, "train/loss")
-        assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == \
-            [(1, 9.0), (2, 8.0), (3, 7.0), (4, 5.0)]
-        assert run.data.params["model.preset"] == "debug"
+        (run,) = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+        assert run.info.run_id == resumed.run_id
+        history = client.get_metric_history(resumed.run_id, "train/loss")
+        assert sorted((m.step, m.value) for m in history) == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 5.0)]
+        assert run.data.params == {"model.preset": "debug"}
         assert run.info.status == "FINISHED"
-        assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["a.txt"]
-        # a resumed tracker continues the same run and does not re-log params
-        again = Tracker(uri, "outage", "r1", run_id=tracker.run_id, system_metrics=False)
-        again.log_params({"model": {"preset": "changed"}})
-        again.log_metrics({"train/loss": 4.0}, step=5)
-        again.close()
-        assert client.get_run(tracker.run_id).data.params["model.preset"] == "debug"
-        assert len(client.get_metric_history(tracker.run_id, "train/loss")) == 5
+        assert [a.path for a in client.list_artifacts(resumed.run_id)] == ["a.txt"]
+        assert not (out / PENDING_FILE).exists()
     finally:
         stop(server)

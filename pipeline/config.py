@@ -108,6 +108,8 @@ class TrainConfig:
     resume: str = "auto"                  # auto | never | path to a checkpoint directory
     load_universal: bool = False          # resume from a DeepSpeed universal checkpoint (new world size)
     recon_every_steps: int = 0            # 0: only at the end
+    compile: bool = False                 # torch.compile every transformer block (regional)
+    compile_mode: str = "default"         # default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
 
 
 @dataclass
@@ -239,6 +241,7 @@ _CHOICES = {
     "data.decode": ("auto", "worker", "device"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.zero_stage": (0, 1, 2, 3),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
 }
 
 

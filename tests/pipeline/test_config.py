@@ -73,11 +73,11 @@ def test_generated_deepspeed_config():
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) \
         == (16, 1, 512)
     assert deepspeed_config(cfg, world_size=8)["gradient_accumulation_steps"] == 4
-    assert ds["bf16"] == {"enabled": True, "check_grad_overflow": False} and "fp16" not in ds
-    assert ds["zero_optimization"]["stage"] == cfg.train.zero_stage and "gradient_clipping" not in ds
+    assert ds["torch_autocast"]["enabled"] and not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert ds["zero_optimization"]["stage"] == cfg.train.zero_stage and ds["gradient_clipping"] == 0.0
     fp16 = deepspeed_config(load_config(REPO / "configs" / "vggsound.yaml",
                                         ["data.batch_size=16", "train.precision=fp16", "optim.grad_clip=1.0"]), 32)
-    assert fp16["fp16"]["loss_scale"] == 0 and fp16["gradient_clipping"] == 1.0 and "bf16" not in fp16
+    assert fp16["fp16"]["loss_scale"] == 0 and fp16["gradient_clipping"] == 1.0 and not fp16["bf16"]["enabled"]
     with pytest.raises(ValueError, match="train.effective_batch_size: 512 is not a multiple"):
         deepspeed_config(cfg, world_size=3)
 

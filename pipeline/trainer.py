@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import yaml
 
 from model import AVMAE
@@ -32,12 +31,9 @@ from pipeline.figures import save_reconstruction
 from pipeline.probe import extract_features, knn_top1, merge_features
 from pipeline.schedule import LRSchedule, build_optimizer
 from pipeline.tracking import Tracker
+from pipeline.trainstep import TrainStep
 
 log = logging.getLogger("avfusion.train")
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN/inf; the message names the steps and the batch keys."""
 
 
 def build_model(cfg: Config) -> tuple[AVMAE, dict[str, set[str]]]:
@@ -106,12 +102,12 @@ class Trainer:
             compile_blocks(model, cfg.train.compile_mode)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, info.world_size))
-        self.dtype = engine_dtype(cfg)
         self.out = Path(cfg.train.output_dir)
         self.checkpoints = Checkpointer(self.engine, self.out / "checkpoints", cfg.train.keep_last,
                                         info.rank, info.world_size)
         self.progress, run_id = self._resume()
-        self.window = _Window(info.device)
+        self.steps = TrainStep(self.engine, seed=cfg.train.seed, accum=self.accum, rank=info.rank,
+                               world_size=info.world_size, device=info.device, dtype=engine_dtype(cfg))
         self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
                                enabled=info.is_main and cfg.tracking.enabled, run_id=run_id,
                                system_metrics=cfg.tracking.system_metrics)
@@ -161,7 +157,8 @@ class Trainer:
                 while p.step_in_epoch < self.steps_per_epoch and not self._done():
                     lr = self.schedule.apply(self.optimizer, p.epoch + p.step_in_epoch / self.steps_per_epoch)
                     for micro in range(self.accum):
-                        self._micro_step(self._next(batches), micro)
+                        batch = self._next(batches)
+                        self._last = batch, self.steps.micro(batch, p.step, micro)
                     p.step += 1
                     p.samples_seen += self.effective_batch
                     last = self._after_step(lr) or last
@@ -183,22 +180,8 @@ class Trainer:
     def _next(self, batches) -> dict:
         t0 = time.perf_counter()
         batch = next(batches)
-        self.window.data_s += time.perf_counter() - t0
+        self.steps.window.data_s += time.perf_counter() - t0
         return batch
-
-    def _micro_step(self, batch: dict, micro: int) -> None:
-        """Forward/backward/step one micro-batch; its losses are added on the device (no sync)."""
-        dev, info = self.info.device, self.info
-        mask_seed = (self.cfg.train.seed * 1_000_003 + (self.progress.step * self.accum + micro) * info.world_size
-                     + info.rank)
-        gen = torch.Generator(device=dev).manual_seed(mask_seed)
-        image = batch["image"].to(dev, self.dtype, non_blocking=True)
-        audio = batch["audio"].to(dev, self.dtype, non_blocking=True)
-        out = self.engine(image, audio, generator=gen)
-        self.engine.backward(out.loss)
-        self.engine.step()
-        self.window.add(out, batch["key"], self.progress.step + 1)
-        self._last = (batch, out)
 
     def _after_step(self, lr: float) -> dict:
         cfg, p = self.cfg, self.progress
@@ -211,34 +194,15 @@ class Trainer:
             self._reconstruction_figure()
         return metrics
 
-    def _window_totals(self) -> list[float]:
-        """The window's sums over ranks [loss_image, loss_audio, non-finite ranks, data_s, errors];
-        the one host read of the window. Raises NonFiniteLoss on every rank if any rank saw one."""
-        w = self.window
-        local = torch.cat([w.losses, (~torch.isfinite(w.losses).all()).double().reshape(1),
-                           torch.tensor([w.data_s, sum(self.loader.error_counts().values())],
-                                        dtype=torch.float64, device=w.losses.device)])
-        totals = local.clone()
-        dist.all_reduce(totals)  # nccl reduces device tensors only
-        totals = totals.tolist()
-        if totals[2]:
-            lo, hi = w.steps
-            where = (f"on rank {self.info.rank}; batch keys: {w.keys}" if local[2].item()
-                     else f"on another rank than {self.info.rank}")
-            raise NonFiniteLoss(f"non-finite loss (image={local[0]:.4g}, audio={local[1]:.4g}) at "
-                                f"{f'step {hi}' if lo == hi else f'steps {lo}–{hi}'} "
-                                f"(epoch {self.progress.epoch}) {where}")
-        return totals
-
     def _log_window(self, lr: float) -> dict:
         p, info = self.progress, self.info
-        loss_image, loss_audio, _, data_s, errors = self._window_totals()
-        n = max(self.window.count, 1) * info.world_size  # loss sums are over ranks
-        elapsed = time.perf_counter() - self.window.t0
+        loss_image, loss_audio, _, data_s, errors = self.steps.totals(sum(self.loader.error_counts().values()), self.progress.epoch)
+        n = max(self.steps.window.count, 1) * info.world_size  # loss sums are over ranks
+        elapsed = time.perf_counter() - self.steps.window.t0
         metrics = {
             "train/loss_image": loss_image / n, "train/loss_audio": loss_audio / n,
             "train/lr": lr, "train/epoch": p.epoch + p.step_in_epoch / self.steps_per_epoch,
-            "train/samples_per_s": self.window.count * self.cfg.data.batch_size * info.world_size / elapsed,
+            "train/samples_per_s": self.steps.window.count * self.cfg.data.batch_size * info.world_size / elapsed,
             "train/data_wait_frac": data_s / info.world_size / elapsed,
             "data/errors": errors,
         }
@@ -249,7 +213,7 @@ class Trainer:
             log.info("step %d epoch %.2f loss %.4f (image %.4f audio %.4f) lr %.3g %.1f samples/s",
                      p.step, metrics["train/epoch"], metrics["train/loss"], metrics["train/loss_image"],
                      metrics["train/loss_audio"], lr, metrics["train/samples_per_s"])
-        self.window.reset()
+        self.steps.window.reset()
         return metrics
 
     def _end_epoch(self) -> None:
@@ -270,7 +234,7 @@ class Trainer:
                   if self.cfg.train.zero_stage == 3 else contextlib.nullcontext())
         try:
             with gather:
-                feats = extract_features(self.engine.module, loader, self.info.device, self.dtype)
+                feats = extract_features(self.engine.module, loader, self.info.device, self.steps.dtype)
         finally:
             loader.close()
         parts = gather_objects(feats)
@@ -291,7 +255,7 @@ class Trainer:
 
     def _save(self) -> None:
         """Checkpoint this step; the loss window is checked first (no save after a non-finite loss)."""
-        self._window_totals()
+        self.steps.totals(sum(self.loader.error_counts().values()), self.progress.epoch)
         self.checkpoints.save(self.progress.step, {**asdict(self.progress), "config": to_dict(self.cfg)},
                               self.loader, self.tracker.run_id)
 
@@ -303,23 +267,3 @@ class Trainer:
         save_reconstruction(path, self.engine.module, batch["image"], batch["audio"], out,
                             self.mcfg.norm_pix_loss, self.mcfg.image.mean, self.mcfg.image.std)
         self.tracker.log_artifact(path, "reconstructions")
-
-
-class _Window:
-    """Loss sums on the device over the micro-steps since the last log line; the batch keys
-    and step range on the host (named when a loss is non-finite)."""
-
-    def __init__(self, device: torch.device):
-        self.losses = torch.zeros(2, dtype=torch.float64, device=device)
-        self.reset()
-
-    def reset(self) -> None:
-        self.losses.zero_()
-        self.count, self.data_s, self.keys, self.steps = 0, 0.0, [], (0, 0)
-        self.t0 = time.perf_counter()
-
-    def add(self, out, keys, step: int) -> None:
-        self.losses += torch.stack([out.loss_image.detach(), out.loss_audio.detach()]).double()
-        self.keys.extend(keys)
-        self.steps = (self.steps[0] or step, step)
-        self.count += 1

@@ -9,6 +9,7 @@ Loads go through :func:`pipeline.export.safe_torch_loads`: resuming never unpick
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import random
 import shutil
@@ -107,6 +108,18 @@ class Checkpointer:
             set_rng_state(state["rng"][self.rank])
         log.info("resumed from %s at step %d (epoch %d)", path, state["step"], state["epoch"])
         return {**state, "same_world": same_world}
+
+
+def check_writable(root: Path) -> None:
+    """Create ``root`` and prove a file can be written there (before any training work)."""
+    probe = root / f".write-test-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"train.output_dir: cannot write checkpoints to {root} "
+                              f"({e.strerror or e})") from None
 
 
 def resolve_resume(resume: str, root: Path) -> Path | None:

@@ -254,8 +254,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
     positive = {"data.batch_size": cfg.data.batch_size, "data.shuffle_buffer": cfg.data.shuffle_buffer,
                 "data.interleave": cfg.data.interleave, "data.partitions": cfg.data.partitions,
-                "optim.epochs": cfg.optim.epochs,
-                "train.log_every": cfg.train.log_every}
+                "optim.epochs": cfg.optim.epochs, "train.log_every": cfg.train.log_every,
+                "train.max_steps": 1 if cfg.train.max_steps is None else cfg.train.max_steps}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")

@@ -23,7 +23,13 @@ import yaml
 from model import AVMAE
 from model.checkpoints import load_tower_weights
 from model.presets import get_frontend
-from pipeline.checkpoint import Checkpointer, gather_objects, resolve_resume, tag_for
+from pipeline.checkpoint import (
+    Checkpointer,
+    check_writable,
+    gather_objects,
+    resolve_resume,
+    tag_for,
+)
 from pipeline.config import Config, to_dict
 from pipeline.data import build_loader
 from pipeline.distributed import DistInfo, accumulation_steps, deepspeed_config, engine_dtype
@@ -97,12 +103,13 @@ class Trainer:
                              f"optimizer step ({self.accum} micro-batches); use more data or a smaller batch")
         self.effective_batch = cfg.data.batch_size * info.world_size * self.accum
         self.schedule = LRSchedule.from_config(cfg.optim, self.effective_batch)
+        self.out = Path(cfg.train.output_dir)
+        check_writable(self.out / "checkpoints")  # before the engine and any training work
         optimizer = build_optimizer(model, cfg.optim, pretrained, self.schedule.lr, info.device)
         if cfg.train.compile:
             compile_blocks(model, cfg.train.compile_mode)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, info.world_size))
-        self.out = Path(cfg.train.output_dir)
         self.checkpoints = Checkpointer(self.engine, self.out / "checkpoints", cfg.train.keep_last,
                                         info.rank, info.world_size)
         self.progress, run_id = self._resume()

@@ -102,3 +102,9 @@ def test_model_section_is_a_preset_plus_avmae_config_fields():
     assert load_config(None, [f"model={dumped['model']}"]).model.architecture() == arch
     model, pretrained = build_model(cfg)
     assert model.config == arch and len(model.image_decoder.blocks) == 2 and pretrained == {}
+
+
+@pytest.mark.parametrize("steps", ["0", "-1"])
+def test_max_steps_that_train_nothing_are_refused(steps):
+    with pytest.raises(ConfigError, match=f"train.max_steps: must be > 0, got {steps}"):
+        load_config(REPO / "configs" / "debug.yaml", [f"train.max_steps={steps}"])

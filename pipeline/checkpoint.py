@@ -3,11 +3,14 @@
 One step's checkpoint is a DeepSpeed tag directory ``<output_dir>/checkpoints/stepNNNNNNNN``
 (model + optimizer states, per rank) whose client state holds the train counters, every
 rank's loader state and RNG states, the resolved config and the MLflow run id. DeepSpeed writes
-``latest`` only after a complete save, so a save interrupted by ``kill -9`` is never resumed.
+``latest`` only after a complete save, so a save interrupted by ``kill -9`` is never resumed;
+``complete.json`` (every file's size), written last, lets resume detect a truncated or missing
+file, name it, and fall back to the newest older checkpoint that is intact.
 Loads go through :func:`pipeline.export.safe_torch_loads`: resuming never unpickles code.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -19,9 +22,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.export import UnsafeCheckpoint, safe_torch_loads
+from pipeline.export import UnsafeCheckpoint, model_states_file, safe_torch_loads
 
 log = logging.getLogger("avfusion.checkpoint")
+
+
+MARKER = "complete.json"
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file is missing, truncated or unreadable; the message names it."""
 
 
 class NonFiniteWeights(FloatingPointError):
@@ -87,27 +97,63 @@ class Checkpointer:
         self.engine.save_checkpoint(str(self.root), tag=tag_for(step), client_state=state)
         dist.barrier()
         if self.rank == 0:
+            write_marker(self.root / tag_for(step))
             prune_checkpoints(self.root, self.keep_last)
+        dist.barrier()
 
-    def load(self, path: Path, loader) -> dict:
-        """Load the engine from ``path`` (a checkpoint root); restore this rank's loader and RNG.
+    def load(self, candidates: list[Path], loader) -> dict:
+        """Load the first complete checkpoint of ``candidates`` (tag directories, newest first);
+        restore this rank's loader and RNG. A damaged one is skipped with a warning naming it.
 
         Returns the client state (train counters, ``mlflow_run_id``, ``same_world``).
         """
-        try:
-            with safe_torch_loads():
-                _, state = self.engine.load_checkpoint(str(path))
-        except pickle.UnpicklingError as e:
-            raise UnsafeCheckpoint(f"{path}: refusing to unpickle a checkpoint that holds objects other than "
-                                   f"tensors and RNG states ({str(e).splitlines()[0][:160]})") from None
-        if state is None:
-            raise RuntimeError(f"train.resume: could not load the checkpoint in {path}")
+        for tag_dir in candidates:
+            try:
+                state = self._load_tag(tag_dir)
+                break
+            except (CorruptCheckpoint, RuntimeError, EOFError, OSError) as e:
+                log.warning("train.resume: skipping %s: %s", tag_dir, str(e).splitlines()[0][:300])
+        else:
+            raise CorruptCheckpoint(f"train.resume: no loadable checkpoint among {[str(c) for c in candidates]}")
         same_world = len(state["loader"]) == self.world_size
         loader.load_state_dict(state["loader"][self.rank if same_world else 0])
         if same_world:
             set_rng_state(state["rng"][self.rank])
-        log.info("resumed from %s at step %d (epoch %d)", path, state["step"], state["epoch"])
+        log.info("resumed from %s at step %d (epoch %d)", tag_dir, state["step"], state["epoch"])
         return {**state, "same_world": same_world}
+
+    def _load_tag(self, tag_dir: Path) -> dict:
+        verify_marker(tag_dir)
+        try:
+            with safe_torch_loads():
+                _, state = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpoint(f"{tag_dir}: refusing to unpickle a checkpoint that holds objects other than "
+                                   f"tensors and RNG states ({str(e).splitlines()[0][:160]})") from None
+        if state is None:
+            raise CorruptCheckpoint(f"{tag_dir}: DeepSpeed found no checkpoint to load")
+        return state
+
+
+def write_marker(tag_dir: Path) -> None:
+    """Commit ``tag_dir``: record every file's size in ``complete.json``, written last (atomically)."""
+    files = {str(f.relative_to(tag_dir)): f.stat().st_size for f in sorted(tag_dir.rglob("*")) if f.is_file()}
+    tmp = tag_dir / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    tmp.replace(tag_dir / MARKER)
+
+
+def verify_marker(tag_dir: Path) -> None:
+    """Raise CorruptCheckpoint naming the first missing or resized file. A tag without a marker
+    (a universal checkpoint, or one written before markers) is DeepSpeed's word alone."""
+    marker = tag_dir / MARKER
+    if not marker.is_file():
+        return
+    for name, size in json.loads(marker.read_text())["files"].items():
+        f = tag_dir / name
+        if not f.is_file() or f.stat().st_size != size:
+            got = f.stat().st_size if f.is_file() else "missing"
+            raise CorruptCheckpoint(f"{f}: expected {size} bytes, found {got}")
 
 
 def check_writable(root: Path) -> None:
@@ -122,16 +168,23 @@ def check_writable(root: Path) -> None:
                               f"({e.strerror or e})") from None
 
 
-def resolve_resume(resume: str, root: Path) -> Path | None:
-    """The checkpoint root to resume from, or None (``train.resume``: auto | never | PATH)."""
+def resume_candidates(resume: str, root: Path) -> list[Path]:
+    """Tag directories to try, newest first (``train.resume``: auto | never | checkpoint root |
+    one step directory). A root yields its ``latest`` tag, then the older step tags."""
     if resume == "never":
-        return None
-    if resume == "auto":
-        return root if (root / "latest").is_file() else None
-    path = Path(resume)
-    if not (path / "latest").is_file():
-        raise FileNotFoundError(f"train.resume: {path} holds no DeepSpeed checkpoint ('latest' file missing)")
-    return path
+        return []
+    path = root if resume == "auto" else Path(resume)
+    if resume != "auto" and model_states_file(path):
+        return [path]
+    latest = path / "latest"
+    if not latest.is_file():
+        if resume == "auto":
+            return []
+        raise FileNotFoundError(f"train.resume: {path} is neither a checkpoint folder ('latest' file) "
+                                f"nor a step directory")
+    first = latest.read_text().strip()
+    older = sorted((p.name for p in path.glob("step*") if p.is_dir() and p.name != first), reverse=True)
+    return [path / first] + [path / t for t in older]
 
 
 def prune_checkpoints(root: Path, keep_last: int) -> list[str]:

@@ -27,7 +27,7 @@ from pipeline.checkpoint import (
     Checkpointer,
     check_writable,
     gather_objects,
-    resolve_resume,
+    resume_candidates,
     tag_for,
 )
 from pipeline.config import Config, to_dict
@@ -140,10 +140,10 @@ class Trainer:
         self.tracker.log_artifact(self.out / "manifest.json")
 
     def _resume(self) -> tuple[Progress, str | None]:
-        path = resolve_resume(self.cfg.train.resume, self.checkpoints.root)
-        if path is None:
+        candidates = resume_candidates(self.cfg.train.resume, self.checkpoints.root)
+        if not candidates:
             return Progress(), None
-        state = self.checkpoints.load(path, self.loader)
+        state = self.checkpoints.load(candidates, self.loader)
         progress = Progress.from_state(state)
         if not state["same_world"]:
             # NOTE: a new world size restarts the epoch's sample stream at the saved sample count

@@ -149,3 +149,38 @@ def test_compiled_blocks_train_like_eager(process_group):
         curves.append([step.micro(batch(engine.module), s, 0).loss.item() for s in range(3)])
     assert curves[1] == pytest.approx(curves[0], rel=1e-4)
     assert curves[0][2] != curves[0][0]  # the weights moved between the compared steps
+
+
+def test_resume_names_a_truncated_checkpoint_and_falls_back(process_group, shard_set, tmp_path, caplog):
+    """#14.3: the newest checkpoint's model file is cut short → a warning naming it, and the
+    older complete checkpoint is loaded (weights and counters of step 1)."""
+    from model.presets import get_frontend
+    from pipeline.checkpoint import resume_candidates
+    from pipeline.config import DataConfig
+    from pipeline.data import build_loader
+    from pipeline.export import model_states_file
+
+    engine = engine_for(debug_cfg("train.zero_stage=0"))
+    mcfg = engine.module.config
+    loader = build_loader(DataConfig(shards=str(shard_set), batch_size=2, workers=0),
+                          audio=get_frontend(mcfg.audio_frontend), image=mcfg.image, rank=0, world_size=1,
+                          seed=0, train=True)
+    ck = Checkpointer(engine, tmp_path, keep_last=5, rank=0, world_size=1)
+    state = {"step": 1, "epoch": 0, "epoch_start": 0, "samples_seen": 2}
+    ck.save(1, state, loader, run_id="run-a")
+    at_step1 = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    TrainStep(engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=torch.float32).micro(
+        batch(engine.module), 1, 0)
+    ck.save(2, state | {"step": 2, "samples_seen": 4}, loader, run_id="run-a")
+    states = model_states_file(tmp_path / "step00000002")
+    states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
+
+    candidates = resume_candidates("auto", tmp_path)
+    assert candidates == [tmp_path / "step00000002", tmp_path / "step00000001"]
+    assert resume_candidates(str(tmp_path / "step00000001"), tmp_path) == [tmp_path / "step00000001"]
+    with caplog.at_level("WARNING", logger="avfusion.checkpoint"):
+        loaded = ck.load(candidates, loader)
+    assert (loaded["step"], loaded["samples_seen"], loaded["mlflow_run_id"]) == (1, 2, "run-a")
+    assert str(states) in caplog.text and "expected" in caplog.text
+    for name, p in engine.module.named_parameters():
+        assert torch.equal(p, at_step1[name]), name

@@ -38,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
     info = init_distributed()
     try:
         Trainer(cfg, info).fit()
-    except (ValueError, OSError) as e:  # config-level problems found at start-up, named by key or path
-        raise SystemExit(f"error: {e}") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

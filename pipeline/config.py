@@ -108,6 +108,8 @@ class TrainConfig:
     resume: str = "auto"                  # auto | never | path to a checkpoint directory
     load_universal: bool = False          # resume from a DeepSpeed universal checkpoint (new world size)
     recon_every_steps: int = 0            # 0: only at the end
+    compile: bool = False                 # torch.compile every transformer block (regional)
+    compile_mode: str = "default"         # default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
 
 
 @dataclass
@@ -239,6 +241,7 @@ _CHOICES = {
     "data.decode": ("auto", "worker", "device"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.zero_stage": (0, 1, 2, 3),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
 }
 
 
@@ -251,8 +254,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
     positive = {"data.batch_size": cfg.data.batch_size, "data.shuffle_buffer": cfg.data.shuffle_buffer,
                 "data.interleave": cfg.data.interleave, "data.partitions": cfg.data.partitions,
-                "optim.epochs": cfg.optim.epochs,
-                "train.log_every": cfg.train.log_every}
+                "optim.epochs": cfg.optim.epochs, "train.log_every": cfg.train.log_every,
+                "train.max_steps": 1 if cfg.train.max_steps is None else cfg.train.max_steps}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")

@@ -29,12 +29,12 @@ def safe_globals() -> list:
     """The only non-tensor classes our checkpoints hold: numpy arrays (RNG states in the client
     state) and DeepSpeed's plain data classes in its optimizer states (built from their fields,
     no code runs)."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
     return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)),
-            ZeroStageEnum, LossScaler, fragment_address]
+            ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
 class UnsafeCheckpoint(ValueError):

@@ -33,6 +33,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float,
     ]
 
 
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, pretrained: dict[str, set[str]], lr: float,
+                    device: torch.device) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`: the fused kernel on CUDA, the multi-tensor one elsewhere
+    (one launch per group, not per parameter)."""
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, pretrained), lr=lr, betas=cfg.betas, **fast)
+
+
 @dataclass(frozen=True)
 class LRSchedule:
     """Linear warm-up then cosine to exactly 0; towers get an extra cosine ramp s0 → s1.

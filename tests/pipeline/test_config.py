@@ -73,11 +73,11 @@ def test_generated_deepspeed_config():
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) \
         == (16, 1, 512)
     assert deepspeed_config(cfg, world_size=8)["gradient_accumulation_steps"] == 4
-    assert ds["bf16"] == {"enabled": True, "check_grad_overflow": False} and "fp16" not in ds
-    assert ds["zero_optimization"]["stage"] == cfg.train.zero_stage and "gradient_clipping" not in ds
+    assert ds["torch_autocast"]["enabled"] and not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert ds["zero_optimization"]["stage"] == cfg.train.zero_stage and ds["gradient_clipping"] == 0.0
     fp16 = deepspeed_config(load_config(REPO / "configs" / "vggsound.yaml",
                                         ["data.batch_size=16", "train.precision=fp16", "optim.grad_clip=1.0"]), 32)
-    assert fp16["fp16"]["loss_scale"] == 0 and fp16["gradient_clipping"] == 1.0 and "bf16" not in fp16
+    assert fp16["fp16"]["loss_scale"] == 0 and fp16["gradient_clipping"] == 1.0 and not fp16["bf16"]["enabled"]
     with pytest.raises(ValueError, match="train.effective_batch_size: 512 is not a multiple"):
         deepspeed_config(cfg, world_size=3)
 
@@ -102,3 +102,9 @@ def test_model_section_is_a_preset_plus_avmae_config_fields():
     assert load_config(None, [f"model={dumped['model']}"]).model.architecture() == arch
     model, pretrained = build_model(cfg)
     assert model.config == arch and len(model.image_decoder.blocks) == 2 and pretrained == {}
+
+
+@pytest.mark.parametrize("steps", ["0", "-1"])
+def test_max_steps_that_train_nothing_are_refused(steps):
+    with pytest.raises(ConfigError, match=f"train.max_steps: must be > 0, got {steps}"):
+        load_config(REPO / "configs" / "debug.yaml", [f"train.max_steps={steps}"])

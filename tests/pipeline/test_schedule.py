@@ -53,3 +53,23 @@ def test_groups_and_apply():
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs["other/decay"] == pytest.approx(0.5)
     assert lrs["image/decay"] == pytest.approx(0.5 * s.ramp(1.0))
+
+
+def test_every_parameter_gets_the_recipes_weight_decay():
+    """#19.5: 0.05 on weight matrices, tokens and decoder pos-embeds; exactly 0 on biases and
+    1-d parameters (norms); frozen sin-cos tables in no group — read from the real optimizer."""
+    from model import AVMAE, get_model_config
+    from pipeline.schedule import build_optimizer
+
+    model = AVMAE(get_model_config("debug"))
+    towers = model.tower_parameter_names()
+    opt = build_optimizer(model, OptimConfig(weight_decay=0.05), {"image": towers["image"]}, 1e-3,
+                          torch.device("cpu"))
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(decay_of) == len(trainable) == sum(len(g["params"]) for g in opt.param_groups)
+    for name, p in trainable.items():
+        expected = 0.0 if p.ndim <= 1 or name.endswith(".bias") else 0.05
+        assert decay_of[id(p)] == expected, name
+    assert {0.0, 0.05} == set(decay_of.values())
+    assert any(n.endswith("norm.weight") for n in trainable)  # the zero-decay rule is exercised

@@ -16,7 +16,10 @@ def synth_shards(root: Path, videos: int = 24, seconds: float = 3.0, classes: in
     subprocess.run([*AVFUSION, "synth", "--out", str(root / "videos"), "--videos", str(videos),
                     "--seconds", str(seconds), "--classes", str(classes), "--seed", "0"],
                    check=True, cwd=REPO, env=env, capture_output=True)
-    subprocess.run([*AVFUSION, "shards", "build", str(root / "videos" / "labels.csv"), "--out", str(root / "shards"),
+    # Relative input paths (run from ``root``): the sample keys and the build-time shuffle hash the
+    # path as given, so the set (and a loss curve trained on it) does not depend on where it lives.
+    subprocess.run([*AVFUSION, "shards", "build", "videos/labels.csv", "--out", "shards",
                     "--workers", "2", "--samples-per-shard", "8"],
-                   check=True, cwd=REPO, env=env, capture_output=True)
+                   check=True, cwd=root, env={**env, "PYTHONPATH": os.pathsep.join(
+                       p for p in (str(REPO), env.get("PYTHONPATH")) if p)}, capture_output=True)
     return root / "shards"

@@ -93,7 +93,8 @@ class ClassificationConfig:
     loss: str = "auto"                    # auto (ce single-label, bce multi-label) | ce | bce
     label_smoothing: float = 0.0          # fine-tune 0.1
     mixup: float = 0.0                    # mixup α (fine-tune 1.0); 0 disables
-    class_freq_division: bool = True      # fine-tune: the release's loss / class frequency (REFERENCE §8)
+    class_freq_division: bool | None = None   # the release's loss / class frequencies (REFERENCE §8);
+                                              # None: on for finetune (as released), off for linear
     bias_init: str = "zero"               # zero | class_freq (fine-tune: log((f+1e-3)/(1-f+1e-3)))
     batchnorm: bool = True                # linear probe: BatchNorm1d(affine=False) before each head
 

@@ -116,9 +116,9 @@ def check_label_sets(train: dict, test: dict, train_root: str, test_root: str) -
     a, b = train["labels"], test["labels"]
     if a != b:
         diff = next((f"class {i}: {x!r} in the train set, {y!r} in the test set"
-                     for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                    f"{len(a)} train classes, {len(b)} test classes "
-                    f"(first extra: {(a[len(b):] or b[len(a):])[0]!r})")
+                     for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+        diff = diff or (f"{len(a)} train classes, {len(b)} test classes "
+                        f"(first extra: {(a[len(b):] or b[len(a):])[0]!r})")
         raise EvalInputError(f"{join(test_root, MANIFEST)}: class list differs from {join(train_root, MANIFEST)} "
                              f"({diff}); build both with the same --classes file")
     if bool(train.get("multi_label")) != bool(test.get("multi_label")):

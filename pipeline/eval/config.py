@@ -7,7 +7,7 @@ DeepSpeed-config, accumulation and resume helpers take an ``EvalConfig`` as they
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import ConfigError, DataConfig, TrackingConfig, from_dict, raw_tree
@@ -108,7 +108,8 @@ class EvalConfig:
     train: EvalTrainConfig = field(default_factory=EvalTrainConfig)
     eval: EvalScheduleConfig = field(default_factory=EvalScheduleConfig)
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
-    tracking: TrackingConfig = field(default_factory=lambda: replace(TrackingConfig(), experiment="avfusion-eval"))
+    # the pretraining experiment by default, so `avfusion runs compare` shows runs and their evaluations
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 _CHOICES = {

@@ -148,6 +148,12 @@ def validate(cfg: EvalConfig) -> None:
             raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)}")
     if not 0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs:
         raise ConfigError(f"optim.warmup_epochs: must be in [0, optim.epochs], got {cfg.optim.warmup_epochs}")
+    if cfg.optim.name == "lars" and cfg.train.zero_stage != 0:
+        # NOTE: ZeRO 1-3 hand the optimizer flattened partitions, so LARS's per-tensor norms
+        # (and its "no adaptation for 1-D tensors" rule) would be wrong; the probe's 6 tensors
+        # need no sharding anyway.
+        raise ConfigError(f"train.zero_stage: LARS needs whole tensors; use 0 with optim.name=lars "
+                          f"(got {cfg.train.zero_stage})")
     if not 0 < cfg.optim.layer_decay <= 1:
         raise ConfigError(f"optim.layer_decay: must be in (0, 1], got {cfg.optim.layer_decay}")
     if not 0 <= cfg.encoder.drop_path < 1:

@@ -276,3 +276,33 @@ def test_eval_view_default_is_the_previous_eval_transform():
     centre, frame, gain = aug._eval_view("key", 10.0, times)
     assert centre == 5.0 and gain == 0.0
     assert frame == min(range(len(times)), key=lambda i: abs(times[i] - 5.0))
+
+
+@pytest.mark.parametrize("name, lr, epochs, warmup, task, multi_loss", [
+    ("vggsound_linear", 1.2, 60, 10, "linear", "auto"), ("audioset_bal_linear", 0.6, 300, 20, "linear", "auto"),
+    ("vggsound_finetune", 6e-4, 100, 20, "finetune", "auto"),
+    ("audioset_bal_finetune", 6e-4, 200, 20, "finetune", "auto")])
+def test_release_configs_hold_the_published_recipes(name, lr, epochs, warmup, task, multi_loss):
+    from tests.pipeline.helpers import REPO
+
+    cfg = load_eval_config(REPO / "configs" / "eval" / f"{name}.yaml")
+    eff = cfg.train.effective_batch_size
+    assert (cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.blr * eff / 256) == pytest.approx(lr)
+    assert (cfg.task, cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.classification.loss) == (
+        task, epochs, warmup, multi_loss)
+    if task == "finetune":
+        c = cfg.classification
+        assert (eff, cfg.optim.betas, cfg.optim.weight_decay, cfg.optim.layer_decay, cfg.encoder.drop_path) == (
+            512, (0.9, 0.999), 0.05, 0.75, 0.2)
+        assert (c.mixup, c.label_smoothing, c.batchnorm, c.bias_init, c.class_freq_division) == (
+            1.0, 0.1, False, "class_freq", True)
+    else:
+        assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.trust_coefficient, cfg.optim.weight_decay,
+                cfg.train.precision, cfg.classification.batchnorm) == ("lars", 0.9, 0.001, 0.0, "fp32", True)
+
+
+def test_debug_configs_load():
+    from tests.pipeline.helpers import REPO
+
+    assert load_eval_config(REPO / "configs" / "eval" / "debug_linear.yaml").task == "linear"
+    assert load_eval_config(REPO / "configs" / "eval" / "debug_finetune.yaml").task == "finetune"

@@ -15,16 +15,13 @@ import os
 import sys
 
 from pipeline.config import ConfigError
+from pipeline.train import build_parser as _add_arguments
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML evaluation config (see configs/eval/)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. encoder.checkpoint=runs/debug encoder.init=random")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    return parser
+    """``--config`` (configs/eval/*.yaml), ``key=value`` overrides, the launcher's ``--local_rank``."""
+    return _add_arguments(parser or argparse.ArgumentParser(
+        prog="python -m pipeline.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def run(args: argparse.Namespace) -> int:

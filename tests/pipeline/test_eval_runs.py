@@ -21,14 +21,11 @@ import torch
 from model import build_avmae
 from tests.pipeline.conftest import LABELS, write_shard_set
 from tests.pipeline.helpers import REPO, free_port
+from tests.pipeline.test_train import env, losses
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 CONFIG = REPO / "configs" / "eval" / "debug_linear.yaml"
-
-
-def env() -> dict:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def labelled_set(dest: Path, n: int, multi: bool = False, labels=LABELS) -> Path:
@@ -68,15 +65,6 @@ def run(cmd: list[str], timeout: float = 900) -> dict:
 
 def single(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "pipeline.evaluate", "--config", str(CONFIG), *args]
-
-
-def losses(out: Path) -> dict[int, float]:
-    result = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "train/loss" in rec:
-            result[rec["step"]] = rec["train/loss"]
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -40,11 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.distributed import init_distributed
     from pipeline.eval.tasks import TASKS
     from pipeline.export import UnsafeCheckpoint
+    from preprocess.errors import AvfusionError
 
     info = init_distributed()
     try:
         metrics = TASKS[cfg.task](cfg, info)
-    except (CheckpointError, UnsafeCheckpoint, FileNotFoundError, ValueError) as e:
+    except (AvfusionError, CheckpointError, UnsafeCheckpoint, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     finally:
         if dist.is_initialized():

@@ -31,12 +31,13 @@ from pipeline.eval.heads import ALL_HEADS, AVClassifier, frequency_bias
 from pipeline.eval.loop import EvalLoop
 from pipeline.eval.optim import layer_decay_groups
 from pipeline.shardio import join
-from preprocess.format import MANIFEST
+from preprocess.errors import AvfusionError
+from preprocess.shardformat import MANIFEST
 
 log = logging.getLogger("avfusion.eval")
 
 
-class EvalInputError(ValueError):
+class EvalInputError(AvfusionError, ValueError):
     """A labelled shard set cannot be used for this evaluation; the message names the file."""
 
 

@@ -27,6 +27,7 @@ from pipeline.eval.heads import AVClassifier, frequency_bias
 from pipeline.eval.optim import LARS, apply_lr, layer_decay_groups, layer_id, schedule
 from pipeline.probe import knn_top1, merge_features
 from preprocess import labels as L
+from preprocess.errors import AvfusionError
 
 
 def _classifier(frozen: bool, batchnorm: bool = True, classes: int = 5, bias=None) -> AVClassifier:
@@ -224,7 +225,7 @@ def test_label_lists_single_and_multi():
     assert L.label_counts([(0, 1), (1,), None], 3) == [1, 2, 0]
     given = L.read_class_file("c.csv", "name\nzebra\ncat\n")
     assert given == ["zebra", "cat"]
-    with pytest.raises(SystemExit, match=r"v\.mp4: class 'dog' is not in the class list"):
+    with pytest.raises(AvfusionError, match=r"v\.mp4: class 'dog' is not in the class list"):
         L.label_index("dog", given, False, "v.mp4")
     assert L.label_problem({"label": "cat;bird", "label_index": [0, 1]}, classes, True) is None
     assert "label_index" in L.label_problem({"label": "cat", "label_index": 2}, classes, False)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from model import build_avmae
+from model.parity import apply_weight_rule
 from tests.pipeline.conftest import LABELS, write_shard_set
 from tests.pipeline.helpers import REPO, free_port
 from tests.pipeline.test_train import env, losses
@@ -77,9 +78,10 @@ def sets(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_two_rank_zero3_finetune_of_an_official_checkpoint_on_multilabel_data(sets, tmp_path):
-    torch.manual_seed(1)
+    model = build_avmae("debug")
+    apply_weight_rule(model)                                        # the parity fixtures' weights
     ckpt = tmp_path / "official.pth"
-    torch.save({"state_dict": build_avmae("debug").state_dict(), "epoch": 200}, ckpt)  # release layout
+    torch.save({"state_dict": model.state_dict(), "epoch": 200}, ckpt)  # the release's file layout
     out = tmp_path / "ft"
     args = overrides(sets["mtrain"], sets["mtest"], out, **{
         "task": "finetune", "encoder.init": "pretrained", "encoder.checkpoint": ckpt, "encoder.preset": "debug",

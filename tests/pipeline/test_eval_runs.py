@@ -61,7 +61,8 @@ def overrides(train: Path, test: Path, out: Path, **extra) -> list[str]:
 def run(cmd: list[str], timeout: float = 900) -> dict:
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    # the result is rank 0's last line; the deepspeed launcher may log after it
+    return json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{")))
 
 
 def single(args: list[str]) -> list[str]:

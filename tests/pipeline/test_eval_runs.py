@@ -52,7 +52,7 @@ def labelled_set(dest: Path, n: int, multi: bool = False, labels=LABELS) -> Path
 def overrides(train: Path, test: Path, out: Path, **extra) -> list[str]:
     base = {"encoder.checkpoint": "", "encoder.init": "random", "encoder.preset": "debug",
             "data.train": train, "data.test": test, "train.output_dir": out, "data.batch_size": 8,
-            "data.workers": 1, "optim.epochs": 2, "optim.warmup_epochs": 1, "train.log_every": 1,
+            "data.workers": 1, "optim.epochs": 2, "optim.warmup_epochs": 1, "optim.lr": 1.0, "train.log_every": 1,
             "eval.every_epochs": 1, "tracking.uri": f"sqlite:///{out}.db", "tracking.system_metrics": "false"}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -225,7 +225,8 @@ def _evaluate(loop: EvalLoop, loaders: _Loaders, classes: list[str], multi: bool
     keys, scores, labels = M.average_views([k for p in rows for k in p["keys"]],
                                            {h: torch.cat([p[h] for p in rows]) for h in ALL_HEADS},
                                            torch.cat([p["labels"] for p in rows]))
-    result = M.classification_metrics(scores, labels, multi) | {"videos": len(keys)}
+    result = {k: round(v, 3) for k, v in M.classification_metrics(scores, labels, multi).items()}
+    result["videos"] = len(keys)
     if final:
         _write_reports(loop, keys, scores["all"], labels, classes, multi)
     return result

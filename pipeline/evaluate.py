@@ -14,8 +14,8 @@ import logging
 import os
 import sys
 
-from pipeline.config import ConfigError
 from pipeline.train import build_parser as _add_arguments
+from preprocess.errors import run_cli
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -27,26 +27,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     from pipeline.eval.config import load_eval_config
 
-    try:
-        cfg = load_eval_config(args.config, args.overrides)
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    cfg = load_eval_config(args.config, args.overrides)
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
     import torch.distributed as dist
 
-    from model.checkpoints import CheckpointError
     from pipeline.distributed import init_distributed
     from pipeline.eval.tasks import TASKS
-    from pipeline.export import UnsafeCheckpoint
-    from preprocess.errors import AvfusionError
 
     info = init_distributed()
     try:
         metrics = TASKS[cfg.task](cfg, info)
-    except (AvfusionError, CheckpointError, UnsafeCheckpoint, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -63,7 +55,8 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    """Every rank runs this; expected errors are printed once, by rank 0 (they are the same on all)."""
+    return run_cli(run, build_parser().parse_args(argv), quiet=os.environ.get("RANK", "0") != "0")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ How a task plugs in:
    ``cfg.encoder`` (training checkpoint, safetensors export or official file; strict ``encoder.*``
    load) and returns the pretraining run id when the source records one.
 4. Result: ``run`` returns a flat dict of final metrics (JSON-serialisable). The entry point prints
-   it as the last line of stdout on rank 0 (``{"task": ..., **metrics}``). Libraries raise; the
-   entry point turns ``ConfigError`` / ``CheckpointError`` / ``EvalInputError`` / ``ValueError`` /
-   ``FileNotFoundError`` into one ``error: …`` line.
+   it as the last line of stdout on rank 0 (``{"task": ..., **metrics}``). Libraries raise
+   (``AvfusionError`` or ``ValueError`` subclasses for bad input); the entry point turns them into
+   one ``error: …`` line through ``preprocess.errors.run_cli``.
 
 Shared pieces for trainable tasks live in :mod:`pipeline.eval.loop` (DeepSpeed engine, epoch loop,
 checkpoints with kill -9 resume, MLflow run) and :mod:`pipeline.eval.optim` (LARS, layer-wise LR

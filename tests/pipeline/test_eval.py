@@ -204,13 +204,13 @@ def test_eval_views_spread_windows_and_frames():
     times = [0.5 + i for i in range(10)]                            # 10-s clip, a frame per second
     default = Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), train=False)
     assert default._eval_view("k", 10.0, times) == (5.0, 4, 0.0)    # centre window, nearest frame (tie → first)
-    centres = [Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), False, EvalView(k, 3))._eval_view(
+    centres = [Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), False, view=EvalView(k, 3))._eval_view(
         "k", 10.0, times)[0] for k in range(3)]
     assert centres == [1.5, 5.0, 8.5]
-    frames = [Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), False, EvalView(0, 1, j, 3))._eval_view(
+    frames = [Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), False, view=EvalView(0, 1, j, 3))._eval_view(
         "k", 10.0, times)[1] for j in range(3)]
     assert frames == [3, 5, 6]          # frames 3..6 lie inside [3.5, 6.5]: first, middle (rounded), last
-    vol = Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), False, EvalView(vol_db=2.0))
+    vol = Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), False, view=EvalView(vol_db=2.0))
     gains = {vol._eval_view(k, 10.0, times)[2] for k in ("a", "b", "c")}
     assert len(gains) == 3 and all(-2 <= g <= 2 for g in gains)
     assert vol._eval_view("a", 10.0, times) == vol._eval_view("a", 10.0, times)

@@ -61,7 +61,7 @@ class EvalLoop:
         run_id = self._resume()
         self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
                                enabled=info.is_main and cfg.tracking.enabled, run_id=run_id,
-                               system_metrics=cfg.tracking.system_metrics, output_dir=self.out, tags=tags)
+                               system_metrics=cfg.tracking.system_metrics, tags=tags)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

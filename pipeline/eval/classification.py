@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from model.presets import get_frontend
+from pipeline import checkpoint as C
 from pipeline import distributed as D
 from pipeline.augment import EvalView
 from pipeline.data import build_loader
@@ -218,7 +219,7 @@ def _evaluate(loop: EvalLoop, loaders: _Loaders, classes: list[str], multi: bool
     """Metrics of every head on the test set (views averaged per video); reports on the final one."""
     parts = [predict(loop.module, loaders.test(view), loop.info.device, loop.dtype)
              for view in loaders.views(final)]
-    gathered = D.gather_objects(parts)
+    gathered = C.gather_objects(parts)
     if not loop.info.is_main:
         return {}
     rows = [p for rank_parts in gathered for p in rank_parts]

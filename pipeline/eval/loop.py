@@ -22,6 +22,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from pipeline import checkpoint as C
 from pipeline import distributed as D
 from pipeline.config import to_dict
 from pipeline.data import ShardLoader
@@ -148,29 +149,30 @@ class EvalLoop:
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self) -> None:
-        tag, root = D.tag_for(self.step), D.checkpoint_dir(self.cfg)
+        tag, root = C.tag_for(self.step), self.out / "checkpoints"
         if (root / "latest").is_file() and (root / "latest").read_text().strip() == tag:
             return                                             # this step is already saved
         state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                 "config": to_dict(self.cfg), "loader": D.gather_objects(self.loader.state_dict()),
-                 "rng": D.gather_objects(D.rng_state()),
-                 "mlflow_run_id": D.gather_objects(self.tracker.run_id)[0]}
+                 "config": to_dict(self.cfg), "loader": C.gather_objects(self.loader.state_dict()),
+                 "rng": C.gather_objects(C.rng_state()),
+                 "mlflow_run_id": C.gather_objects(self.tracker.run_id)[0]}
         self.engine.save_checkpoint(str(root), tag=tag, client_state=state)
         dist.barrier()
         if self.info.is_main:
-            D.prune_checkpoints(root, self.cfg.train.keep_last)
+            C.prune_checkpoints(root, self.cfg.train.keep_last)
 
     def _resume(self) -> str | None:
-        path = D.resolve_resume(self.cfg)
-        if path is None:
+        candidates = C.resume_candidates(self.cfg.train.resume, self.out / "checkpoints")
+        if not candidates:
             return None
-        _, state = self.engine.load_checkpoint(str(path))
+        path = candidates[0]
+        _, state = self.engine.load_checkpoint(str(path.parent), tag=path.name)
         if state is None:
             raise RuntimeError(f"train.resume: could not load the checkpoint in {path}")
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         same_world = len(state["loader"]) == self.info.world_size
         self.loader.load_state_dict(state["loader"][self.info.rank if same_world else 0])
         if same_world:
-            D.set_rng_state(state["rng"][self.info.rank])
+            C.set_rng_state(state["rng"][self.info.rank])
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
         return state.get("mlflow_run_id")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .vit import DEFAULT_EPS, Mlp, attention, merge_heads, split_heads
+from .vit import DEFAULT_EPS, Mlp, attention, drop_path, merge_heads, split_heads
 
 
 class CrossAttention(nn.Module):
@@ -146,6 +146,7 @@ class FusionBlock(nn.Module):
         self.attn = attn
         self.norm2 = nn.LayerNorm(dim, eps=DEFAULT_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = 0.0    # stochastic-depth rate of both residual branches (fine-tuning)
 
     def forward(self, xf: Tensor, xi: Tensor, xa: Tensor) -> Tensor:
         """xf ``[B, F, D]``, xi ``[B, Ni, D]``, xa ``[B, Na, D]`` → ``[B, F, D]``."""
@@ -154,8 +155,8 @@ class FusionBlock(nn.Module):
             ni, na = self.norm1_aud(xi), self.norm1_img(xa)
         else:
             ni, na = self.norm1_img(xi), self.norm1_aud(xa)
-        x = m + self.attn(m, ni, na)
-        return x + self.mlp(self.norm2(x))
+        x = m + drop_path(self.attn(m, ni, na), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 def build_fusion_block(arch: str, dim: int, num_heads: int, mlp_ratio: float, attn_ratio: float,

@@ -58,6 +58,15 @@ def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
+def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
+    """Stochastic depth on a residual branch ``[B, ...]``: each sample's branch is zeroed with
+    probability ``rate`` and the kept ones are scaled by 1 / (1 − rate) (timm ``DropPath``)."""
+    if rate == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - rate)
+    return x * keep / (1.0 - rate)
+
+
 def init_linear_and_norm(m: nn.Module) -> None:
     """Xavier-uniform Linear weights with zero bias; LayerNorm 1 / 0 (REFERENCE §1.5)."""
     if isinstance(m, nn.Linear):
@@ -101,7 +110,11 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (timm ``Block``): x += attn(LN1 x); x += mlp(LN2 x)."""
+    """Pre-norm transformer block (timm ``Block``): x += attn(LN1 x); x += mlp(LN2 x).
+
+    ``drop_path`` (a plain attribute, 0 in pre-training) is the stochastic-depth rate of both
+    residual branches; downstream fine-tuning sets it.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, attn_impl: str = "sdpa"):
         super().__init__()
@@ -109,11 +122,12 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, attn_impl)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = 0.0
 
     def forward(self, x: Tensor) -> Tensor:
         """x ``[B, N, D]`` → ``[B, N, D]``."""
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 class PatchEmbed(nn.Module):

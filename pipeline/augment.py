@@ -13,7 +13,9 @@ Training (§6.1 "project equivalent for stored frames"), all draws from the samp
      torchvision semantics) → horizontal flip p=0.5 → ImageNet normalisation (§6.4).
 Evaluation: the centre window, the stored frame nearest its centre, no RandomVol,
 Resize(short side size/0.875) → CenterCrop(size) — deterministic (NOTE: the official evaluation
-draws a random frame; REFERENCE.md §9 B.15).
+draws a random frame; REFERENCE.md §9 B.15). Multi-clip evaluation asks for other views
+(:class:`EvalView`): window k of K evenly spaced over the clip, frame j of J inside the window,
+and optionally the release's test-time RandomVol (a gain drawn from the key and view).
 
 Per-sample work stays in uint8 / float16 views; images cross the worker boundary as uint8 and are
 normalised once per batch by the receiving process (``normalise``). With ``defer_image`` (training
@@ -26,6 +28,7 @@ import json
 import math
 import random
 import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as NF
@@ -124,11 +127,29 @@ def pad_frames(x: torch.Tensor, n: int, fe: AudioFrontend) -> torch.Tensor:
     return x[:, torch.where(r < t, r, period - r)]
 
 
-class Augment:
-    """Raw shard sample → (image uint8 ``[3, S, S]``, audio float32 ``[F, window_frames]``, label)."""
+@dataclass(frozen=True)
+class EvalView:
+    """One evaluation view: window ``clip`` of ``clips`` (centres evenly spaced over the clip),
+    stored frame ``frame`` of ``frames`` (evenly spaced among the frames inside that window),
+    test-time gain ~ U(−vol_db, vol_db) dB seeded by (key, clip, frame). The default is the
+    centre window and its nearest frame."""
 
-    def __init__(self, audio: AudioFrontend, image: ImageSpec, train: bool, defer_image: bool = False):
-        self.audio, self.image, self.train = audio, image, train
+    clip: int = 0
+    clips: int = 1
+    frame: int = 0
+    frames: int = 1
+    vol_db: float = 0.0
+
+
+class Augment:
+    """Raw shard sample → (image uint8 ``[3, S, S]``, audio float32 ``[F, window_frames]``, label).
+
+    label: ``label_index`` (int, −1 unlabelled) or a tuple of indices (multi-label sets).
+    """
+
+    def __init__(self, audio: AudioFrontend, image: ImageSpec, train: bool, defer_image: bool = False,
+                 view: EvalView | None = None):
+        self.audio, self.image, self.train, self.view = audio, image, train, view or EvalView()
         self.defer = train and defer_image
         self.half = audio.window_seconds / 2
         std = torch.tensor(image.std).view(1, 3, 1, 1)
@@ -146,15 +167,27 @@ class Augment:
             centre = times[frame] + rng.uniform(-self.half, self.half)
             gain, flip = rng.uniform(-RANDOM_VOL_DB, RANDOM_VOL_DB), rng.random() < 0.5
         else:
-            centre, gain, flip = dur / 2, 0.0, False
-            frame = min(range(len(times)), key=lambda i: abs(times[i] - centre))
+            (centre, frame, gain), flip = self._eval_view(raw.get("__key__", ""), dur, times), False
         return self._image(raw, frame, rng, flip), self._audio(raw, dur, centre, gain), label
+
+    def _eval_view(self, key: str, dur: float, times: list[float]) -> tuple[float, int, float]:
+        """(window centre, frame index, gain dB) of ``self.view``."""
+        v, half = self.view, self.half
+        span = max(dur - 2 * half, 0.0)
+        centre = half + span * v.clip / (v.clips - 1) if v.clips > 1 and span > 0 else dur / 2
+        nearest = sorted(range(len(times)), key=lambda i: (abs(times[i] - centre), i))
+        inside = sorted(i for i in nearest if abs(times[i] - centre) <= half) or nearest[:1]
+        frame = (inside[round(v.frame * (len(inside) - 1) / (v.frames - 1))] if v.frames > 1
+                 else nearest[0])
+        gain = random.Random(f"{key}/{v.clip}/{v.frame}").uniform(-v.vol_db, v.vol_db) if v.vol_db else 0.0
+        return centre, frame, gain
 
     def _meta(self, raw: dict) -> tuple[float, list[float], int]:
         try:
             meta = json.loads(raw[META_EXT])
             dur, times = float(meta["clip_seconds"]), [float(t) for t in meta["frame_times"]]
-            label = int(meta.get("label_index", -1))
+            index = meta.get("label_index", -1)
+            label = tuple(int(i) for i in index) if isinstance(index, list) else int(index)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise SampleError("meta", f"{META_EXT}: {type(e).__name__}: {e}") from None
         if not times or dur <= 0:

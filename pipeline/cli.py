@@ -21,6 +21,7 @@ COMMANDS = {
     "shards": ("preprocess.cli", "build, verify, inspect and merge WebDataset shard sets"),
     "data": ("pipeline.data_cli", "streaming loader tools (data bench)"),
     "train": ("pipeline.train", "pretrain in this process (single rank)"),
+    "eval": ("pipeline.evaluate", "downstream evaluation: linear probe, fine-tune, dense tasks"),
     "export": ("pipeline.export", "export a training checkpoint to official-key safetensors"),
     "probe": ("pipeline.probe", "kNN probe of model weights on a labelled shard set"),
     "runs": ("pipeline.runs", "compare MLflow runs; send a run's pending tracking records"),

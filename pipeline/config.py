@@ -158,6 +158,13 @@ def _plain(x: Any) -> Any:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read YAML at ``path`` (optional), apply ``a.b=value`` overrides, validate."""
+    cfg = from_dict(Config, raw_tree(path, overrides))
+    validate(cfg)
+    return cfg
+
+
+def raw_tree(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The YAML mapping at ``path`` (optional) with ``a.b=value`` overrides applied, unvalidated."""
     raw: dict = {}
     if path is not None:
         try:
@@ -173,9 +180,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_steps=20")
         _set_dotted(raw, key.strip(), yaml.safe_load(value) if value != "" else None)
-    cfg = from_dict(Config, raw)
-    validate(cfg)
-    return cfg
+    return raw
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

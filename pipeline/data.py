@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.presets import AudioFrontend, ImageSpec
-from pipeline.augment import Augment
+from pipeline.augment import Augment, EvalView
 from pipeline.config import DataConfig
 from pipeline.datastream import STAGES, DataError, StreamSpec, check_error_rate, stream_batches
 from pipeline.epochplan import EpochPlan
@@ -82,7 +82,7 @@ class _EpochStreams(IterableDataset):
 
 class ShardLoader:
     """Batches of one rank: {"image" [B,3,S,S], "audio" [B,1,F,T] (time-major [B,1,T,F]),
-    "key" list[str], "label" int64 [B] (-1 unlabelled)}; see the module docstring.
+    "key" list[str], "label" int64 [B] (-1 unlabelled; multi-label sets: multi-hot float32 [B, C])}; see the module docstring.
 
     One iteration is live at a time: ``iter()`` closes the previous one (and its workers).
     Image and audio arrive on ``device``: images cross to it as uint8 and are normalised there
@@ -94,7 +94,7 @@ class ShardLoader:
 
     def __init__(self, cfg: DataConfig, *, audio: AudioFrontend, image: ImageSpec, rank: int,
                  world_size: int, seed: int, train: bool = True, labels: bool = False,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", view: EvalView | None = None):
         self.cfg, self.rank, self.world_size, self.device = cfg, rank, world_size, torch.device(device)
         self.manifest = read_manifest(cfg.shards)
         _check_manifest(self.manifest, cfg.shards, audio, labels)
@@ -104,10 +104,11 @@ class ShardLoader:
                               interleave=cfg.interleave)
         defer = cfg.decode == "device" or (cfg.decode == "auto" and self.device.type == "cuda")
         self.spec = StreamSpec(cfg.shards, self.manifest["shards"], self.plan,
-                               Augment(audio, image, train, defer_image=defer), rank, labels, cfg.max_error_rate,
-                               cfg.s3_retries, cfg.s3_retry_seconds,
+                               Augment(audio, image, train, defer_image=defer, view=view), rank, labels,
+                               cfg.max_error_rate, cfg.s3_retries, cfg.s3_retry_seconds,
                                (cfg.s3_connect_timeout, cfg.s3_read_timeout),
-                               cfg.cache_dir, cfg.cache_limit_gb)
+                               cfg.cache_dir, cfg.cache_limit_gb,
+                               len(self.manifest["labels"]) if labels and self.manifest.get("multi_label") else 0)
         self.epoch, self._batches, self._cursors = 0, 0, [0] * self.plan.streams
         self._segment, self._offset = self.plan, 0     # the current epoch's plan; batches before it
         self._errors, self._good, self._refilled = Counter({s: 0 for s in STAGES}), 0, 0
@@ -277,9 +278,10 @@ def _check_manifest(manifest: dict, root: str, audio: AudioFrontend, labels: boo
 
 def build_loader(cfg: DataConfig, *, audio: AudioFrontend, image: ImageSpec, rank: int,
                  world_size: int, seed: int, train: bool = True, labels: bool = False,
-                 device: torch.device | str = "cpu") -> ShardLoader:
-    """The loader of ``rank`` for ``cfg.shards``; see :class:`ShardLoader`."""
+                 device: torch.device | str = "cpu", view: EvalView | None = None) -> ShardLoader:
+    """The loader of ``rank`` for ``cfg.shards``; see :class:`ShardLoader` (``view``: which
+    evaluation view an eval loader yields, multi-clip evaluation)."""
     if not cfg.shards:
         raise ValueError("data.shards: empty — set it to a shard-set directory or s3://bucket/prefix")
     return ShardLoader(cfg, audio=audio, image=image, rank=rank, world_size=world_size,
-                       seed=seed, train=train, labels=labels, device=device)
+                       seed=seed, train=train, labels=labels, device=device, view=view)

@@ -140,6 +140,7 @@ class StreamSpec:
     timeouts: tuple[float, float]
     cache_dir: str | None
     cache_limit_gb: float
+    classes: int = 0        # multi-label set: labels become multi-hot [B, classes]
 
     def store(self) -> ShardStore:
         return ShardStore(self.root, self.shards, retries=self.retries, budget=self.retry_seconds,
@@ -193,6 +194,16 @@ def usable_samples(spec: StreamSpec, epoch: int, stream: int, cursor: int,
         yield position + 1, raw["__key__"], item, position >= n
 
 
+def collate_labels(labels: list, wanted: bool, classes: int) -> torch.Tensor:
+    """int64 ``[B]`` (−1 when not ``wanted``) or, with ``classes`` > 0, multi-hot float32 ``[B, classes]``."""
+    if not (wanted and classes):
+        return torch.tensor([lab if wanted else -1 for lab in labels], dtype=torch.int64)
+    hot = torch.zeros(len(labels), classes)
+    for i, lab in enumerate(labels):
+        hot[i, list(lab) if isinstance(lab, tuple) else ([lab] if lab >= 0 else [])] = 1.0
+    return hot
+
+
 def rss_mb() -> float:
     """Current resident set size of this process (MiB). NOTE: not ``ru_maxrss``, which a forked
     worker inherits from its parent's history."""
@@ -214,7 +225,7 @@ def stream_batches(spec: StreamSpec, epoch: int, stream: int, cursor: int,
         chunk = [next(samples) for _ in range(spec.plan.batch_size)]
         items = [item for _, _, item, _ in chunk]
         image, audio = spec.augment.collate(items, shared)
-        labels = torch.tensor([lab if spec.labels else -1 for *_, lab in items], dtype=torch.int64)
+        labels = collate_labels([lab for *_, lab in items], spec.labels, spec.classes)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         yield {"image": image, "audio": audio, "key": [key for _, key, _, _ in chunk], "label": labels,
                "_meta": {"batch": j, "stream": stream, "cursor": chunk[-1][0],

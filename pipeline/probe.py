@@ -3,6 +3,10 @@
 Per modality (image, audio, fusion = mean of all fusion tokens): token mean, L2-normalised,
 cosine similarity to every probe feature; the **second** best match is taken (the first is
 the query itself); "all" sums the three similarity matrices.
+
+Scale: ``probe.max_samples`` caps the probe set (the first samples in rank order after
+de-duplication; each rank stops extracting at its share), and similarities are computed for
+``chunk`` queries at a time, so memory is O(chunk · N) instead of O(N²) — same result.
 """
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ MODALITIES = ("image", "audio", "fusion")
 
 
 @torch.no_grad()
-def extract_features(model, loader, device: torch.device, dtype: torch.dtype) -> dict:
-    """Unmasked encoder features of every batch: {"keys", "labels" [N], modality: [N, D]}."""
+def extract_features(model, loader, device: torch.device, dtype: torch.dtype,
+                     max_samples: int | None = None) -> dict:
+    """Unmasked encoder features of every batch (of the first batches holding ``max_samples``):
+    {"keys", "labels" [N], modality: [N, D]}."""
     was_training = model.training
     model.eval()
     feats = {m: [] for m in MODALITIES}
@@ -25,18 +31,21 @@ def extract_features(model, loader, device: torch.device, dtype: torch.dtype) ->
             feats[m].append(out.pooled[m].float().cpu())
         keys.extend(batch["key"])
         labels.append(batch["label"].cpu())
+        if max_samples is not None and len(keys) >= max_samples:
+            break
     model.train(was_training)
     result = {m: torch.cat(v) if v else torch.empty(0) for m, v in feats.items()}
     result.update(keys=keys, labels=torch.cat(labels) if labels else torch.empty(0, dtype=torch.long))
     return result
 
 
-def merge_features(parts: list[dict]) -> dict:
-    """Concatenate per-rank features, dropping repeated keys (rank padding)."""
+def merge_features(parts: list[dict], max_samples: int | None = None) -> dict:
+    """Concatenate per-rank features, dropping repeated keys (rank padding); keep at most
+    ``max_samples`` (the first ones in rank order)."""
     seen, index = set(), []
     flat_keys = [k for p in parts for k in p["keys"]]
     for i, k in enumerate(flat_keys):
-        if k not in seen:
+        if k not in seen and (max_samples is None or len(index) < max_samples):
             seen.add(k)
             index.append(i)
     idx = torch.tensor(index, dtype=torch.long)
@@ -46,20 +55,23 @@ def merge_features(parts: list[dict]) -> dict:
     return merged
 
 
-def knn_top1(feats: dict) -> dict[str, float]:
-    """1-NN accuracy (%) per modality and for "all" (summed similarities)."""
+def knn_top1(feats: dict, chunk: int = 1024) -> dict[str, float]:
+    """1-NN accuracy (%) per modality and for "all" (summed similarities), ``chunk`` queries at a time."""
     labels = feats["labels"]
     if len(labels) < 2:
         raise ValueError("kNN probe needs at least 2 labelled samples")
-    if (labels < 0).any():
-        raise ValueError("kNN probe: the probe shard set has unlabelled samples (label_index missing)")
-    sims = {m: (lambda f: f @ f.T)(F.normalize(feats[m], dim=-1)) for m in MODALITIES}
-    sims["all"] = sum(sims[m] for m in MODALITIES)
-    result = {}
-    for name, sim in sims.items():
-        neighbour = sim.topk(2, dim=1).indices[:, 1]  # NOTE: official rule — skip the best (the query)
-        result[name] = float((labels[neighbour] == labels).float().mean() * 100)
-    return result
+    if labels.ndim != 1 or (labels < 0).any():
+        raise ValueError("kNN probe: the probe shard set has unlabelled or multi-label samples "
+                         "(needs one label_index per sample)")
+    normed = {m: F.normalize(feats[m], dim=-1) for m in MODALITIES}
+    hits = {name: 0 for name in (*MODALITIES, "all")}
+    for lo in range(0, len(labels), chunk):
+        sims = {m: normed[m][lo:lo + chunk] @ normed[m].T for m in MODALITIES}   # [chunk, N]
+        sims["all"] = sum(sims[m] for m in MODALITIES)
+        for name, sim in sims.items():
+            neighbour = sim.topk(2, dim=1).indices[:, 1]  # NOTE: official rule — skip the best (the query)
+            hits[name] += int((labels[neighbour] == labels[lo:lo + chunk]).sum())
+    return {name: hits[name] / len(labels) * 100 for name in hits}
 
 
 def run(args) -> int:
@@ -80,10 +92,10 @@ def run(args) -> int:
                           audio=get_frontend(cfg.audio_frontend), image=cfg.image, rank=0, world_size=1,
                           seed=0, train=False, labels=True)
     try:
-        feats = extract_features(model, loader, torch.device("cpu"), torch.float32)
+        feats = extract_features(model, loader, torch.device("cpu"), torch.float32, args.max_samples)
     finally:
         loader.close()
-    merged = merge_features([feats])  # drops the repeats that pad the last batch
+    merged = merge_features([feats], args.max_samples)  # drops the repeats that pad the last batch
     print(json.dumps({"weights": args.weights, "shards": args.shards, "samples": len(merged["keys"]),
                       "knn_top1": knn_top1(merged)}))
     return 0
@@ -99,4 +111,5 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default=None, help="model preset (default: inferred from the weights)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-samples", type=int, default=None, help="use at most this many probe samples")
     p.set_defaults(func=run)

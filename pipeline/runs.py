@@ -13,7 +13,9 @@ from pipeline.tracking_pending import PENDING_FILE, first_line, sync
 from preprocess.errors import AvfusionError
 from preprocess.urls import redact
 
-METRICS = ("train/loss", "train/loss_image", "train/loss_audio", "probe/knn_top1", "train/samples_per_s")
+METRICS = ("train/loss", "train/loss_image", "train/loss_audio", "probe/knn_top1", "train/samples_per_s",
+           "eval/top1_all", "eval/map_all")
+PRETRAIN_TAG = "avfusion.pretrain_run_id"   # set by evaluations (pipeline/eval) on their runs
 
 
 def compare_table(runs: list, metrics: tuple[str, ...] = METRICS) -> list[list[str]]:
@@ -22,7 +24,8 @@ def compare_table(runs: list, metrics: tuple[str, ...] = METRICS) -> list[list[s
     keys = sorted({k for p in params for k in p})
     differing = [k for k in keys if len({p.get(k) for p in params}) > 1]
     rows = [["", *[f"{r.info.run_name or ''} ({r.info.run_id[:8]})" for r in runs]],
-            ["status", *[r.info.status for r in runs]]]
+            ["status", *[r.info.status for r in runs]],
+            ["evaluates", *[r.data.tags.get(PRETRAIN_TAG, "-")[:8] for r in runs]]]
     rows += [[k, *[p.get(k, "-") for p in params]] for k in differing]
     rows += [[m, *[_fmt(r.data.metrics.get(m)) for r in runs]] for m in metrics]
     return rows

@@ -89,8 +89,9 @@ class Tracker:
     """
 
     def __init__(self, uri: str | None, experiment: str, run_name: str | None, enabled: bool = True,
-                 run_id: str | None = None, system_metrics: bool = True, output_dir: str | Path | None = None):
-        self.enabled = enabled
+                 run_id: str | None = None, system_metrics: bool = True, output_dir: str | Path | None = None,
+                 tags: dict[str, str] | None = None):
+        self.enabled, self.tags = enabled, tags or {}    # tags: set when the run is created
         self.uri, auth = split_credentials(tracking_uri(uri))
         self.experiment, self.run_name = experiment, run_name
         self.system_metrics = system_metrics
@@ -226,7 +227,7 @@ class Tracker:
 
             self._client = MlflowClient(self.uri)
         if self.run_id is None:
-            self.run_id = create_run(self._client, self.uri, self.experiment, self.run_name)
+            self.run_id = create_run(self._client, self.uri, self.experiment, self.run_name, self.tags)
             with self._journal_lock:
                 self._pending.set_run({**self._pending.run, "run_id": self.run_id})
             self._answered()

@@ -122,11 +122,11 @@ def artifact_location(uri: str) -> str | None:
     return (db.parent / f"{db.stem}-artifacts").as_uri()
 
 
-def create_run(client, uri: str, experiment: str, run_name: str | None) -> str:
+def create_run(client, uri: str, experiment: str, run_name: str | None, tags: dict[str, str] | None = None) -> str:
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(
         experiment, artifact_location=artifact_location(uri))
-    return client.create_run(exp_id, run_name=run_name).info.run_id
+    return client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
 
 
 def deliver(client, run_id: str, records: list[dict], answered: Callable[[], None] = lambda: None) -> None:

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from preprocess import shardformat as fmt
 from preprocess.errors import AvfusionError
-from preprocess.inputs import collect_sources, label_names, select_part, source_id
+from preprocess.inputs import collect_sources, select_part, source_id
+from preprocess.labels import class_list, label_counts, label_index
 from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure, available_cores, ordered_map
 from preprocess.progress import progress as show_progress
@@ -58,6 +59,7 @@ class BuildConfig:
     seed: int = 0
     window: int = 256               # inputs whose clips are permuted together
     force: bool = False             # replace a shard set (or unfinished build) at ``out``
+    classes: tuple[str, ...] | None = None   # fixed class list (--classes); None: sorted labels seen
 
 
 @dataclass
@@ -70,11 +72,11 @@ class Progress:
 def build(cfg: BuildConfig) -> dict | None:
     """Build (or finish) the shard set; returns its manifest, ``None`` if it was complete."""
     sources = collect_sources(list(cfg.inputs))
-    labels = label_names(sources)
+    labels, multi = class_list([s.label for s in sources], cfg.classes)
     if cfg.shuffle:
         sources = shuffled(sources, cfg.seed, name=lambda s: s.path)
     tasks = [Task(s.path, source_id(s.path), s.label,
-                  labels.index(s.label) if s.label is not None else None)
+                  label_index(s.label, labels, multi, s.path) if s.label is not None else None)
              for s in select_part(sources, cfg.part_index, cfg.num_parts)]
     record = _config_record(cfg, tasks)
     store = Store(cfg.out)
@@ -85,6 +87,10 @@ def build(cfg: BuildConfig) -> dict | None:
     _run(store, cfg, tasks, progress)
     manifest = make_manifest(cfg.options.preset_record(), progress.shards, len(progress.errors),
                              labels, record)
+    if labels:
+        failed = {e["source"] for e in progress.errors}
+        done = [t.label_index for t in tasks if t.path not in failed and t.label_index is not None]
+        manifest.update(multi_label=multi, labelled_inputs=len(done), label_counts=label_counts(done, len(labels)))
     write_errors(store, progress.errors)
     write_manifest(store, manifest)
     store.remove(fmt.PROGRESS_DIR)

@@ -96,6 +96,9 @@ def _add_build(sub) -> None:
                    help="build only this slice of the (shuffled) inputs (default: "
                         "$JOB_COMPLETION_INDEX when --num-parts > 1)")
     p.add_argument("--num-parts", type=int, default=1, help="number of slices (default 1)")
+    p.add_argument("--classes", default=None, metavar="FILE",
+                   help="class list (one name per line or first CSV column) fixing label_index, so "
+                        "that train and test sets agree (default: the sorted labels seen)")
     p.set_defaults(func=_build)
 
 
@@ -168,7 +171,7 @@ def _build(args: argparse.Namespace) -> int:
         tuple(args.inputs), args.out, opts, samples_per_shard=args.samples_per_shard,
         workers=args.workers, timeout=args.timeout, decode_threads=args.decode_threads,
         resume=args.resume, part_index=part, num_parts=args.num_parts, shuffle=args.shuffle,
-        seed=args.seed, window=args.shuffle_window, force=args.force))
+        seed=args.seed, window=args.shuffle_window, force=args.force, classes=_classes(args.classes)))
     if manifest is None:
         print(f"{args.out}: already complete", file=sys.stderr)
         return 0
@@ -178,6 +181,19 @@ def _build(args: argparse.Namespace) -> int:
         print(f"error: no input yielded a sample (see {args.out}/errors.jsonl)", file=sys.stderr)
         return 1
     return 3 if args.strict and manifest["num_failed"] else 0
+
+
+def _classes(path: str | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    import fsspec
+
+    from preprocess.labels import read_class_file
+    try:
+        with fsspec.open(path, "rt", encoding="utf-8-sig") as f:
+            return tuple(read_class_file(path, f.read()))
+    except FileNotFoundError:
+        raise AvfusionError(f"--classes {path}: no such file") from None
 
 
 def _verify(args: argparse.Namespace) -> int:

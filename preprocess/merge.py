@@ -15,6 +15,7 @@ import json
 
 from preprocess import shardformat as fmt
 from preprocess.errors import AvfusionError
+from preprocess.labels import remap_index
 from preprocess.progress import progress
 from preprocess.shards import (
     ShardWriter,
@@ -53,6 +54,13 @@ def merge(parts: list[str], out: str) -> dict:
     manifest = make_manifest(manifests[0]["preset"], shards, len(errors), labels,
                              {"merged_from": list(parts),
                               "parts": [m["created_by"]["config"] for m in manifests]})
+    if labels:
+        counts = [0] * len(labels)
+        for m in manifests:
+            for name, n in zip(m.get("labels", []), m.get("label_counts") or [], strict=False):
+                counts[labels.index(name)] += n
+        manifest.update(multi_label=any(m.get("multi_label") for m in manifests), label_counts=counts,
+                        labelled_inputs=sum(m.get("labelled_inputs", 0) for m in manifests))
     write_manifest(dest, manifest)
     return manifest
 
@@ -87,7 +95,7 @@ def _relabel(sample: fmt.Sample, remap: list[int]) -> fmt.Sample:
         if ext == fmt.META_EXT:
             meta = json.loads(data)
             if meta.get("label_index") is not None:
-                meta["label_index"] = remap[meta["label_index"]]
+                meta["label_index"] = remap_index(meta["label_index"], remap)
             data = json.dumps(meta).encode()
         out.append((ext, data))
     return key, out

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from preprocess import shardformat as fmt
+from preprocess.labels import label_problem
 from preprocess.progress import progress
 from preprocess.shards import read_errors, read_manifest
 from preprocess.storage import Store
@@ -70,6 +71,7 @@ class _SampleCheck:
         self.fe = fmt.AudioFrontend(**manifest["preset"]["audio"])
         self.frame_size = manifest["preset"]["frame_size"]
         self.labels = manifest.get("labels", [])
+        self.multi_label = bool(manifest.get("multi_label"))
 
     def __call__(self, sample: fmt.Sample) -> list[str]:
         key, members = sample
@@ -97,11 +99,9 @@ class _SampleCheck:
             out.append(f"frame_times outside [0, {meta['clip_seconds']}): {times}")
         out += [p for i, jpg in enumerate(frames) if jpg is not None
                 for p in self._jpeg(fmt.frame_ext(i), jpg)]
-        if "label" in meta and (meta.get("label_index") is None
-                                or not 0 <= meta["label_index"] < len(self.labels)
-                                or self.labels[meta["label_index"]] != meta["label"]):
-            out.append(f"label {meta['label']!r} / label_index {meta.get('label_index')} "
-                       f"disagree with the manifest's labels")
+        problem = label_problem(meta, self.labels, self.multi_label)
+        if problem:
+            out.append(problem)
         return out
 
     def _jpeg(self, name: str, data: bytes) -> list[str]:

@@ -48,6 +48,12 @@ def _add_synth(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=available_cores(),
                    help="encoder processes (default: all available cores)")
+    p.add_argument("--masks", action="store_true",
+                   help="also write ground truth per video: NNNNN/NNNNN_<s>.png masks of the "
+                        "sounding object, one per second, and NNNNN/source.wav (clean track); "
+                        "labels.csv gains a 'masks' column")
+    p.add_argument("--two-sources", action="store_true",
+                   help="two sounding objects (two classes) per clip; label 'a;b'")
     p.set_defaults(func=_synth)
 
 
@@ -141,7 +147,10 @@ def _synth(args: argparse.Namespace) -> int:
                  ("--seconds", args.seconds, args.seconds >= 1, "seconds >= 1"),
                  ("--classes", args.classes, args.classes >= 1, "an integer >= 1"),
                  ("--workers", args.workers, args.workers >= 1, "an integer >= 1"))
-    synth(args.out, args.videos, args.seconds, args.classes, args.seed, args.workers)
+    check_ranges(("--classes", args.classes, args.classes >= 2 or not args.two_sources,
+                  "an integer >= 2 with --two-sources"))
+    synth(args.out, args.videos, args.seconds, args.classes, args.seed, args.workers,
+          masks=args.masks, two_sources=args.two_sources)
     return 0
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from tqdm import tqdm
 
 from preprocess import shardformat as fmt
+from preprocess.dense_members import declared_members
 from preprocess.errors import AvfusionError
 from preprocess.inputs import collect_sources, select_part, source_id
 from preprocess.labels import class_list, label_counts, label_index
@@ -76,7 +77,8 @@ def build(cfg: BuildConfig) -> dict | None:
     if cfg.shuffle:
         sources = shuffled(sources, cfg.seed, name=lambda s: s.path)
     tasks = [Task(s.path, source_id(s.path), s.label,
-                  label_index(s.label, labels, multi, s.path) if s.label is not None else None)
+                  label_index(s.label, labels, multi, s.path) if s.label is not None else None,
+                  s.masks)
              for s in select_part(sources, cfg.part_index, cfg.num_parts)]
     record = _config_record(cfg, tasks)
     store = Store(cfg.out)
@@ -87,6 +89,7 @@ def build(cfg: BuildConfig) -> dict | None:
     _run(store, cfg, tasks, progress)
     manifest = make_manifest(cfg.options.preset_record(), progress.shards, len(progress.errors),
                              labels, record)
+    manifest["members"] = declared_members(any(t.masks for t in tasks), cfg.options.keep_waveform)
     if labels:
         failed = {e["source"] for e in progress.errors}
         done = [t.label_index for t in tasks if t.path not in failed and t.label_index is not None]
@@ -172,7 +175,8 @@ def _commit(store: Store, writer: ShardWriter, cursor: tuple[int, int], pending:
 
 def _config_record(cfg: BuildConfig, tasks: list[Task]) -> dict:
     """What determines the output bytes (execution settings such as workers excluded)."""
-    listing = "".join(f"{t.path}\t{t.label}\n" for t in tasks).encode()
+    listing = "".join("\t".join(map(str, (t.path, t.label, *[t.masks] * bool(t.masks)))) + "\n"
+                      for t in tasks).encode()
     return {"inputs": [redact(i) for i in cfg.inputs], "part_index": cfg.part_index, "num_parts": cfg.num_parts,
             "num_sources": len(tasks), "sources_sha256": hashlib.sha256(listing).hexdigest(),
             "samples_per_shard": cfg.samples_per_shard, "options": asdict(cfg.options),

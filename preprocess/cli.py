@@ -77,6 +77,8 @@ def _add_build(sub) -> None:
                    help="shortest final partial clip kept (default 2)")
     p.add_argument("--frame-rate", type=float, default=1.0, help="stored frames per second (default 1)")
     p.add_argument("--frame-size", type=int, default=256, help="frame short side (default 256)")
+    p.add_argument("--keep-waveform", action="store_true",
+                   help="also store the clip's mono waveform as <key>.flac (for separation)")
     p.add_argument("--samples-per-shard", type=int, default=1000,
                    help="samples per tar shard (default 1000)")
     p.add_argument("--workers", type=int, default=available_cores(),
@@ -158,7 +160,7 @@ def _build(args: argparse.Namespace) -> int:
     from preprocess.build import BuildConfig, build
     from preprocess.options import SampleOptions
     opts = SampleOptions(args.preset, args.clip_seconds, args.min_clip_seconds,
-                         args.frame_rate, args.frame_size)
+                         args.frame_rate, args.frame_size, keep_waveform=args.keep_waveform)
     part = args.part_index
     if part is None:
         part = int(os.environ.get("JOB_COMPLETION_INDEX", "0")) if args.num_parts > 1 else 0

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 class Source:
     path: str                      # as given / discovered: local path or URL
     label: str | None = None
+    masks: str | None = None       # folder of per-second mask PNGs (CSV ``masks`` column)
 
 
 def collect_sources(inputs: list[str]) -> list[Source]:
@@ -121,7 +122,7 @@ def _report_unreadable(e: OSError) -> None:
 
 def _read_list(arg: str, text: str) -> list[Source]:
     if arg.lower().endswith(".txt"):
-        rows = [(line.strip(), None) for line in text.splitlines()]
+        rows = [(line.strip(), None, None) for line in text.splitlines()]
         rows = [r for r in rows if r[0] and not r[0].startswith("#")]
     else:
         reader = csv.DictReader(io.StringIO(text))
@@ -130,11 +131,13 @@ def _read_list(arg: str, text: str) -> list[Source]:
         if col is None:
             raise AvfusionError(f"{arg}: expected a CSV header with a 'path' column "
                              f"(got: {', '.join(fields) or 'nothing'})")
-        rows = [((r.get(col) or "").strip(), (r.get("label") or "").strip() or None)
+        rows = [((r.get(col) or "").strip(), (r.get("label") or "").strip() or None,
+                 (r.get("masks") or "").strip() or None)
                 for r in ({k.strip(): v for k, v in r.items() if k} for r in reader)]
         rows = [r for r in rows if r[0]]
     base = posixpath.dirname(arg) if is_url(arg) else os.path.dirname(arg)
-    return [Source(_resolve(base, p), label) for p, label in rows]
+    return [Source(_resolve(base, r[0]), *r[1:2], *[_resolve(base, m) for m in r[2:] if m])
+            for r in rows]
 
 
 def _resolve(base: str, entry: str) -> str:

@@ -17,6 +17,7 @@ class SampleOptions:
     frame_rate: float = 1.0
     frame_size: int = 256
     jpeg_quality: int = fmt.JPEG_QUALITY
+    keep_waveform: bool = False     # <key>.flac: the clip's mono waveform (separation)
 
     def problems(self) -> list[str]:
         """Unusable values, one line each (empty when all is well)."""
@@ -39,7 +40,7 @@ class SampleOptions:
     def preset_record(self) -> dict:
         """The manifest's ``preset`` entry (docs/FORMAT.md)."""
         record = asdict(self)
-        del record["preset"]
+        del record["preset"], record["keep_waveform"]     # declared in the manifest's members
         return {"audio": fmt.get_frontend(self.preset).as_dict(), **record}
 
 
@@ -49,3 +50,4 @@ class Task:
     source_id: str
     label: str | None = None
     label_index: int | None = None
+    masks: str | None = None        # folder of per-second mask PNGs

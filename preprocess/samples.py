@@ -11,6 +11,7 @@ import json
 from preprocess import shardformat as fmt
 from preprocess.clips import EPS, clip_spans, frame_offsets, frame_targets
 from preprocess.decode import MediaError, MediaFile, decode_audio, decode_video
+from preprocess.dense_members import flac_bytes, mask_files, mask_members
 from preprocess.features import encode_frame, log_mel, npy_bytes, resample
 from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure
@@ -51,7 +52,9 @@ def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[fmt.
         picks = [video.picks.get((k, i)) for i in range(len(frame_offsets(seconds, opts.frame_rate)))]
         frames = [p for p in picks if p is not None and p[0] - clip_start < seconds]
         if frames:     # NOTE: a clip without any video frame inside it (a gap) is skipped
-            samples.append(_sample(task, k, clip_start, seconds, frames, log_mel(clip, fe), fe))
+            sample = _sample(task, k, clip_start, seconds, frames, log_mel(clip, fe), fe)
+            sample[1].extend(dense_members(task, opts, frames, clip, fe.sample_rate))
+            samples.append(sample)
     if not samples:
         raise _short(max(0.0, end - start), opts)
     return samples
@@ -69,6 +72,13 @@ def _sample(task: Task, k: int, clip_start: float, seconds: float,
     members = [(fmt.META_EXT, json.dumps(meta).encode()), (fmt.MEL_EXT, npy_bytes(mel))]
     members += [(fmt.frame_ext(i), jpeg) for i, (_, jpeg) in enumerate(frames)]
     return f"{task.source_id}_{k}", members
+
+
+def dense_members(task: Task, opts: SampleOptions, frames: list[tuple[float, bytes]],
+                  clip, rate: int) -> list[tuple[str, bytes]]:
+    """The optional ``fNN.mask.png`` and ``flac`` members (docs/FORMAT.md)."""
+    members = mask_members(mask_files(task.masks), frames) if task.masks else []
+    return members + ([(fmt.WAVE_EXT, flac_bytes(clip, rate))] if opts.keep_waveform else [])
 
 
 def _short(overlap: float, opts: SampleOptions) -> MediaError:

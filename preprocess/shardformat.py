@@ -38,6 +38,10 @@ MEL_EXT = "mel.npy"                 # float16 [n_mels, T] log-mel of the whole c
 META_EXT = "json"                   # {source, clip_start, clip_seconds, frame_times, ...}
 FRAME_EXT = "f{index:02d}.jpg"      # frames in time order, short side = frame_size
 JPEG_QUALITY = 90                   # stored frames (the preset records it)
+# Optional members (dense tasks), declared in the manifest's ``members``:
+MASK_EXT = "f{index:02d}.mask.png"  # 8-bit grey mask of frame fNN (255 = the sounding object)
+WAVE_EXT = "flac"                   # the clip's mono waveform at the preset rate
+MEMBERS = ("mask", "flac")
 
 Sample = tuple[str, list[tuple[str, bytes]]]     # key, [(extension, bytes)] in tar order
 
@@ -52,6 +56,10 @@ class CorruptShard(AvfusionError):
 
 def shard_name(index: int) -> str:
     return SHARD_NAME.format(index=index)
+
+
+def mask_ext(index: int) -> str:
+    return MASK_EXT.format(index=index)
 
 
 def frame_ext(index: int) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from preprocess import shardformat as fmt
+from preprocess.dense_members import check_members
 from preprocess.labels import label_problem
 from preprocess.progress import progress
 from preprocess.shards import read_errors, read_manifest
@@ -72,6 +73,7 @@ class _SampleCheck:
         self.frame_size = manifest["preset"]["frame_size"]
         self.labels = manifest.get("labels", [])
         self.multi_label = bool(manifest.get("multi_label"))
+        self.members = manifest.get("members", [])
 
     def __call__(self, sample: fmt.Sample) -> list[str]:
         key, members = sample
@@ -92,7 +94,10 @@ class _SampleCheck:
             out.append("key does not match source_id/clip_index")
         times = meta.get("frame_times", [])
         frames = [files.get(fmt.frame_ext(i)) for i in range(meta.get("n_frames", -1))]
-        if not frames or len(times) != len(frames) or len(files) != 2 + len(frames) or None in frames:
+        dense_problems, optional = check_members(files, meta, self.members)
+        out += dense_problems
+        if not frames or len(times) != len(frames) or len(files) != 2 + len(frames) + optional \
+                or None in frames:
             out.append(f"n_frames {meta.get('n_frames')}, {len(times)} frame_times, "
                        f"{len(files) - 2} other members")
         if any(not 0 <= t < meta["clip_seconds"] for t in times):

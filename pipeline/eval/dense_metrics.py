@@ -15,7 +15,6 @@ All results are percentages.
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
@@ -102,7 +101,7 @@ def _iou(pred: Tensor, gt: Tensor) -> Tensor:
 def _f_measure(prob: Tensor, gt: Tensor) -> Tensor:
     """``[N, len(F_THRESHOLDS)]`` F_β per frame and threshold (counts ``p >= t`` by sorting)."""
     out = []
-    for p, g in zip(prob, gt):
+    for p, g in zip(prob, gt, strict=True):
         t = F_THRESHOLDS.to(p)
         positive = len(p) - torch.searchsorted(p.sort().values, t).double()
         tp = g.sum() - torch.searchsorted(p[g].sort().values, t).double()

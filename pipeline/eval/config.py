@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import ConfigError, DataConfig, TrackingConfig, from_dict, raw_tree
+from pipeline.eval.dense_config import AVSConfig, LocalizationConfig, SeparationConfig
 
 TASK_NAMES = ("linear", "finetune", "avs", "separation", "localization")
 
@@ -108,6 +109,9 @@ class EvalConfig:
     train: EvalTrainConfig = field(default_factory=EvalTrainConfig)
     eval: EvalScheduleConfig = field(default_factory=EvalScheduleConfig)
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
+    avs: AVSConfig = field(default_factory=AVSConfig)
+    separation: SeparationConfig = field(default_factory=SeparationConfig)
+    localization: LocalizationConfig = field(default_factory=LocalizationConfig)
     # the pretraining experiment by default, so `avfusion runs compare` shows runs and their evaluations
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -120,6 +124,7 @@ _CHOICES = {
     "train.zero_stage": (0, 1, 2, 3),
     "classification.loss": ("auto", "ce", "bce"),
     "classification.bias_init": ("zero", "class_freq"),
+    "localization.embedding": ("audio", "fusion"),
 }
 
 

@@ -1,0 +1,76 @@
+"""AVS segmentation, AVSBench S4 protocol (REFERENCE.md §8): encoder + AVSHead trained with
+BCE-with-logits on (frame, mask) pairs, scored with mIoU / F-score next to a centred prior.
+
+Steps: training items (one random masked frame per sample, audio jitter, the training set passed
+``avs.oversample`` times per epoch) → head on the image states of ``avs.layers`` and the last
+audio tokens → BCE → AdamW with layer decay → evaluation on every masked frame of ``data.test``:
+the model's sigmoid map and the centred Gaussian prior, each into a :class:`SegmentationMeter`
+→ sums over ranks → metrics + ``baseline_`` twins → overlays (frame | truth | prediction).
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.heads_dense import AVSHead
+from pipeline.distributed import DistInfo
+from pipeline.eval.config import EvalConfig
+from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
+from pipeline.eval.dense_figures import overlay_grid
+from pipeline.eval.dense_loop import DenseModel, DenseRun
+from pipeline.eval.dense_metrics import SegmentationMeter, centred_prior
+
+
+def run(cfg: EvalConfig, info: DistInfo) -> dict:
+    r = DenseRun(cfg, info)
+    acfg = cfg.avs
+    layers = [r.layer(i) for i in acfg.layers]
+    head = AVSHead(r.mcfg.embed_dim, r.grid, tuple(acfg.channels)).to(info.device)
+    model = DenseModel(r.encoder, head)
+    train_spec = DenseSpec(r.size, r.audio, masks=True, train=True, jitter_seconds=acfg.audio_jitter)
+    n_train = check_members(cfg.data.train, train_spec)["num_samples"]
+
+    def epoch_batches(epoch: int):
+        items = itertools.chain.from_iterable(
+            dense_items(cfg.data.train, train_spec, info.rank, info.world_size,
+                        seed=cfg.train.seed * 7919 + epoch * acfg.oversample + k)
+            for k in range(acfg.oversample))
+        return batches(items, cfg.data.batch_size)
+
+    def loss_fn(m: nn.Module, batch: dict) -> Tensor:
+        logits = _logits(m, r, layers, batch)
+        return F.binary_cross_entropy_with_logits(logits, batch["mask"].float().to(logits.device))
+
+    steps = n_train * acfg.oversample // (cfg.data.batch_size * info.world_size)
+    r.train(model, epoch_batches, loss_fn, steps)
+    return _evaluate(r, model, layers)
+
+
+def _logits(m: nn.Module, r: DenseRun, layers: list[int], batch: dict) -> Tensor:
+    """``[B, S, S]`` mask logits."""
+    m = getattr(m, "module", m)
+    out = m.encoder(r.image(batch), batch["audio"].to(r.info.device), return_layers=True)
+    return m.head([out.layers[i][0] for i in layers], out.audio)[:, 0]
+
+
+@torch.no_grad()
+def _evaluate(r: DenseRun, model: DenseModel, layers: list[int]) -> dict:
+    cfg = r.cfg
+    spec = DenseSpec(r.size, r.audio, masks=True)
+    meters = {"model": SegmentationMeter(), "baseline": SegmentationMeter()}
+    shown: list[tuple] = []
+    bs = cfg.data.test_batch_size or cfg.data.batch_size
+    for batch in batches(dense_items(cfg.data.test, spec, r.info.rank, r.info.world_size), bs):
+        prob = torch.sigmoid(_logits(model, r, layers, batch)).cpu()
+        meters["model"].update(prob, batch["mask"])
+        meters["baseline"].update(centred_prior(len(prob), r.size, r.size, cfg.avs.prior_sigma), batch["mask"])
+        shown += list(zip(batch["image"], batch["mask"], prob, strict=True))[:cfg.avs.artifacts - len(shown)]
+    for meter in meters.values():
+        meter.sums = r.reduce(meter.sums)
+    metrics = meters["model"].result()
+    metrics.update({f"baseline_{k}": v for k, v in meters["baseline"].result().items()})
+    figures = [overlay_grid(shown, r.out / "avs_overlays.png")] if r.info.is_main and shown else []
+    return r.finish(metrics, figures)

@@ -1,0 +1,151 @@
+"""Shared machinery of the dense tasks: encoder + head, layer-decayed AdamW training, per-epoch
+checkpoints (a run killed with -9 resumes at its last finished epoch, in the same MLflow run),
+sums across ranks, and the MLflow run.
+
+NOTE: a plain PyTorch loop (DDP across ranks, fp32), not the DeepSpeed engine of the
+classification tasks: the dense heads are small and the dense tasks' loaders are per-frame
+iterators rather than the streaming loader, so ZeRO sharding is not used here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from model.presets import AudioFrontend, get_frontend
+from pipeline.distributed import DistInfo
+from pipeline.eval.config import EvalConfig
+from pipeline.eval.encoder import LoadedEncoder, load_encoder
+from pipeline.eval.optim import apply_lr, layer_decay_groups, schedule
+from pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "dense-checkpoint.pt"
+
+
+class DenseModel(nn.Module):
+    """The encoder and a task head; parameter names ``encoder.*`` / ``head.*`` (layer decay)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module | None):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+
+class DenseRun:
+    """One dense evaluation: the encoder, its input specs, the tracker, the output folder."""
+
+    def __init__(self, cfg: EvalConfig, info: DistInfo):
+        self.cfg, self.info = cfg, info
+        loaded: LoadedEncoder = load_encoder(cfg.encoder)
+        self.encoder, self.mcfg = loaded.encoder.to(info.device), loaded.config
+        self.audio: AudioFrontend = get_frontend(self.mcfg.audio_frontend)
+        self.size = self.mcfg.image.size
+        self.grid = self.size // self.mcfg.patch_size
+        self.depth = len(self.encoder.image.blocks)
+        std = torch.tensor(self.mcfg.image.std).view(1, 3, 1, 1)
+        self._scale, self._shift = 1 / (255 * std), torch.tensor(self.mcfg.image.mean).view(1, 3, 1, 1) / std
+        self.out = Path(cfg.train.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = self._load_checkpoint()
+        self.state = state or {}
+        self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
+                               enabled=cfg.tracking.enabled and info.is_main,
+                               run_id=self.state.get("mlflow_run_id"),
+                               system_metrics=cfg.tracking.system_metrics,
+                               tags={"task": cfg.task, "encoder": loaded.source})
+        self.tracker.log_params(asdict(cfg))
+
+    def layer(self, i: int) -> int:
+        """Layer index ``i`` (negative: from the end) checked against the encoder depth."""
+        if not -self.depth <= i < self.depth:
+            raise ValueError(f"layer {i} does not exist in a {self.depth}-layer encoder")
+        return i % self.depth
+
+    def image(self, batch: dict) -> Tensor:
+        """uint8 ``[B, 3, S, S]`` → normalised float32 on the device."""
+        x = batch["image"].float().mul(self._scale).sub(self._shift)
+        return x.to(self.info.device)
+
+    def train(self, model: DenseModel, batches: Callable[[int], Iterator[dict]],
+              loss_fn: Callable[[nn.Module, dict], Tensor], steps_per_epoch: int) -> None:
+        """AdamW with layer decay, warm-up + cosine per iteration; a checkpoint after each epoch.
+
+        Every rank takes a step only while all ranks still have a batch (equal step counts).
+        """
+        cfg, opt_cfg = self.cfg, self.cfg.optim
+        world = self.info.world_size
+        lr = opt_cfg.lr if opt_cfg.lr is not None else opt_cfg.blr * cfg.data.batch_size * world / 256
+        groups = layer_decay_groups(model, self.depth, opt_cfg.weight_decay, opt_cfg.layer_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(opt_cfg.betas))
+        sched = schedule(lr, opt_cfg.epochs, opt_cfg.warmup_epochs)
+        start = 0
+        if self.state:
+            model.load_state_dict(self.state["model"])
+            optimizer.load_state_dict(self.state["optimizer"])
+            start = self.state["epoch"]
+            log.info("resumed from %s at epoch %d", self.out / CHECKPOINT, start)
+        ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        model.train()
+        step = start * steps_per_epoch
+        for epoch in range(start, opt_cfg.epochs):
+            torch.manual_seed(cfg.train.seed * 1000 + epoch)
+            for j, batch in enumerate(_while_all_ranks(batches(epoch))):
+                apply_lr(optimizer, sched, epoch + j / max(steps_per_epoch, 1))
+                loss = loss_fn(ddp, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if step % cfg.train.log_every == 0:
+                    self.tracker.log_metrics({"train/loss": float(loss)}, step)
+                    log.info("epoch %d step %d loss %.4f", epoch, step, float(loss))
+            self._save_checkpoint(model, optimizer, epoch + 1)
+        model.eval()
+
+    def reduce(self, sums: Tensor) -> Tensor:
+        """Element-wise sum of ``sums`` over ranks (float64 kept)."""
+        out = sums.clone()
+        dist.all_reduce(out)
+        return out
+
+    def finish(self, metrics: dict[str, float], artifacts: list[Path]) -> dict[str, float]:
+        """Log ``eval/<name>`` metrics and the artifacts (rank 0); return the metrics rounded."""
+        result = {k: round(float(v), 4) for k, v in metrics.items()}
+        self.tracker.log_metrics({f"eval/{k}": v for k, v in result.items()}, self.state.get("epoch", 0))
+        for path in artifacts:
+            self.tracker.log_artifact(path, "figures")
+        self.tracker.close()
+        return result
+
+    def _load_checkpoint(self) -> dict | None:
+        path = self.out / CHECKPOINT
+        if self.cfg.train.resume == "never" or not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def _save_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        """Rank 0 writes atomically (temp name + rename); all ranks wait for it."""
+        self.state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "mlflow_run_id": self.tracker.run_id}
+        if self.info.is_main:
+            tmp = self.out / f"{CHECKPOINT}.tmp-{os.getpid()}"
+            torch.save(self.state, tmp)
+            tmp.replace(self.out / CHECKPOINT)
+        dist.barrier()
+
+
+def _while_all_ranks(batches: Iterator[dict]) -> Iterator[dict]:
+    """Yield batches while every rank still has one (one tiny all-reduce per step)."""
+    while True:
+        batch = next(batches, None)
+        flag = torch.tensor([0 if batch is None else 1])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if not flag.item():
+            return
+        yield batch

@@ -34,7 +34,8 @@ class DenseSpec:
     audio: AudioFrontend
     masks: bool = False
     waveform: bool = False
-    train: bool = False
+    train: bool = False             # one random frame per sample (else every frame, or the centre one)
+    centre_frame: bool = False      # scoring: only the frame nearest the clip centre
     jitter_seconds: float = 0.0     # training: audio window centre ± this (REFERENCE §8: 0.99 s)
 
 
@@ -73,6 +74,8 @@ def _items(raw: dict, spec: DenseSpec, rng: random.Random) -> Iterator[dict]:
     frames = [i for i in range(len(times)) if not spec.masks or mask_ext(i) in raw]
     if spec.train and frames:
         frames = [rng.choice(frames)]
+    elif spec.centre_frame and frames:
+        frames = [min(frames, key=lambda i: abs(times[i] - meta["clip_seconds"] / 2))]
     mel = parse_mel(raw[MEL_EXT]).float()
     wave = read_flac(bytes(raw[WAVE_EXT]))[0] if spec.waveform else None
     for i in frames:

@@ -8,6 +8,7 @@ iterators rather than the streaming loader, so ZeRO sharding is not used here.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -26,7 +27,8 @@ from pipeline.eval.optim import apply_lr, layer_decay_groups, schedule
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "dense-checkpoint.pt"
+CHECKPOINT = "dense-{name}.pt"       # per trained model (the task's, a trained baseline's)
+RUN_RECORD = "dense-run.json"         # the MLflow run id, so a resumed evaluation logs into it
 
 
 class DenseModel(nn.Module):
@@ -52,14 +54,17 @@ class DenseRun:
         self._scale, self._shift = 1 / (255 * std), torch.tensor(self.mcfg.image.mean).view(1, 3, 1, 1) / std
         self.out = Path(cfg.train.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        state = self._load_checkpoint()
-        self.state = state or {}
+        record = self.out / RUN_RECORD
+        resumed = cfg.train.resume != "never" and record.exists()
         self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
                                enabled=cfg.tracking.enabled and info.is_main,
-                               run_id=self.state.get("mlflow_run_id"),
+                               run_id=json.loads(record.read_text())["mlflow_run_id"] if resumed else None,
                                system_metrics=cfg.tracking.system_metrics,
                                tags={"task": cfg.task, "encoder": loaded.source})
         self.tracker.log_params(asdict(cfg))
+        if info.is_main:
+            _atomic_write(record, json.dumps({"mlflow_run_id": self.tracker.run_id}).encode())
+        self.epochs_done = 0
 
     def layer(self, i: int) -> int:
         """Layer index ``i`` (negative: from the end) checked against the encoder depth."""
@@ -73,7 +78,8 @@ class DenseRun:
         return x.to(self.info.device)
 
     def train(self, model: DenseModel, batches: Callable[[int], Iterator[dict]],
-              loss_fn: Callable[[nn.Module, dict], Tensor], steps_per_epoch: int) -> None:
+              loss_fn: Callable[[nn.Module, dict], Tensor], steps_per_epoch: int,
+              name: str = "model") -> None:
         """AdamW with layer decay, warm-up + cosine per iteration; a checkpoint after each epoch.
 
         Every rank takes a step only while all ranks still have a batch (equal step counts).
@@ -84,12 +90,13 @@ class DenseRun:
         groups = layer_decay_groups(model, self.depth, opt_cfg.weight_decay, opt_cfg.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(opt_cfg.betas))
         sched = schedule(lr, opt_cfg.epochs, opt_cfg.warmup_epochs)
-        start = 0
-        if self.state:
-            model.load_state_dict(self.state["model"])
-            optimizer.load_state_dict(self.state["optimizer"])
-            start = self.state["epoch"]
-            log.info("resumed from %s at epoch %d", self.out / CHECKPOINT, start)
+        start, path = 0, self.out / CHECKPOINT.format(name=name)
+        if self.cfg.train.resume != "never" and path.exists():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start = state["epoch"]
+            log.info("resumed %s at epoch %d", path, start)
         ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
         model.train()
         step = start * steps_per_epoch
@@ -103,9 +110,10 @@ class DenseRun:
                 optimizer.step()
                 step += 1
                 if step % cfg.train.log_every == 0:
-                    self.tracker.log_metrics({"train/loss": float(loss)}, step)
+                    self.tracker.log_metrics({f"train/loss_{name}": float(loss)}, step)
                     log.info("epoch %d step %d loss %.4f", epoch, step, float(loss))
-            self._save_checkpoint(model, optimizer, epoch + 1)
+            self._save_checkpoint(path, model, optimizer, epoch + 1)
+        self.epochs_done = opt_cfg.epochs
         model.eval()
 
     def reduce(self, sums: Tensor) -> Tensor:
@@ -117,27 +125,26 @@ class DenseRun:
     def finish(self, metrics: dict[str, float], artifacts: list[Path]) -> dict[str, float]:
         """Log ``eval/<name>`` metrics and the artifacts (rank 0); return the metrics rounded."""
         result = {k: round(float(v), 4) for k, v in metrics.items()}
-        self.tracker.log_metrics({f"eval/{k}": v for k, v in result.items()}, self.state.get("epoch", 0))
+        self.tracker.log_metrics({f"eval/{k}": v for k, v in result.items()}, self.epochs_done)
         for path in artifacts:
             self.tracker.log_artifact(path, "figures")
         self.tracker.close()
         return result
 
-    def _load_checkpoint(self) -> dict | None:
-        path = self.out / CHECKPOINT
-        if self.cfg.train.resume == "never" or not path.exists():
-            return None
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-    def _save_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    def _save_checkpoint(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         epoch: int) -> None:
         """Rank 0 writes atomically (temp name + rename); all ranks wait for it."""
-        self.state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "mlflow_run_id": self.tracker.run_id}
         if self.info.is_main:
-            tmp = self.out / f"{CHECKPOINT}.tmp-{os.getpid()}"
-            torch.save(self.state, tmp)
-            tmp.replace(self.out / CHECKPOINT)
+            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
+            tmp.replace(path)
         dist.barrier()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _while_all_ranks(batches: Iterator[dict]) -> Iterator[dict]:

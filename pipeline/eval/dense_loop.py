@@ -44,6 +44,7 @@ class DenseRun:
 
     def __init__(self, cfg: EvalConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
+        torch.manual_seed(cfg.train.seed)                  # head (and random-encoder) init
         loaded: LoadedEncoder = load_encoder(cfg.encoder)
         self.encoder, self.mcfg = loaded.encoder.to(info.device), loaded.config
         self.audio: AudioFrontend = get_frontend(self.mcfg.audio_frontend)

@@ -2,7 +2,6 @@
 mask and waveform members round-trip through build → verify → the dense-task reader."""
 from __future__ import annotations
 
-import colorsys
 import csv
 import io
 import json

@@ -26,9 +26,16 @@ from pipeline.eval.dense_metrics import SegmentationMeter, centred_prior
 
 def run(cfg: EvalConfig, info: DistInfo) -> dict:
     r = DenseRun(cfg, info)
-    acfg = cfg.avs
+    model = train_avs(r)
+    return _evaluate(r, model, [r.layer(i) for i in cfg.avs.layers])
+
+
+def train_avs(r: DenseRun, frozen: bool = False) -> DenseModel:
+    """The encoder + AVSHead trained on ``data.train`` (``frozen``: the head only)."""
+    cfg, info, acfg = r.cfg, r.info, r.cfg.avs
     layers = [r.layer(i) for i in acfg.layers]
     head = AVSHead(r.mcfg.embed_dim, r.grid, tuple(acfg.channels)).to(info.device)
+    r.encoder.requires_grad_(not frozen)
     model = DenseModel(r.encoder, head)
     train_spec = DenseSpec(r.size, r.audio, masks=True, train=True, jitter_seconds=acfg.audio_jitter)
     n_train = check_members(cfg.data.train, train_spec)["num_samples"]
@@ -41,15 +48,15 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
         return batches(items, cfg.data.batch_size)
 
     def loss_fn(m: nn.Module, batch: dict) -> Tensor:
-        logits = _logits(m, r, layers, batch)
+        logits = avs_logits(m, r, layers, batch)
         return F.binary_cross_entropy_with_logits(logits, batch["mask"].float().to(logits.device))
 
     steps = n_train * acfg.oversample // (cfg.data.batch_size * info.world_size)
     r.train(model, epoch_batches, loss_fn, steps)
-    return _evaluate(r, model, layers)
+    return model
 
 
-def _logits(m: nn.Module, r: DenseRun, layers: list[int], batch: dict) -> Tensor:
+def avs_logits(m: nn.Module, r: DenseRun, layers: list[int], batch: dict) -> Tensor:
     """``[B, S, S]`` mask logits."""
     m = getattr(m, "module", m)
     out = m.encoder(r.image(batch), batch["audio"].to(r.info.device), return_layers=True)
@@ -64,7 +71,7 @@ def _evaluate(r: DenseRun, model: DenseModel, layers: list[int]) -> dict:
     shown: list[tuple] = []
     bs = cfg.data.test_batch_size or cfg.data.batch_size
     for batch in batches(dense_items(cfg.data.test, spec, r.info.rank, r.info.world_size), bs):
-        prob = torch.sigmoid(_logits(model, r, layers, batch)).cpu()
+        prob = torch.sigmoid(avs_logits(model, r, layers, batch)).cpu()
         meters["model"].update(prob, batch["mask"])
         meters["baseline"].update(centred_prior(len(prob), r.size, r.size, cfg.avs.prior_sigma), batch["mask"])
         shown += list(zip(batch["image"], batch["mask"], prob, strict=True))[:cfg.avs.artifacts - len(shown)]

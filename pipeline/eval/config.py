@@ -125,6 +125,7 @@ _CHOICES = {
     "classification.loss": ("auto", "ce", "bce"),
     "classification.bias_init": ("zero", "class_freq"),
     "localization.embedding": ("audio", "fusion"),
+    "localization.trained": ("none", "contrastive", "masks"),
 }
 
 

@@ -30,6 +30,6 @@ class SeparationConfig:
 class LocalizationConfig:
     layer: int = -1                                  # image layer whose patch tokens are compared
     embedding: str = "audio"                         # audio | fusion: the clip's query embedding
-    trained: bool = False                            # lightweight trained variant (docs/EVAL.md)
+    trained: str = "none"                            # none | contrastive | masks (docs/EVAL.md)
     prior_sigma: float = 0.25
     artifacts: int = 8                               # heatmaps on frames logged

@@ -4,11 +4,13 @@ AUC against the masks next to a centred prior (definitions in docs/EVAL.md).
 Training-free map (default): cosine similarity between the clip's query embedding (audio token
 mean, or fusion token mean with ``localization.embedding: fusion``) and every final-normed patch
 token of image layer ``localization.layer``, bilinearly upsampled to the frame.
-Trained variant (``localization.trained: true``): the encoder stays frozen; two linear maps
-(patch → 128, query → 128) are trained on ``data.train`` with the EZ-VSL objective — the
-audio-visual score of a pair is the maximum patch similarity, and a symmetric InfoNCE
-(temperature 0.07) makes each clip's own frame win over the batch's other frames. No mask is
-used for training; the heatmap is the similarity of the projected tokens.
+Trained variants (the encoder stays frozen, only a small head learns on ``data.train``):
+- ``contrastive``: two linear maps (patch → 128, query → 128) with the EZ-VSL objective — the
+  audio-visual score of a pair is the maximum patch similarity, and a symmetric InfoNCE
+  (temperature 0.07) makes each clip's own frame win over the batch's other frames. No mask is
+  used; the heatmap is the similarity of the projected tokens.
+- ``masks``: the AVS head (``avs.layers`` / ``avs.channels``) trained with BCE on the training
+  masks; the heatmap is its sigmoid map. Supervised, so it is a ceiling rather than a VSL method.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.heads_dense import AVSHead
 from pipeline.distributed import DistInfo
+from pipeline.eval.avs import avs_logits, train_avs
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
 from pipeline.eval.dense_figures import heatmap_grid
@@ -42,9 +46,13 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
     r.layer(cfg.localization.layer)
     r.encoder.requires_grad_(False)
     r.encoder.eval()
-    model = DenseModel(r.encoder, Projections(r.mcfg.embed_dim).to(info.device)
-                       if cfg.localization.trained else None)
-    if model.head is not None:
+    variant = cfg.localization.trained
+    if variant == "masks":
+        model = train_avs(r, frozen=True)
+    else:
+        model = DenseModel(r.encoder, Projections(r.mcfg.embed_dim).to(info.device)
+                           if variant == "contrastive" else None)
+    if variant == "contrastive":
         spec = DenseSpec(r.size, r.audio, train=True)
         n = check_members(cfg.data.train, spec)["num_samples"]
         r.train(model, lambda epoch: batches(dense_items(cfg.data.train, spec, info.rank, info.world_size,
@@ -73,6 +81,9 @@ def _contrastive_loss(r: DenseRun, model: DenseModel, batch: dict) -> Tensor:
 
 def heatmap(r: DenseRun, model: DenseModel, batch: dict) -> Tensor:
     """``[B, S, S]`` similarity map at frame resolution."""
+    if isinstance(model.head, AVSHead):
+        with torch.no_grad():
+            return torch.sigmoid(avs_logits(model, r, [r.layer(i) for i in r.cfg.avs.layers], batch)).cpu()
     patches, query = _tokens(r, batch)
     if model.head is not None:
         with torch.no_grad():

@@ -21,7 +21,7 @@ from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
 from pipeline.eval.dense_figures import overlay_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
-from pipeline.eval.dense_metrics import SegmentationMeter, centred_prior
+from pipeline.eval.dense_metrics import SegmentationMeter
 
 
 def run(cfg: EvalConfig, info: DistInfo) -> dict:
@@ -63,21 +63,7 @@ def avs_logits(m: nn.Module, r: DenseRun, layers: list[int], batch: dict) -> Ten
     return m.head([out.layers[i][0] for i in layers], out.audio)[:, 0]
 
 
-@torch.no_grad()
 def _evaluate(r: DenseRun, model: DenseModel, layers: list[int]) -> dict:
-    cfg = r.cfg
-    spec = DenseSpec(r.size, r.audio, masks=True)
-    meters = {"model": SegmentationMeter(), "baseline": SegmentationMeter()}
-    shown: list[tuple] = []
-    bs = cfg.data.test_batch_size or cfg.data.batch_size
-    for batch in batches(dense_items(cfg.data.test, spec, r.info.rank, r.info.world_size), bs):
-        prob = torch.sigmoid(avs_logits(model, r, layers, batch)).cpu()
-        meters["model"].update(prob, batch["mask"])
-        meters["baseline"].update(centred_prior(len(prob), r.size, r.size, cfg.avs.prior_sigma), batch["mask"])
-        shown += list(zip(batch["image"], batch["mask"], prob, strict=True))[:cfg.avs.artifacts - len(shown)]
-    for meter in meters.values():
-        meter.sums = r.reduce(meter.sums)
-    metrics = meters["model"].result()
-    metrics.update({f"baseline_{k}": v for k, v in meters["baseline"].result().items()})
-    figures = [overlay_grid(shown, r.out / "avs_overlays.png")] if r.info.is_main and shown else []
-    return r.finish(metrics, figures)
+    return r.score_masked_frames(lambda batch: torch.sigmoid(avs_logits(model, r, layers, batch)).cpu(),
+                                 SegmentationMeter, r.cfg.avs.prior_sigma, r.cfg.avs.artifacts,
+                                 overlay_grid, "avs_overlays.png")

@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from model.presets import AudioFrontend, get_frontend
 from pipeline.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
+from pipeline.eval.dense_data import DenseSpec, batches, dense_items
+from pipeline.eval.dense_metrics import centred_prior
 from pipeline.eval.encoder import LoadedEncoder, load_encoder
 from pipeline.eval.optim import apply_lr, layer_decay_groups, schedule
 from pipeline.tracking import Tracker
@@ -122,6 +124,28 @@ class DenseRun:
         out = sums.clone()
         dist.all_reduce(out)
         return out
+
+    @torch.no_grad()
+    def score_masked_frames(self, predict: Callable[[dict], Tensor], meter: type, sigma: float,
+                            shown_max: int, draw: Callable[[list[tuple], Path], Path], figure: str) -> dict:
+        """Score ``predict(batch) → [B, S, S]`` and the centred prior (``sigma``) with ``meter`` on
+        every masked frame of ``data.test``; sums over ranks; ``draw`` the first frames; finish."""
+        cfg = self.cfg
+        meters = {"model": meter(), "baseline": meter()}
+        shown: list[tuple] = []
+        items = dense_items(cfg.data.test, DenseSpec(self.size, self.audio, masks=True), self.info.rank,
+                            self.info.world_size)
+        for batch in batches(items, cfg.data.test_batch_size or cfg.data.batch_size):
+            pred = predict(batch)
+            meters["model"].update(pred, batch["mask"])
+            meters["baseline"].update(centred_prior(len(pred), self.size, self.size, sigma), batch["mask"])
+            shown += list(zip(batch["image"], batch["mask"], pred, strict=True))[:shown_max - len(shown)]
+        for m in meters.values():
+            m.sums = self.reduce(m.sums)
+        metrics = meters["model"].result()
+        metrics.update({f"baseline_{k}": v for k, v in meters["baseline"].result().items()})
+        figures = [draw(shown, self.out / figure)] if self.info.is_main and shown else []
+        return self.finish(metrics, figures)
 
     def finish(self, metrics: dict[str, float], artifacts: list[Path]) -> dict[str, float]:
         """Log ``eval/<name>`` metrics and the artifacts (rank 0); return the metrics rounded."""

@@ -25,7 +25,7 @@ from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
 from pipeline.eval.dense_figures import heatmap_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
-from pipeline.eval.dense_metrics import LocalizationMeter, centred_prior
+from pipeline.eval.dense_metrics import LocalizationMeter
 
 PROJ_DIM, TEMPERATURE = 128, 0.07
 
@@ -93,22 +93,7 @@ def heatmap(r: DenseRun, model: DenseModel, batch: dict) -> Tensor:
     return F.interpolate(grid, size=(r.size, r.size), mode="bilinear", align_corners=False)[:, 0].cpu()
 
 
-@torch.no_grad()
 def _evaluate(r: DenseRun, model: DenseModel) -> dict:
-    cfg = r.cfg
-    meters = {"model": LocalizationMeter(), "baseline": LocalizationMeter()}
-    shown: list[tuple] = []
-    spec = DenseSpec(r.size, r.audio, masks=True)
-    bs = cfg.data.test_batch_size or cfg.data.batch_size
-    for batch in batches(dense_items(cfg.data.test, spec, r.info.rank, r.info.world_size), bs):
-        heat = heatmap(r, model, batch)
-        meters["model"].update(heat, batch["mask"])
-        meters["baseline"].update(centred_prior(len(heat), r.size, r.size, cfg.localization.prior_sigma),
-                                  batch["mask"])
-        shown += list(zip(batch["image"], batch["mask"], heat, strict=True))[:cfg.localization.artifacts - len(shown)]
-    for meter in meters.values():
-        meter.sums = r.reduce(meter.sums)
-    metrics = meters["model"].result()
-    metrics.update({f"baseline_{k}": v for k, v in meters["baseline"].result().items()})
-    figures = [heatmap_grid(shown, r.out / "localization_heatmaps.png")] if r.info.is_main and shown else []
-    return r.finish(metrics, figures)
+    return r.score_masked_frames(lambda batch: heatmap(r, model, batch), LocalizationMeter,
+                                 r.cfg.localization.prior_sigma, r.cfg.localization.artifacts,
+                                 heatmap_grid, "localization_heatmaps.png")

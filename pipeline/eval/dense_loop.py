@@ -113,8 +113,8 @@ class DenseRun:
                 optimizer.step()
                 step += 1
                 if step % cfg.train.log_every == 0:
-                    self.tracker.log_metrics({f"train/loss_{name}": float(loss)}, step)
-                    log.info("epoch %d step %d loss %.4f", epoch, step, float(loss))
+                    self.tracker.log_metrics({f"train/loss_{name}": loss.detach().item()}, step)
+                    log.info("epoch %d step %d loss %.4f", epoch, step, loss.detach().item())
             self._save_checkpoint(path, model, optimizer, epoch + 1)
         self.epochs_done = opt_cfg.epochs
         model.eval()

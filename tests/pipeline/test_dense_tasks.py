@@ -43,7 +43,8 @@ def _args(task: str, shards: Path, out: Path, **extra) -> list[str]:
 
 
 def _last_json(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
+    """The result line (the deepspeed launcher prints its own lines after it)."""
+    return json.loads([line for line in stdout.splitlines() if line.startswith('{"task"')][-1])
 
 
 def _run(cmd: list[str], timeout: float = 900) -> dict:

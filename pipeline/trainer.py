@@ -242,13 +242,14 @@ class Trainer:
                   if self.cfg.train.zero_stage == 3 else contextlib.nullcontext())
         try:
             with gather:
-                feats = extract_features(self.engine.module, loader, self.info.device, self.steps.dtype)
+                feats = extract_features(self.engine.module, loader, self.info.device, self.steps.dtype,
+                                         max_samples=-(-self.cfg.probe.max_samples // self.info.world_size))
         finally:
             loader.close()
         parts = gather_objects(feats)
         if not self.info.is_main:
             return None
-        acc = knn_top1(merge_features(parts))
+        acc = knn_top1(merge_features(parts, self.cfg.probe.max_samples))
         self.tracker.log_metrics({"probe/knn_top1": acc["all"],
                                   **{f"probe/knn_top1_{m}": acc[m] for m in ("image", "audio", "fusion")}},
                                  step=self.progress.step)

@@ -56,7 +56,7 @@ def test_shards_are_shuffled_per_epoch_before_the_rank_split():
     assert plan.shard_order(0) != plan.shard_order(1)
     assert sorted(plan.shard_order(1)) == list(range(16))
     shards_of_rank0 = [{s for s, _ in rank_entries(plan, e, 0)} for e in range(3)]
-    assert shards_of_rank0[0] != shards_of_rank0[1] != shards_of_rank0[2]
+    assert len({frozenset(s) for s in shards_of_rank0}) == 3  # three epochs, three different shard sets
     assert rank_entries(plan, 2, 1) == rank_entries(plan, 2, 1)
     # seed + epoch: (seed 7, epoch 1) and (seed 8, epoch 0) shuffle the shards identically
     other = EpochPlan(tuple([4] * 16), seed=8, world_size=2, streams=2, batch_size=4)

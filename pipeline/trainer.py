@@ -35,6 +35,7 @@ from pipeline.data import build_loader
 from pipeline.distributed import DistInfo, accumulation_steps, deepspeed_config, engine_dtype
 from pipeline.figures import save_reconstruction
 from pipeline.probe import extract_features, knn_top1, merge_features
+from pipeline.report import RunReport
 from pipeline.schedule import LRSchedule, build_optimizer
 from pipeline.tracking import Tracker
 from pipeline.trainstep import TrainStep
@@ -119,6 +120,8 @@ class Trainer:
         self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
                                enabled=info.is_main and cfg.tracking.enabled, run_id=run_id,
                                system_metrics=cfg.tracking.system_metrics, output_dir=self.out)
+        epochs_steps = cfg.optim.epochs * self.steps_per_epoch
+        self.report = RunReport(min(epochs_steps, cfg.train.max_steps or epochs_steps), self.progress.step)
         if info.is_main:
             self._start_run()
 
@@ -139,6 +142,10 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch, "num_samples": self.loader.num_samples}})
         self.tracker.log_artifact(self.out / "config.yaml")
         self.tracker.log_artifact(self.out / "manifest.json")
+        self.report.banner(samples=self.loader.num_samples, steps_per_epoch=self.steps_per_epoch,
+                           epochs=self.cfg.optim.epochs, batch=self.cfg.data.batch_size,
+                           world=self.info.world_size, accum=self.accum, output_dir=str(self.out),
+                           tracking=self.tracker.uri if self.tracker.enabled else "off")
 
     def _resume(self) -> tuple[Progress, str | None]:
         candidates = resume_candidates(self.cfg.train.resume, self.checkpoints.root)
@@ -180,6 +187,9 @@ class Trainer:
         finally:
             self.loader.close()
         self.tracker.close("FINISHED")
+        if self.info.is_main:
+            self.report.summary(p.step, p.epoch + p.step_in_epoch / self.steps_per_epoch,
+                                (p.step - self.report.start_step) * self.effective_batch, last, str(self.out))
         return last
 
     def _done(self) -> bool:
@@ -218,9 +228,10 @@ class Trainer:
         if info.is_main:
             self.tracker.log_metrics(metrics, step=p.step)
             self._append_metrics(metrics)
-            log.info("step %d epoch %.2f loss %.4f (image %.4f audio %.4f) lr %.3g %.1f samples/s",
-                     p.step, metrics["train/epoch"], metrics["train/loss"], metrics["train/loss_image"],
-                     metrics["train/loss_audio"], lr, metrics["train/samples_per_s"])
+            log.info("step %s epoch %.2f loss %.4f (image %.4f audio %.4f) lr %.3g %.1f samples/s",
+                     self.report.eta(p.step), metrics["train/epoch"], metrics["train/loss"],
+                     metrics["train/loss_image"], metrics["train/loss_audio"], lr, metrics["train/samples_per_s"])
+            self.report.data_errors(int(errors), self.loader.error_counts())
         self.steps.window.reset()
         return metrics
 

@@ -17,6 +17,8 @@ CASES = {
     "train: missing config": lambda M, T, S: ["train", "--config", f"{M}/run.yaml"],
     "train: wrong type": lambda M, T, S: ["train", "--config", DEBUG_YAML, "data.batch_size=many"],
     "train: unknown key": lambda M, T, S: ["train", "--config", DEBUG_YAML, "optim.lr_typo=1"],
+    "train: missing shards": lambda M, T, S: ["train", "--config", DEBUG_YAML, f"data.shards={M}",
+                                              "tracking.enabled=false", f"train.output_dir={T}/run"],
     "shards verify: not a shard set": lambda M, T, S: ["shards", "verify", M],
     "shards inspect: not a shard set": lambda M, T, S: ["shards", "inspect", M],
     "shards build: missing input": lambda M, T, S: ["shards", "build", f"{M}/a.mp4", "--out", f"{T}/out"],

@@ -106,7 +106,7 @@ class Cluster:
             kind, source = (("configMapKeyRef", self.config_maps) if "configMapKeyRef" in ref
                             else ("secretKeyRef", self.secrets))
             key_ref = ref[kind]
-            value = source[key_ref["name"]].get(key_ref["key"])
+            value = source.get(key_ref["name"], {}).get(key_ref["key"])  # optional: the object may be absent
             assert value is not None or key_ref.get("optional"), f"{name}: {key_ref} is missing"
             if value is not None:
                 env[name] = value

@@ -80,6 +80,17 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(x[:, x_fusion.shape[1]:]))
 
 
+def _accept_official_keys(state_dict: dict, prefix: str, *_) -> None:
+    """``load_state_dict`` pre-hook: official-layout decoder keys (``image_decoder_blocks.0.…``, as
+    in the release and in checkpoints written before the decoders were submodules) are renamed to
+    ours in place, so DeepSpeed resume and plain ``load_state_dict`` take either layout."""
+    from .checkpoints import adapt_keys  # checkpoints imports this module
+
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    renamed = adapt_keys({k[len(prefix):]: state_dict.pop(k) for k in keys}, "ours")
+    state_dict.update({prefix + k: v for k, v in renamed.items()})
+
+
 class AVMAE(nn.Module):
     """Pre-training model: ``forward(image [B,3,H,W], audio [B,1,F,T]) → AVMAEOutput``."""
 
@@ -96,6 +107,7 @@ class AVMAE(nn.Module):
         self.audio_decoder = MAEDecoder(cfg, cfg.audio_grid, cfg.patch_size ** 2 * cfg.audio_in_chans)
         self.image_decoder = MAEDecoder(cfg, cfg.image_grid, cfg.patch_size ** 2 * cfg.image_in_chans)
         self.reset_decoder_parameters()
+        self._register_load_state_dict_pre_hook(_accept_official_keys)
 
     def reset_decoder_parameters(self) -> None:
         """Sin-cos decoder positions, mask tokens N(0, 0.02), xavier Linears (not the encoder).

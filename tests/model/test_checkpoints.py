@@ -210,3 +210,20 @@ def test_wrong_or_missing_tower_file(tmp_path):
         load_tower_weights(debug_model(), audio_path=tmp_path / "avmae.pth")
     with pytest.raises(CheckpointError, match="not found"):
         load_tower_weights(debug_model(), image_path=tmp_path / "absent.pth")
+
+
+def test_plain_load_state_dict_takes_the_official_decoder_layout():
+    """Checkpoints written before the decoders became submodules (and official files) hold
+    ``image_decoder_blocks.…`` keys; ``load_state_dict`` (DeepSpeed resume) must take them."""
+    from model import AVMAE, get_model_config
+    from model.checkpoints import adapt_keys
+
+    torch.manual_seed(0)
+    src = AVMAE(get_model_config("debug"))
+    official = adapt_keys(src.state_dict(), "official")
+    assert any(k.startswith("image_decoder_blocks.") for k in official)
+    dst = AVMAE(get_model_config("debug"))
+    dst.load_state_dict(official, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
+    wrapped = torch.nn.Sequential(AVMAE(get_model_config("debug")))  # a prefix, as under a wrapper
+    wrapped.load_state_dict({f"0.{k}": v for k, v in official.items()}, strict=True)

@@ -19,7 +19,7 @@ from preprocess.errors import run_cli
 COMMANDS = {
     "synth": ("preprocess.cli", "write a synthetic labelled video corpus (MP4: H.264 + AAC)"),
     "shards": ("preprocess.cli", "build, verify, inspect and merge WebDataset shard sets"),
-    "data": ("pipeline.data_cli", "streaming loader tools (data bench)"),
+    "data": ("pipeline.loader_cli", "streaming loader tools (data bench)"),
     "train": ("pipeline.train", "pretrain in this process (single rank)"),
     "eval": ("pipeline.evaluate", "downstream evaluation: linear probe, fine-tune, dense tasks"),
     "export": ("pipeline.export", "export a training checkpoint to official-key safetensors"),

@@ -81,7 +81,7 @@ def run(args) -> int:
     from model.checkpoints import CheckpointError, load_official
     from model.presets import get_frontend
     from pipeline.config import DataConfig
-    from pipeline.data import build_loader
+    from pipeline.loader import build_loader
 
     try:
         model = load_official(args.weights, preset=args.preset)

@@ -31,7 +31,7 @@ from pipeline.checkpoint import (
     tag_for,
 )
 from pipeline.config import Config, to_dict
-from pipeline.data import build_loader
+from pipeline.loader import build_loader
 from pipeline.distributed import DistInfo, accumulation_steps, deepspeed_config, engine_dtype
 from pipeline.figures import save_reconstruction
 from pipeline.probe import extract_features, knn_top1, merge_features
@@ -155,7 +155,7 @@ class Trainer:
         progress = Progress.from_state(state)
         if not state["same_world"]:
             # NOTE: a new world size restarts the epoch's sample stream at the saved sample count
-            # (see pipeline/data.py); steps per epoch change, so the position is re-derived.
+            # (see pipeline/loader.py); steps per epoch change, so the position is re-derived.
             done = min(self.loader.state_dict().get("batches", 0) // self.accum, self.steps_per_epoch)
             progress.epoch_start = progress.step - done
         return progress, state.get("mlflow_run_id")

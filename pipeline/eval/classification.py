@@ -24,7 +24,7 @@ from model.presets import get_frontend
 from pipeline import checkpoint as C
 from pipeline import distributed as D
 from pipeline.augment import EvalView
-from pipeline.data import build_loader
+from pipeline.loader import build_loader
 from pipeline.eval import metrics as M
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.encoder import load_encoder

@@ -25,7 +25,7 @@ from torch import nn
 from pipeline import checkpoint as C
 from pipeline import distributed as D
 from pipeline.config import to_dict
-from pipeline.data import ShardLoader
+from pipeline.loader import ShardLoader
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.optim import LARS, apply_lr, schedule
 from pipeline.tracking import Tracker

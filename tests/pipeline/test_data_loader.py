@@ -11,7 +11,7 @@ import torch
 
 from model.presets import FRONTENDS, ImageSpec
 from pipeline.config import DataConfig
-from pipeline.data import DataError, build_loader
+from pipeline.loader import DataError, build_loader
 from tests.pipeline.conftest import LABELS, sample_key, write_shard_set
 
 DAF = FRONTENDS["deepavfusion"]

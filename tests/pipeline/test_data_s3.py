@@ -16,7 +16,7 @@ import pytest
 import benchmarks.s3server
 from benchmarks.s3server import S3Server
 from pipeline import shardio
-from pipeline.data import ShardReadError
+from pipeline.loader import ShardReadError
 from pipeline.shardio import ShardStore
 from tests.pipeline.helpers import AVFUSION, REPO
 from tests.pipeline.test_data_loader import (

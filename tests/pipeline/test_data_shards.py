@@ -17,7 +17,7 @@ import torch
 from model.presets import FRONTENDS, ImageSpec
 from pipeline.augment import pad_frames
 from pipeline.config import DataConfig
-from pipeline.data import build_loader
+from pipeline.loader import build_loader
 from tests.pipeline.test_data_loader import keys_of, run_epoch
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.datastream import StreamReader
+from pipeline.stream import StreamReader
 from pipeline.epochplan import EpochPlan
 from pipeline.shardio import ShardStore
 from tests.pipeline.conftest import sample_key, write_shard_set

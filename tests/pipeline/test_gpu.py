@@ -7,7 +7,7 @@ import torch
 
 from model.presets import FRONTENDS, ImageSpec
 from pipeline.config import DataConfig
-from pipeline.data import build_loader
+from pipeline.loader import build_loader
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

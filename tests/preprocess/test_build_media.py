@@ -13,7 +13,7 @@ import torchaudio
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data import build_loader
+from pipeline.loader import build_loader
 from preprocess.decode import MediaFile, decode_audio
 from preprocess.shardformat import FRONTENDS, ImageSpec
 

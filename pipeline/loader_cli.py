@@ -8,7 +8,7 @@ import time
 
 from model.presets import ImageSpec, get_frontend
 from pipeline.config import DataConfig
-from pipeline.data import DataError, ShardReadError, build_loader
+from pipeline.loader import DataError, ShardReadError, build_loader
 from pipeline.shardio import read_manifest
 from preprocess.cli import check_ranges
 from preprocess.progress import progress

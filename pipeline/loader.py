@@ -5,7 +5,7 @@ Pipeline (WebDataset shards, webdataset sample grouping): ``manifest.json`` → 
 per-worker ranges, a sample shuffle buffer; :mod:`pipeline.epochplan`) → each worker process
 reads its shards (s3fs opened inside the worker; retries; optional node-local cache;
 :mod:`pipeline.shardio`) → decodes ``mel.npy`` and the one chosen JPEG, augments
-(:mod:`pipeline.augment`) and batches (:mod:`pipeline.datastream`) → torch DataLoader (batch j of
+(:mod:`pipeline.augment`) and batches (:mod:`pipeline.stream`) → torch DataLoader (batch j of
 a rank comes from worker j % M, in order).
 
 Equal steps: every rank yields exactly ``len(loader)`` batches of ``batch_size`` per epoch.
@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from model.presets import AudioFrontend, ImageSpec
 from pipeline.augment import Augment, EvalView
 from pipeline.config import DataConfig
-from pipeline.datastream import STAGES, DataError, StreamSpec, check_error_rate, stream_batches
+from pipeline.stream import STAGES, DataError, StreamSpec, check_error_rate, stream_batches
 from pipeline.epochplan import EpochPlan
 from pipeline.jpeg import decode_crops
 from pipeline.shardio import ShardReadError, join, read_manifest

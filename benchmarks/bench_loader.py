@@ -41,8 +41,8 @@ from benchmarks.tiling import tile  # noqa: E402
 from model.presets import FRONTENDS, ImageSpec  # noqa: E402
 from pipeline.augment import CROP_RATIO, Augment, crop_params  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
-from pipeline.loader import build_loader  # noqa: E402
 from pipeline.jpeg import resize_uint8  # noqa: E402
+from pipeline.loader import build_loader  # noqa: E402
 from preprocess.shardformat import MANIFEST  # noqa: E402
 
 SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))

@@ -46,10 +46,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from model.presets import AudioFrontend, ImageSpec
 from pipeline.augment import Augment, EvalView
 from pipeline.config import DataConfig
-from pipeline.stream import STAGES, DataError, StreamSpec, check_error_rate, stream_batches
 from pipeline.epochplan import EpochPlan
 from pipeline.jpeg import decode_crops
 from pipeline.shardio import ShardReadError, join, read_manifest
+from pipeline.stream import STAGES, DataError, StreamSpec, check_error_rate, stream_batches
 from preprocess.shardformat import MANIFEST, is_url
 
 __all__ = ["DataError", "ShardLoader", "ShardReadError", "build_loader"]

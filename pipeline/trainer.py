@@ -31,9 +31,9 @@ from pipeline.checkpoint import (
     tag_for,
 )
 from pipeline.config import Config, to_dict
-from pipeline.loader import build_loader
 from pipeline.distributed import DistInfo, accumulation_steps, deepspeed_config, engine_dtype
 from pipeline.figures import save_reconstruction
+from pipeline.loader import build_loader
 from pipeline.probe import extract_features, knn_top1, merge_features
 from pipeline.report import RunReport
 from pipeline.schedule import LRSchedule, build_optimizer

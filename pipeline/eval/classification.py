@@ -24,13 +24,13 @@ from model.presets import get_frontend
 from pipeline import checkpoint as C
 from pipeline import distributed as D
 from pipeline.augment import EvalView
-from pipeline.loader import build_loader
 from pipeline.eval import metrics as M
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.encoder import load_encoder
 from pipeline.eval.heads import ALL_HEADS, AVClassifier, frequency_bias
 from pipeline.eval.loop import EvalLoop
 from pipeline.eval.optim import layer_decay_groups
+from pipeline.loader import build_loader
 from pipeline.shardio import join
 from preprocess.errors import AvfusionError
 from preprocess.shardformat import MANIFEST

@@ -25,9 +25,9 @@ from torch import nn
 from pipeline import checkpoint as C
 from pipeline import distributed as D
 from pipeline.config import to_dict
-from pipeline.loader import ShardLoader
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.optim import LARS, apply_lr, schedule
+from pipeline.loader import ShardLoader
 from pipeline.tracking import Tracker
 
 log = logging.getLogger("avfusion.eval")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pipeline.stream import StreamReader
 from pipeline.epochplan import EpochPlan
 from pipeline.shardio import ShardStore
+from pipeline.stream import StreamReader
 from tests.pipeline.conftest import sample_key, write_shard_set
 
 

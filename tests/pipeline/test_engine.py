@@ -157,8 +157,8 @@ def test_resume_names_a_truncated_checkpoint_and_falls_back(process_group, shard
     from model.presets import get_frontend
     from pipeline.checkpoint import resume_candidates
     from pipeline.config import DataConfig
-    from pipeline.loader import build_loader
     from pipeline.export import model_states_file
+    from pipeline.loader import build_loader
 
     engine = engine_for(debug_cfg("train.zero_stage=0"))
     mcfg = engine.module.config

@@ -9,6 +9,7 @@ and peak memory at per-GPU batch 64 and 128.
     python benchmarks/bench_model.py                   # CPU: batch 2, 1 warm-up + 1 timed step
     python benchmarks/bench_model.py --batch 64        # on a GPU machine
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,23 +24,40 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model import build_avmae, get_model_config
 
-VARIANTS = {"sdpa": ("sdpa", False), "naive": ("naive", False),
-            "sdpa+ckpt": ("sdpa", True), "naive+ckpt": ("naive", True)}
+VARIANTS = {
+    "sdpa": ("sdpa", False),
+    "naive": ("naive", False),
+    "sdpa+ckpt": ("sdpa", True),
+    "naive+ckpt": ("naive", True),
+}
 # Dense bf16 peak (TFLOP/s) by device-name fragment, most specific first.
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0))
 
 
 def parse_args() -> argparse.Namespace:
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="vggsound", help="model preset (default: vggsound, ViT-B)")
-    p.add_argument("--batch", type=int, default=64 if cuda else 2, help="batch of the variant comparison")
+    p.add_argument(
+        "--batch", type=int, default=64 if cuda else 2, help="batch of the variant comparison"
+    )
     p.add_argument("--iters", type=int, default=10 if cuda else 1, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3 if cuda else 1, help="untimed steps per variant")
-    p.add_argument("--gpu-batches", type=int, nargs="*", default=[64, 128],
-                   help="per-GPU batches for the throughput / MFU figures (CUDA only)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="device bf16 dense peak for MFU (default: looked up from the device name)")
+    p.add_argument(
+        "--gpu-batches",
+        type=int,
+        nargs="*",
+        default=[64, 128],
+        help="per-GPU batches for the throughput / MFU figures (CUDA only)",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="device bf16 dense peak for MFU (default: looked up from the device name)",
+    )
     return p.parse_args()
 
 
@@ -60,11 +78,14 @@ def train_step(model, image, audio, step: int) -> None:
     loss.backward()
 
 
-def measure(preset: str, attn_impl: str, ckpt: bool, batch: int, iters: int, warmup: int,
-            device: str) -> dict:
+def measure(
+    preset: str, attn_impl: str, ckpt: bool, batch: int, iters: int, warmup: int, device: str
+) -> dict:
     """Median step time and peak memory of one variant (peak RSS on CPU, allocator peak on CUDA)."""
     torch.manual_seed(0)
-    model = build_avmae(preset, attn_impl=attn_impl, activation_checkpointing=ckpt).to(device).train()
+    model = (
+        build_avmae(preset, attn_impl=attn_impl, activation_checkpointing=ckpt).to(device).train()
+    )
     image, audio = make_inputs(preset, batch, device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
@@ -109,8 +130,10 @@ def attention_kernel_speedup(device: str, batch: int, iters: int) -> float:
     from model.vit import attention
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    q, k, v = (torch.randn(batch, 12, 228, 64, device=device, dtype=dtype, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(batch, 12, 228, 64, device=device, dtype=dtype, requires_grad=True)
+        for _ in range(3)
+    )
     timings = {}
     for impl in ("sdpa", "naive"):
         times = []
@@ -145,9 +168,13 @@ def gpu_throughput(args: argparse.Namespace) -> list[dict]:
                 rows.append({**row, "oom": True})
                 torch.cuda.empty_cache()
                 continue
-            row.update(samples_per_s=round(batch / r["step_s"], 1), step_s=r["step_s"],
-                       peak_mem_gb=r["peak_mem_gb"], tflops=round(flops / r["step_s"] / 1e12, 1),
-                       mfu=round(flops / r["step_s"] / (peak * 1e12), 3) if peak else None)
+            row.update(
+                samples_per_s=round(batch / r["step_s"], 1),
+                step_s=r["step_s"],
+                peak_mem_gb=r["peak_mem_gb"],
+                tflops=round(flops / r["step_s"] / 1e12, 1),
+                mfu=round(flops / r["step_s"] / (peak * 1e12), 3) if peak else None,
+            )
             rows.append(row)
             torch.cuda.empty_cache()
     return rows
@@ -157,20 +184,30 @@ def main() -> None:
     args = parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = measure if device == "cuda" else measure_isolated
-    variants = {name: run(args.preset, impl, ckpt, args.batch, args.iters, args.warmup, device)
-                for name, (impl, ckpt) in VARIANTS.items()}
+    variants = {
+        name: run(args.preset, impl, ckpt, args.batch, args.iters, args.warmup, device)
+        for name, (impl, ckpt) in VARIANTS.items()
+    }
     mem = "peak_mem_gb" if device == "cuda" else "peak_rss_mb"
     flops, attention_share = step_flops(args.preset, args.batch)
     result = {
-        "bench": "model", "preset": args.preset, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "batch": args.batch, "iters": args.iters,
-        "precision": "bf16-autocast" if device == "cuda" else "fp32", "variants": variants,
+        "bench": "model",
+        "preset": args.preset,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "iters": args.iters,
+        "precision": "bf16-autocast" if device == "cuda" else "fp32",
+        "variants": variants,
         "sdpa_speedup": round(variants["naive"]["step_s"] / variants["sdpa"]["step_s"], 3),
-        "sdpa_speedup_ckpt": round(variants["naive+ckpt"]["step_s"] / variants["sdpa+ckpt"]["step_s"], 3),
+        "sdpa_speedup_ckpt": round(
+            variants["naive+ckpt"]["step_s"] / variants["sdpa+ckpt"]["step_s"], 3
+        ),
         "sdpa_mem_ratio": round(variants["naive"][mem] / variants["sdpa"][mem], 3),
         "ckpt_time_ratio": round(variants["sdpa+ckpt"]["step_s"] / variants["sdpa"]["step_s"], 3),
         "ckpt_mem_ratio": round(variants["sdpa+ckpt"][mem] / variants["sdpa"][mem], 3),
-        "step_gflops": round(flops / 1e9, 1), "attention_flop_share": round(attention_share, 4),
+        "step_gflops": round(flops / 1e9, 1),
+        "attention_flop_share": round(attention_share, 4),
         "attention_kernel_speedup": attention_kernel_speedup(device, args.batch, iters=10),
         "gpu": gpu_throughput(args) if device == "cuda" else None,
     }

@@ -14,6 +14,7 @@ children (subprocesses included), so clips/s/core = clips / CPU seconds. Prints 
 
     python benchmarks/bench_shards.py [--min-clip-seconds 300] [--repeat 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,6 +61,7 @@ def make_corpus(root: Path, min_seconds: float) -> tuple[list[Path], int]:
 
 def floor(files: list[Path], threads: int) -> None:
     import av
+
     for path in files:
         with av.open(str(path)) as c:
             v, a = c.streams.video[0], c.streams.audio[0]
@@ -87,7 +89,9 @@ def _watch_peak_rss(parent: int, peak: list[int], stop: threading.Event) -> None
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 continue
-            hwm = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")), 0)
+            hwm = next(
+                (line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")), 0
+            )
             peak[0] = max(peak[0], int(hwm))
 
 
@@ -96,6 +100,7 @@ def builder(files: list[Path], out: Path) -> dict:
     from multiprocessing import forkserver
 
     from preprocess.build import BuildConfig, build
+
     build(BuildConfig((str(MEDIA / "typical" / "ok_faststart.mp4"),), str(out / "warmup")))
     server = forkserver._forkserver._forkserver_pid
     startup = _cpu()[0] + _proc_cpu(server)
@@ -103,16 +108,22 @@ def builder(files: list[Path], out: Path) -> dict:
     watcher = threading.Thread(target=_watch_peak_rss, args=(server, peak, stop), daemon=True)
     watcher.start()
     t0, parent0, workers0 = time.monotonic(), _cpu()[0], _proc_cpu(server)
-    manifest = build(BuildConfig(tuple(map(str, files)), str(out / "set"), workers=1,
-                                 decode_threads=1))
+    manifest = build(
+        BuildConfig(tuple(map(str, files)), str(out / "set"), workers=1, decode_threads=1)
+    )
     parent, workers = _cpu()[0] - parent0, _proc_cpu(server) - workers0
     wall = time.monotonic() - t0
     stop.set()
     watcher.join()
-    return {"cpu_s": parent + workers, "parent_cpu_s": parent, "wall_s": wall,
-            "startup_cpu_s": startup, "peak_rss_kb": peak[0],
-            "clips": manifest["num_samples"],
-            "bytes_per_sample": sum(s["bytes"] for s in manifest["shards"]) / manifest["num_samples"]}
+    return {
+        "cpu_s": parent + workers,
+        "parent_cpu_s": parent,
+        "wall_s": wall,
+        "startup_cpu_s": startup,
+        "peak_rss_kb": peak[0],
+        "clips": manifest["num_samples"],
+        "bytes_per_sample": sum(s["bytes"] for s in manifest["shards"]) / manifest["num_samples"],
+    }
 
 
 def ffmpeg_pipeline(files: list[Path], out: Path) -> int:
@@ -130,15 +141,40 @@ def ffmpeg_pipeline(files: list[Path], out: Path) -> int:
     scale = "scale='if(gt(iw,ih),-2,256)':'if(gt(iw,ih),256,-2)'"
     for n, path in enumerate(files):
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-threads", "1", "-i", str(path),
-                            "-map", "0:a:0", "-ac", "1", "-ar", "16000", f"{tmp}/a.wav",
-                            "-map", "0:v:0", "-vf", f"fps=1,{scale}", "-q:v", "2", f"{tmp}/f%05d.jpg"],
-                           check=True)
+            subprocess.run(
+                [
+                    ffmpeg,
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-threads",
+                    "1",
+                    "-i",
+                    str(path),
+                    "-map",
+                    "0:a:0",
+                    "-ac",
+                    "1",
+                    "-ar",
+                    "16000",
+                    f"{tmp}/a.wav",
+                    "-map",
+                    "0:v:0",
+                    "-vf",
+                    f"fps=1,{scale}",
+                    "-q:v",
+                    "2",
+                    f"{tmp}/f%05d.jpg",
+                ],
+                check=True,
+            )
             with wave.open(f"{tmp}/a.wav") as w:
-                pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+                pcm = (
+                    np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+                )
             frames = sorted(Path(tmp).glob("f*.jpg"))
             for k in range(0, len(pcm), 160000):
-                clip, jpgs = pcm[k:k + 160000], frames[k // 16000:k // 16000 + 10]
+                clip, jpgs = pcm[k : k + 160000], frames[k // 16000 : k // 16000 + 10]
                 if len(clip) < 32000 or not jpgs:
                     continue
                 members = [("mel.npy", npy_bytes(log_mel(clip, fe)))]
@@ -157,7 +193,7 @@ def run_variant(name: str, corpus: Path, out: Path) -> dict:
     start = _cpu()
     result = {}
     if name == "floor":
-        floor(files, threads=1)                     # as the builder's decoder
+        floor(files, threads=1)  # as the builder's decoder
     elif name == "builder":
         result = builder(files, out)
     else:
@@ -172,23 +208,32 @@ def run_variant(name: str, corpus: Path, out: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--min-clip-seconds", type=float, default=300.0)
-    p.add_argument("--repeat", type=int, default=2, help="rounds of the three variants (min counts)")
+    p.add_argument(
+        "--repeat", type=int, default=2, help="rounds of the three variants (min counts)"
+    )
     p.add_argument("--variant", choices=["floor", "builder", "ffmpeg"], help=argparse.SUPPRESS)
     p.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.variant:                                   # child process: one variant
+    if args.variant:  # child process: one variant
         with tempfile.TemporaryDirectory() as out:
             print(json.dumps(run_variant(args.variant, args.corpus, Path(out))))
         return
     with tempfile.TemporaryDirectory() as tmp:
         files, clips = make_corpus(Path(tmp), args.min_clip_seconds)
         results: dict[str, dict] = {}
-        for _ in range(args.repeat):              # interleaved rounds; the cheapest run counts
+        for _ in range(args.repeat):  # interleaved rounds; the cheapest run counts
             for name in ("floor", "builder", "ffmpeg"):
-                proc = subprocess.run([sys.executable, __file__, "--variant", name, "--corpus", tmp],
-                                      check=True, capture_output=True, text=True, cwd=REPO)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--variant", name, "--corpus", tmp],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    cwd=REPO,
+                )
                 run = json.loads(proc.stdout.strip().splitlines()[-1])
                 if name not in results or run["cpu_s"] < results[name]["cpu_s"]:
                     results[name] = run
@@ -200,17 +245,27 @@ def summarise(r: dict, videos: int, expected_clips: int) -> dict:
     per_core = {k: round(clips / v["cpu_s"], 2) for k, v in r.items()}
     b_a = r["builder"]["cpu_s"] / r["floor"]["cpu_s"]
     c_b = r["ffmpeg"]["cpu_s"] / r["builder"]["cpu_s"]
-    return {"bench": "shards", "videos": videos, "clips": clips, "expected_clips": expected_clips,
-            "cores": os.cpu_count(), "clips_per_s_per_core": per_core,
-            "cpu_s": {k: round(v["cpu_s"], 2) for k, v in r.items()},
-            "wall_s": {k: round(v["wall_s"], 2) for k, v in r.items()},
-            "builder_parent_cpu_s": round(r["builder"]["parent_cpu_s"], 2),
-            "builder_startup_cpu_s": round(r["builder"]["startup_cpu_s"], 2),
-            "ratio_builder_vs_floor": round(b_a, 3), "ratio_ffmpeg_vs_builder": round(c_b, 3),
-            "bytes_per_sample": round(r["builder"]["bytes_per_sample"]),
-            "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in r.items()},
-            "targets_met": {"builder_within_1.5x_floor": b_a <= 1.5, "builder_3x_ffmpeg": c_b >= 3.0,
-                            "sample_le_200KB": r["builder"]["bytes_per_sample"] <= 200_000}}
+    return {
+        "bench": "shards",
+        "videos": videos,
+        "clips": clips,
+        "expected_clips": expected_clips,
+        "cores": os.cpu_count(),
+        "clips_per_s_per_core": per_core,
+        "cpu_s": {k: round(v["cpu_s"], 2) for k, v in r.items()},
+        "wall_s": {k: round(v["wall_s"], 2) for k, v in r.items()},
+        "builder_parent_cpu_s": round(r["builder"]["parent_cpu_s"], 2),
+        "builder_startup_cpu_s": round(r["builder"]["startup_cpu_s"], 2),
+        "ratio_builder_vs_floor": round(b_a, 3),
+        "ratio_ffmpeg_vs_builder": round(c_b, 3),
+        "bytes_per_sample": round(r["builder"]["bytes_per_sample"]),
+        "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in r.items()},
+        "targets_met": {
+            "builder_within_1.5x_floor": b_a <= 1.5,
+            "builder_3x_ffmpeg": c_b >= 3.0,
+            "sample_le_200KB": r["builder"]["bytes_per_sample"] <= 200_000,
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ line. Default: CPU, ``debug`` preset, fp32, ZeRO 2 and 0.
     python benchmarks/bench_step.py
     python benchmarks/bench_step.py --preset vggsound --precision bf16 --batches 64,128,256 --stages 0,1,2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,15 +70,20 @@ class HostReadCounter:
             if sys._getframe(1).f_code.co_filename.startswith(OWN_CODE):
                 self.count += 1
             return original(tensor, *args, **kwargs)
+
         return counted
 
 
 def make_batch(model, batch: int, device: torch.device, dtype: torch.dtype) -> dict:
     cfg = model.config
     gen = torch.Generator().manual_seed(0)
-    return {"image": torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=gen).to(device, dtype),
-            "audio": torch.randn(batch, 1, *cfg.audio_size, generator=gen).to(device, dtype),
-            "key": [f"k{i}" for i in range(batch)]}
+    return {
+        "image": torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=gen).to(
+            device, dtype
+        ),
+        "audio": torch.randn(batch, 1, *cfg.audio_size, generator=gen).to(device, dtype),
+        "key": [f"k{i}" for i in range(batch)],
+    }
 
 
 class Variants:
@@ -95,9 +101,14 @@ class Variants:
         if cfg.train.compile:
             for m in (model, self.plain_model, self.only_model):
                 compile_blocks(m, cfg.train.compile_mode)
-        engine, *_ = deepspeed.initialize(model=model, config=deepspeed_config(cfg, 1),
-                                          optimizer=build_optimizer(model, cfg.optim, pretrained, 1e-4, info.device))
-        self.step = TrainStep(engine, seed=0, accum=1, rank=0, world_size=1, device=info.device, dtype=self.dtype)
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            config=deepspeed_config(cfg, 1),
+            optimizer=build_optimizer(model, cfg.optim, pretrained, 1e-4, info.device),
+        )
+        self.step = TrainStep(
+            engine, seed=0, accum=1, rank=0, world_size=1, device=info.device, dtype=self.dtype
+        )
         self.batch = make_batch(model, cfg.data.batch_size, info.device, self.dtype)
         self.index = 0
 
@@ -162,13 +173,19 @@ def measure(cfg, info, steps: int, rounds: int) -> dict:
         for name, fn in fns.items():
             times[name].append(timed(fn, steps, info.device))
     step_s = {name: statistics.median(t) for name, t in times.items()}
-    row = {"device": torch.cuda.get_device_name() if info.device.type == "cuda" else "cpu",
-           "preset": cfg.model.preset, "batch": cfg.data.batch_size, "precision": cfg.train.precision,
-           "zero_stage": cfg.train.zero_stage, "compile": cfg.train.compile,
-           "step_s": {k: round(s, 5) for k, s in step_s.items()},
-           "ratio_trainer_vs_plain": round(step_s["trainer"] / step_s["plain"], 3),
-           "ratio_trainer_vs_model_only": round(step_s["trainer"] / step_s["model_only"], 3),
-           "samples_per_s": round(cfg.data.batch_size / step_s["trainer"], 1), **count_syncs(v)}
+    row = {
+        "device": torch.cuda.get_device_name() if info.device.type == "cuda" else "cpu",
+        "preset": cfg.model.preset,
+        "batch": cfg.data.batch_size,
+        "precision": cfg.train.precision,
+        "zero_stage": cfg.train.zero_stage,
+        "compile": cfg.train.compile,
+        "step_s": {k: round(s, 5) for k, s in step_s.items()},
+        "ratio_trainer_vs_plain": round(step_s["trainer"] / step_s["plain"], 3),
+        "ratio_trainer_vs_model_only": round(step_s["trainer"] / step_s["model_only"], 3),
+        "samples_per_s": round(cfg.data.batch_size / step_s["trainer"], 1),
+        **count_syncs(v),
+    }
     if info.device.type == "cuda":
         peak = peak_tflops(None)
         flops, _ = step_flops(cfg.model.preset, cfg.data.batch_size)
@@ -177,26 +194,41 @@ def measure(cfg, info, steps: int, rounds: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="debug", help="model preset (configs/debug.yaml otherwise)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset", default="debug", help="model preset (configs/debug.yaml otherwise)"
+    )
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--batches", default="8", help="per-device batch sizes, comma-separated")
     parser.add_argument("--stages", default="2,0", help="ZeRO stages, comma-separated")
-    parser.add_argument("--compile", action="store_true", help="train.compile=true for all three variants")
+    parser.add_argument(
+        "--compile", action="store_true", help="train.compile=true for all three variants"
+    )
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
-    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is present")
+    parser.add_argument(
+        "--cpu", action="store_true", help="stay on the CPU even when CUDA is present"
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     info = init_distributed()
     runs = []
     for batch in map(int, args.batches.split(",")):
         for stage in map(int, args.stages.split(",")):
-            cfg = load_config(REPO / "configs" / "debug.yaml", [
-                f"model.preset={args.preset}", f"train.precision={args.precision}", f"data.batch_size={batch}",
-                f"train.zero_stage={stage}", f"train.compile={str(args.compile).lower()}",
-                f"train.compile_mode={args.compile_mode}"])
+            cfg = load_config(
+                REPO / "configs" / "debug.yaml",
+                [
+                    f"model.preset={args.preset}",
+                    f"train.precision={args.precision}",
+                    f"data.batch_size={batch}",
+                    f"train.zero_stage={stage}",
+                    f"train.compile={str(args.compile).lower()}",
+                    f"train.compile_mode={args.compile_mode}",
+                ],
+            )
             runs.append(measure(cfg, info, args.steps, args.rounds))
     print(json.dumps({"bench": "step", "runs": runs}))
 

@@ -4,6 +4,7 @@ Buckets are the sub-directories of ``root``. Clients find it through the standar
 environment variables (``env``), exactly as users point avfusion at an S3 endpoint.
 Used through the session-scoped ``s3_server`` fixture in tests/conftest.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,38 +38,62 @@ class S3Server:
     """Start with ``with S3Server(root) as s3:``; ``s3.env`` holds the client environment."""
 
     def __init__(self, root: Path, start_timeout: float = 30.0, dir_cache_time: str = "100ms"):
-        self.root, self.start_timeout, self.dir_cache_time = Path(root), start_timeout, dir_cache_time
+        self.root, self.start_timeout, self.dir_cache_time = (
+            Path(root),
+            start_timeout,
+            dir_cache_time,
+        )
         self.proc: subprocess.Popen | None = None
         self.endpoint = ""
 
     @property
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def make_bucket(self, name: str) -> str:
         (self.root / name).mkdir(parents=True, exist_ok=True)
         return f"s3://{name}"
 
     def start(self) -> None:
-        for _ in range(3):                     # a port taken between probe and bind: retry
+        for _ in range(3):  # a port taken between probe and bind: retry
             port = free_port()
             self.endpoint = f"http://127.0.0.1:{port}"
             self.proc = subprocess.Popen(
-                [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{port}",
-                 "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--log-level", "ERROR",
-                 # Tests write buckets straight into root, so listings must not be served
-                 # from the VFS directory cache (5 min by default: a file made after a first
-                 # listing stays invisible). NOTE: not 0s, with which rclone 1.75 busy-loops
-                 # at ~75 % of a core once anything was listed. Benchmarks whose data is in
-                 # place before the start pass rclone's default (5m): re-listing costs time.
-                 "--dir-cache-time", self.dir_cache_time,
-                 "--config", os.devnull, str(self.root)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                [
+                    rclone_binary(),
+                    "serve",
+                    "s3",
+                    "--addr",
+                    f"127.0.0.1:{port}",
+                    "--auth-key",
+                    f"{ACCESS_KEY},{SECRET_KEY}",
+                    "--log-level",
+                    "ERROR",
+                    # Tests write buckets straight into root, so listings must not be served
+                    # from the VFS directory cache (5 min by default: a file made after a first
+                    # listing stays invisible). NOTE: not 0s, with which rclone 1.75 busy-loops
+                    # at ~75 % of a core once anything was listed. Benchmarks whose data is in
+                    # place before the start pass rclone's default (5m): re-listing costs time.
+                    "--dir-cache-time",
+                    self.dir_cache_time,
+                    "--config",
+                    os.devnull,
+                    str(self.root),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             if self._wait_ready():
                 return
             self.stop()
-        raise RuntimeError(f"rclone serve s3 did not start on 127.0.0.1 within {self.start_timeout} s")
+        raise RuntimeError(
+            f"rclone serve s3 did not start on 127.0.0.1 within {self.start_timeout} s"
+        )
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.start_timeout
@@ -78,7 +103,7 @@ class S3Server:
             try:
                 urllib.request.urlopen(self.endpoint + "/", timeout=1)
                 return True
-            except urllib.error.HTTPError:     # answering (403 without credentials) is ready
+            except urllib.error.HTTPError:  # answering (403 without credentials) is ready
                 return True
             except OSError:
                 time.sleep(0.2)

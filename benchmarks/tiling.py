@@ -1,4 +1,5 @@
 """Grow a small built shard set into a larger one for throughput benchmarks (no decoding needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -12,6 +12,7 @@ Trainer's torch runtime injects into container "node" (the rendered JobSet sets 
 and replaces itself with torchrun (signals such as a preemption's SIGTERM reach it directly),
 which gives every worker MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK and LOCAL_RANK.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,10 @@ def _get(env: Mapping[str, str], name: str, fallback: str | None = None) -> str:
     value = env.get(name, "").strip() or (env.get(fallback, "").strip() if fallback else "")
     if not value:
         also = f" (or {fallback})" if fallback else ""
-        raise SystemExit(f"error: {name}{also} is not set; deploy.launch expects the environment "
-                         "of a Kubeflow TrainJob (torch runtime) or the rendered JobSet")
+        raise SystemExit(
+            f"error: {name}{also} is not set; deploy.launch expects the environment "
+            "of a Kubeflow TrainJob (torch runtime) or the rendered JobSet"
+        )
     return value
 
 
@@ -51,10 +54,20 @@ def torchrun_argv(env: Mapping[str, str], train_args: Sequence[str]) -> list[str
     port = _int("PET_MASTER_PORT", env.get("PET_MASTER_PORT", "").strip() or DEFAULT_PORT, 1)
     # NOTE: static rendezvous (fixed node count, node rank = completion index), as Kubeflow's
     # torch runtime intends; elastic c10d would reassign ranks and needs a rendezvous id.
-    return [sys.executable, "-m", "torch.distributed.run",
-            f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", f"--node-rank={rank}",
-            "--rdzv-backend=static", f"--master-addr={_get(env, 'PET_MASTER_ADDR')}",
-            f"--master-port={port}", "-m", TRAIN_MODULE, *train_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc}",
+        f"--node-rank={rank}",
+        "--rdzv-backend=static",
+        f"--master-addr={_get(env, 'PET_MASTER_ADDR')}",
+        f"--master-port={port}",
+        "-m",
+        TRAIN_MODULE,
+        *train_args,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

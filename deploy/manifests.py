@@ -3,6 +3,7 @@
 Every function returns plain dicts (what ``yaml.safe_dump`` writes and ``kubectl`` reads).
 File name → documents, in apply order, comes from ``render_run``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,7 +15,7 @@ import yaml
 from deploy import pod
 
 TRAIN_COMMAND = ["python", "-m", "deploy.launch"]
-MASTER_PORT = 29500                      # Kubeflow Trainer's ContainerTrainerPort
+MASTER_PORT = 29500  # Kubeflow Trainer's ContainerTrainerPort
 MLFLOW_SERVICE, MLFLOW_PORT = "avfusion-mlflow", 5000
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 LAUNCHERS = ("trainjob", "jobset")
@@ -23,25 +24,26 @@ LAUNCHERS = ("trainjob", "jobset")
 @dataclass(frozen=True)
 class Run:
     """Everything a render needs; built and checked by deploy.render."""
+
     name: str
     namespace: str
     image: str
-    config_name: str                     # file name of the run config inside its ConfigMap
+    config_name: str  # file name of the run config inside its ConfigMap
     config_text: str
     experiment: str
-    shards: str                          # data.shards of the run config
+    shards: str  # data.shards of the run config
     nodes: int
     gpus_per_node: int
-    cpu: str                             # per node
+    cpu: str  # per node
     memory: str
     shm_size: str
     cache_gb: int
     overrides: tuple[str, ...] = ()
-    extra_env: tuple[tuple[str, str], ...] = ()   # literal NAME=VALUE for training pods (NCCL_*)
+    extra_env: tuple[tuple[str, str], ...] = ()  # literal NAME=VALUE for training pods (NCCL_*)
     launcher: str = "trainjob"
     mlflow_artifacts: str = ""
     s3_endpoint: str | None = None
-    shards_input: str | None = None      # set: render the shard-building Jobs
+    shards_input: str | None = None  # set: render the shard-building Jobs
     shards_parts: int = 8
     shards_parallelism: int = 8
     shards_cpu: str = "4"
@@ -65,33 +67,58 @@ def _meta(doc: dict, run: Run, name: str | None = None) -> dict:
     meta = doc["metadata"]
     doc["metadata"] = {"name": name or meta["name"], "namespace": run.namespace, **meta}
     if name:
-        doc["metadata"].update(name=name, annotations={"avfusion.dev/experiment": run.experiment,
-                                                       "avfusion.dev/run-config": run.config_name})
+        doc["metadata"].update(
+            name=name,
+            annotations={
+                "avfusion.dev/experiment": run.experiment,
+                "avfusion.dev/run-config": run.config_name,
+            },
+        )
         doc["metadata"]["labels"]["avfusion.dev/run"] = run.name
     return doc
 
 
 # ---- cluster settings, run config, MLflow --------------------------------------------------
 
+
 def config_docs(run: Run) -> list[dict]:
     env_map, claim = base("config.yaml")
     env_map["data"]["MLFLOW_TRACKING_URI"] = (
-        f"http://{MLFLOW_SERVICE}.{run.namespace}.svc:{MLFLOW_PORT}")
+        f"http://{MLFLOW_SERVICE}.{run.namespace}.svc:{MLFLOW_PORT}"
+    )
     if run.s3_endpoint:
         env_map["data"]["AWS_ENDPOINT_URL"] = run.s3_endpoint
-    run_config = {"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": {"name": f"{run.name}-config",
-                               "labels": {"app.kubernetes.io/part-of": "avfusion"}},
-                  "data": {run.config_name: run.config_text}}
-    return [_meta(env_map, run), _meta(run_config, run, run_config["metadata"]["name"]),
-            _meta(claim, run)]
+    run_config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{run.name}-config",
+            "labels": {"app.kubernetes.io/part-of": "avfusion"},
+        },
+        "data": {run.config_name: run.config_text},
+    }
+    return [
+        _meta(env_map, run),
+        _meta(run_config, run, run_config["metadata"]["name"]),
+        _meta(claim, run),
+    ]
 
 
 def mlflow_allowed_hosts(namespace: str) -> str:
     """Host headers the server accepts: its Service names (any port) and port-forwards."""
     svc = MLFLOW_SERVICE
-    return ",".join([svc, f"{svc}:*", f"{svc}.{namespace}", f"{svc}.{namespace}:*",
-                     f"{svc}.{namespace}.svc*", "localhost", "localhost:*", "127.0.0.1:*"])
+    return ",".join(
+        [
+            svc,
+            f"{svc}:*",
+            f"{svc}.{namespace}",
+            f"{svc}.{namespace}:*",
+            f"{svc}.{namespace}.svc*",
+            "localhost",
+            "localhost:*",
+            "127.0.0.1:*",
+        ]
+    )
 
 
 def mlflow_docs(run: Run) -> list[dict]:
@@ -99,20 +126,41 @@ def mlflow_docs(run: Run) -> list[dict]:
     server = next(d for d in docs if d["kind"] == "Deployment")
     spec = server["spec"]["template"]["spec"]
     spec["securityContext"] = pod.POD_SECURITY
-    args = ["--host", "0.0.0.0", "--port", str(MLFLOW_PORT), "--workers", "2",
-            "--serve-artifacts", "--artifacts-destination", run.mlflow_artifacts,
-            "--allowed-hosts", mlflow_allowed_hosts(run.namespace)]
+    args = [
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(MLFLOW_PORT),
+        "--workers",
+        "2",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        run.mlflow_artifacts,
+        "--allowed-hosts",
+        mlflow_allowed_hosts(run.namespace),
+    ]
     # NOTE: the database URI comes from the Secret through MLFLOW_BACKEND_STORE_URI (an env var
     # `mlflow server` reads), never as an argument; MLflow's boto3 reads MLFLOW_S3_ENDPOINT_URL.
-    env = [pod.secret_env("MLFLOW_BACKEND_STORE_URI", pod.DB_SECRET, "uri"), *pod.s3_env(),
-           {**pod.config_env("AWS_ENDPOINT_URL", optional=True), "name": "MLFLOW_S3_ENDPOINT_URL"}]
+    env = [
+        pod.secret_env("MLFLOW_BACKEND_STORE_URI", pod.DB_SECRET, "uri"),
+        *pod.s3_env(),
+        {**pod.config_env("AWS_ENDPOINT_URL", optional=True), "name": "MLFLOW_S3_ENDPOINT_URL"},
+    ]
     base_container = spec["containers"][0]
-    spec["containers"] = [pod.container(base_container, image=run.image, args=args, env=env,
-                                        resources=base_container["resources"])]
+    spec["containers"] = [
+        pod.container(
+            base_container,
+            image=run.image,
+            args=args,
+            env=env,
+            resources=base_container["resources"],
+        )
+    ]
     return docs
 
 
 # ---- shard building ------------------------------------------------------------------------
+
 
 def shards_docs(run: Run) -> list[dict]:
     build, merge = base("shards.yaml")
@@ -122,11 +170,24 @@ def shards_docs(run: Run) -> list[dict]:
     root = run.parts[0].rsplit("/", 1)[0]
     # PART_INDEX is declared before use so `$(PART_INDEX)` expands in args (Kubernetes only
     # expands variables of the container's own env list).
-    env = [{"name": "PART_INDEX", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
-           *pod.s3_env()]
-    args = ["shards", "build", run.shards_input, "--out", f"{root}/part-$(PART_INDEX)",
-            "--part-index", "$(PART_INDEX)", "--num-parts", str(run.shards_parts),
-            "--workers", run.shards_cpu, "--resume"]
+    env = [
+        {"name": "PART_INDEX", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+        *pod.s3_env(),
+    ]
+    args = [
+        "shards",
+        "build",
+        run.shards_input,
+        "--out",
+        f"{root}/part-$(PART_INDEX)",
+        "--part-index",
+        "$(PART_INDEX)",
+        "--num-parts",
+        str(run.shards_parts),
+        "--workers",
+        run.shards_cpu,
+        "--resume",
+    ]
     _fill_job(build, run, args, env)
 
     _meta(merge, run, f"{run.name}-shards-merge")
@@ -137,21 +198,31 @@ def shards_docs(run: Run) -> list[dict]:
 def _fill_job(job: dict, run: Run, args: list[str], env: list[dict]) -> None:
     spec = job["spec"]["template"]["spec"]
     spec["securityContext"] = pod.POD_SECURITY
-    spec["containers"] = [pod.container(
-        spec["containers"][0], image=run.image, args=args, env=env,
-        resources=pod.resources(run.shards_cpu, run.shards_memory))]
+    spec["containers"] = [
+        pod.container(
+            spec["containers"][0],
+            image=run.image,
+            args=args,
+            env=env,
+            resources=pod.resources(run.shards_cpu, run.shards_memory),
+        )
+    ]
 
 
 # ---- training ------------------------------------------------------------------------------
 
+
 def train_args(run: Run) -> list[str]:
     """``pipeline.train`` arguments: the mounted run config, pod paths, then user overrides."""
-    return ["--config", f"{pod.CONFIG_DIR}/{run.config_name}",
-            f"train.output_dir={pod.RUNS_DIR}/{run.name}",
-            f"data.cache_dir={pod.CACHE_DIR}/shards",
-            # NOTE: the cache may fill 80 % of its volume; past sizeLimit the kubelet evicts.
-            f"data.cache_limit_gb={0.8 * run.cache_gb:g}",
-            *run.overrides]
+    return [
+        "--config",
+        f"{pod.CONFIG_DIR}/{run.config_name}",
+        f"train.output_dir={pod.RUNS_DIR}/{run.name}",
+        f"data.cache_dir={pod.CACHE_DIR}/shards",
+        # NOTE: the cache may fill 80 % of its volume; past sizeLimit the kubelet evicts.
+        f"data.cache_limit_gb={0.8 * run.cache_gb:g}",
+        *run.overrides,
+    ]
 
 
 def _train_env(run: Run) -> list[dict]:
@@ -169,30 +240,43 @@ def trainjob(run: Run) -> dict:
     (doc,) = base("trainjob.yaml")
     _meta(doc, run, run.name)
     trainer = doc["spec"]["trainer"]
-    trainer.update(image=run.image, args=train_args(run), numNodes=run.nodes,
-                   numProcPerNode=run.gpus_per_node, env=_train_env(run),
-                   resourcesPerNode=pod.resources(run.cpu, run.memory, run.gpus_per_node))
+    trainer.update(
+        image=run.image,
+        args=train_args(run),
+        numNodes=run.nodes,
+        numProcPerNode=run.gpus_per_node,
+        env=_train_env(run),
+        resourcesPerNode=pod.resources(run.cpu, run.memory, run.gpus_per_node),
+    )
     node_patch = doc["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
-        "replicatedJobs"][0]["template"]["spec"]["template"]
+        "replicatedJobs"
+    ][0]["template"]["spec"]["template"]
     node_patch["spec"] = {
         "securityContext": pod.POD_SECURITY,
         "tolerations": pod.GPU_TOLERATIONS,
         "volumes": _train_volumes(run),
         # NOTE: the trainer webhook forbids env here for container "node" (trainer.env has it).
-        "containers": [{"name": "node", "securityContext": pod.CONTAINER_SECURITY,
-                        "volumeMounts": pod.train_mounts()}],
+        "containers": [
+            {
+                "name": "node",
+                "securityContext": pod.CONTAINER_SECURITY,
+                "volumeMounts": pod.train_mounts(),
+            }
+        ],
     }
     return doc
 
 
 def torch_env(run: Run) -> list[dict]:
     """The PET_* variables Kubeflow's torch plugin injects, for the JobSet fallback."""
-    leader = f"{run.name}-node-0-0.{run.name}"   # <jobset>-<replicatedJob>-<job>-<pod>.<subdomain>
-    return [{"name": "PET_NNODES", "value": str(run.nodes)},
-            {"name": "PET_NPROC_PER_NODE", "value": str(run.gpus_per_node)},
-            {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
-            {"name": "PET_MASTER_ADDR", "value": leader},
-            {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)}]
+    leader = f"{run.name}-node-0-0.{run.name}"  # <jobset>-<replicatedJob>-<job>-<pod>.<subdomain>
+    return [
+        {"name": "PET_NNODES", "value": str(run.nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(run.gpus_per_node)},
+        {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+        {"name": "PET_MASTER_ADDR", "value": leader},
+        {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
+    ]
 
 
 def jobset(run: Run) -> dict:
@@ -201,12 +285,20 @@ def jobset(run: Run) -> dict:
     job = doc["spec"]["replicatedJobs"][0]["template"]["spec"]
     job["completions"] = job["parallelism"] = run.nodes
     spec = job["template"]["spec"]
-    spec.update(securityContext=pod.POD_SECURITY, tolerations=pod.GPU_TOLERATIONS,
-                volumes=_train_volumes(run))
-    node = pod.container(spec["containers"][0], image=run.image, command=TRAIN_COMMAND,
-                         args=train_args(run), env=[*torch_env(run), *_train_env(run)],
-                         resources=pod.resources(run.cpu, run.memory, run.gpus_per_node),
-                         mounts=pod.train_mounts())
+    spec.update(
+        securityContext=pod.POD_SECURITY,
+        tolerations=pod.GPU_TOLERATIONS,
+        volumes=_train_volumes(run),
+    )
+    node = pod.container(
+        spec["containers"][0],
+        image=run.image,
+        command=TRAIN_COMMAND,
+        args=train_args(run),
+        env=[*torch_env(run), *_train_env(run)],
+        resources=pod.resources(run.cpu, run.memory, run.gpus_per_node),
+        mounts=pod.train_mounts(),
+    )
     node["ports"] = [{"containerPort": MASTER_PORT}]
     spec["containers"] = [node]
     return doc

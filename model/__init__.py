@@ -3,6 +3,7 @@
 ``build_avmae("debug")`` for CPU runs and tests, ``"vggsound"`` / ``"as2m"`` for the released
 architectures; ``model.checkpoints`` loads official checkpoints and MAE / AudioMAE towers.
 """
+
 from __future__ import annotations
 
 from .avmae import AVMAE, AVMAEOutput
@@ -15,5 +16,13 @@ def build_avmae(preset: str = "debug", **overrides) -> AVMAE:
     return AVMAE(get_model_config(preset, **overrides))
 
 
-__all__ = ["AVMAE", "AVMAEConfig", "AVMAEOutput", "DeepAVFusion", "EncoderOutput",
-           "MODEL_PRESETS", "build_avmae", "get_model_config"]
+__all__ = [
+    "AVMAE",
+    "AVMAEConfig",
+    "AVMAEOutput",
+    "DeepAVFusion",
+    "EncoderOutput",
+    "MODEL_PRESETS",
+    "build_avmae",
+    "get_model_config",
+]

@@ -6,6 +6,7 @@ NOTE: our state-dict keys name each decoder as a submodule (``image_decoder.embe
 official release keeps its parts at top level (``image_decoder_embed.weight``).
 ``model.checkpoints.adapt_keys`` maps one to the other, in both directions.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -25,13 +26,13 @@ from .vit import DEFAULT_EPS, Block, init_linear_and_norm, sincos_pos_embed_2d
 class AVMAEOutput(NamedTuple):
     """Losses and predictions (a NamedTuple, so that DeepSpeed ZeRO-3 hooks see the tensors)."""
 
-    loss: Tensor         # fp32 scalar, loss_image + loss_audio
-    loss_image: Tensor   # fp32 scalar, MSE over removed image patches
+    loss: Tensor  # fp32 scalar, loss_image + loss_audio
+    loss_image: Tensor  # fp32 scalar, MSE over removed image patches
     loss_audio: Tensor
-    pred_image: Tensor   # [B, Ni, p·p·3] predictions for every patch (original order)
-    pred_audio: Tensor   # [B, Na, p·p]
-    mask_image: Tensor   # [B, Ni], 1 = removed
-    mask_audio: Tensor   # [B, Na], 1 = removed
+    pred_image: Tensor  # [B, Ni, p·p·3] predictions for every patch (original order)
+    pred_audio: Tensor  # [B, Na, p·p]
+    mask_image: Tensor  # [B, Ni], 1 = removed
+    mask_audio: Tensor  # [B, Na], 1 = removed
 
 
 class MAEDecoder(nn.Module):
@@ -51,7 +52,8 @@ class MAEDecoder(nn.Module):
         self.embed = nn.Linear(cfg.embed_dim, dim)
         self.blocks = nn.ModuleList(
             Block(dim, cfg.decoder_num_heads, cfg.decoder_mlp_ratio, DEFAULT_EPS, cfg.attn_impl)
-            for _ in range(cfg.decoder_depth))
+            for _ in range(cfg.decoder_depth)
+        )
         self.norm = nn.LayerNorm(dim, eps=DEFAULT_EPS)
         self.pred = nn.Linear(dim, patch_dim)
 
@@ -77,7 +79,7 @@ class MAEDecoder(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return self.pred(self.norm(x[:, x_fusion.shape[1]:]))
+        return self.pred(self.norm(x[:, x_fusion.shape[1] :]))
 
 
 def _accept_official_keys(state_dict: dict, prefix: str, *_) -> None:
@@ -87,7 +89,7 @@ def _accept_official_keys(state_dict: dict, prefix: str, *_) -> None:
     from .checkpoints import adapt_keys  # checkpoints imports this module
 
     keys = [k for k in state_dict if k.startswith(prefix)]
-    renamed = adapt_keys({k[len(prefix):]: state_dict.pop(k) for k in keys}, "ours")
+    renamed = adapt_keys({k[len(prefix) :]: state_dict.pop(k) for k in keys}, "ours")
     state_dict.update({prefix + k: v for k, v in renamed.items()})
 
 
@@ -104,8 +106,8 @@ class AVMAE(nn.Module):
         self.patch_size = cfg.patch_size
         self.encoder = DeepAVFusion(cfg)
         # Official construction order (audio first): it fixes the draws of a seeded initialisation.
-        self.audio_decoder = MAEDecoder(cfg, cfg.audio_grid, cfg.patch_size ** 2 * cfg.audio_in_chans)
-        self.image_decoder = MAEDecoder(cfg, cfg.image_grid, cfg.patch_size ** 2 * cfg.image_in_chans)
+        self.audio_decoder = MAEDecoder(cfg, cfg.audio_grid, cfg.patch_size**2 * cfg.audio_in_chans)
+        self.image_decoder = MAEDecoder(cfg, cfg.image_grid, cfg.patch_size**2 * cfg.image_in_chans)
         self.reset_decoder_parameters()
         self._register_load_state_dict_pre_hook(_accept_official_keys)
 
@@ -126,14 +128,19 @@ class AVMAE(nn.Module):
 
         NOTE: so fusion_tokens, the mask tokens and the decoder pos-embeds *are* decayed.
         """
-        return {n for n, p in self.named_parameters()
-                if p.requires_grad and (p.ndim <= 1 or n.endswith(".bias"))}
+        return {
+            n
+            for n, p in self.named_parameters()
+            if p.requires_grad and (p.ndim <= 1 or n.endswith(".bias"))
+        }
 
     def tower_parameter_names(self) -> dict[str, set[str]]:
         """Trainable parameters of the pretrained towers (LR-multiplier ramp, REFERENCE §7.3)."""
         towers = {"image": self.encoder.image, "audio": self.encoder.audio}
-        return {m: {f"encoder.{m}.{n}" for n, p in tower.named_parameters() if p.requires_grad}
-                for m, tower in towers.items()}
+        return {
+            m: {f"encoder.{m}.{n}" for n, p in tower.named_parameters() if p.requires_grad}
+            for m, tower in towers.items()
+        }
 
     @property
     def grad_checkpointing(self) -> bool:
@@ -149,7 +156,9 @@ class AVMAE(nn.Module):
         """``[B, C, gH·p, gW·p]`` → ``[B, gH·gW, p·p·C]``; per patch (row, column, channel), channel fastest."""
         (gh, gw), p, c = self.grid[modality], self.patch_size, self.chans[modality]
         if tuple(x.shape[1:]) != (c, gh * p, gw * p):
-            raise ValueError(f"{modality} input: expected [B, {c}, {gh * p}, {gw * p}], got {list(x.shape)}")
+            raise ValueError(
+                f"{modality} input: expected [B, {c}, {gh * p}, {gw * p}], got {list(x.shape)}"
+            )
         return rearrange(x, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
 
     def unpatchify(self, x: Tensor, modality: str) -> Tensor:
@@ -161,8 +170,9 @@ class AVMAE(nn.Module):
         """Unmasked encoder pass for downstream use: all patches + fusion tokens, pooled means."""
         return self.encoder(image, audio)
 
-    def forward_loss(self, target: Tensor, pred: Tensor, mask: Tensor,
-                     norm_pix_loss: bool | None = None) -> Tensor:
+    def forward_loss(
+        self, target: Tensor, pred: Tensor, mask: Tensor, norm_pix_loss: bool | None = None
+    ) -> Tensor:
         """Mean per-patch MSE over removed patches, in fp32 (also under autocast).
 
         target, pred ``[B, L, P]``; mask ``[B, L]`` (1 = removed). norm_pix (default: the
@@ -177,8 +187,13 @@ class AVMAE(nn.Module):
         loss = ((pred - target) ** 2).mean(dim=-1)
         return (loss * mask).sum() / mask.sum()
 
-    def forward(self, image: Tensor, audio: Tensor, masks: Mapping[str, Mapping[str, Tensor]] | None = None,
-                generator: torch.Generator | None = None) -> AVMAEOutput:
+    def forward(
+        self,
+        image: Tensor,
+        audio: Tensor,
+        masks: Mapping[str, Mapping[str, Tensor]] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AVMAEOutput:
         """Masked pre-training pass.
 
         masks: optional per modality (``"image"``/``"audio"``) ``{ids_keep, ids_restore, mask}``
@@ -193,10 +208,17 @@ class AVMAE(nn.Module):
         pred_a = self.audio_decoder(enc.audio, enc.fusion, mask_a.ids_restore)
         loss_i = self.forward_loss(self.patchify(image, "image"), pred_i, mask_i.mask)
         loss_a = self.forward_loss(self.patchify(audio, "audio"), pred_a, mask_a.mask)
-        return AVMAEOutput(loss_i + loss_a, loss_i, loss_a, pred_i, pred_a, mask_i.mask, mask_a.mask)
+        return AVMAEOutput(
+            loss_i + loss_a, loss_i, loss_a, pred_i, pred_a, mask_i.mask, mask_a.mask
+        )
 
-    def masks_for(self, modality: str, x: Tensor, spec: Mapping[str, Tensor] | None,
-                  generator: torch.Generator | None) -> Mask:
+    def masks_for(
+        self,
+        modality: str,
+        x: Tensor,
+        spec: Mapping[str, Tensor] | None,
+        generator: torch.Generator | None,
+    ) -> Mask:
         """The caller's mask for ``modality`` (validated) or a random one at the config's ratio."""
         (gh, gw), ratio = self.grid[modality], self.mask_ratio[modality]
         if spec is None:

@@ -5,6 +5,7 @@ Our keys differ from the official ones only in the decoders (``image_decoder.emb
 strictly and to export official names. Tower weights are CC-BY-NC: only ever read from paths the
 user supplies, never bundled or downloaded.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -21,10 +22,15 @@ from .deepavfusion import DeepAVFusion
 from .presets import MODEL_PRESETS, get_model_config
 
 ENCODER_PREFIX = "encoder."
-TOWER_SKIP_PREFIXES = ("decoder", "mask_token", "cls_token")   # MAE/AudioMAE parts with no tower slot
+TOWER_SKIP_PREFIXES = (
+    "decoder",
+    "mask_token",
+    "cls_token",
+)  # MAE/AudioMAE parts with no tower slot
 # A decoder part: official ``audio_decoder_blocks.3.…`` ↔ ours ``audio_decoder.blocks.3.…``.
 _DECODER_KEY = re.compile(
-    r"^(image|audio)_decoder[._](mask_token|pos_embed|embed|blocks|norm|pred)(?=\.|$)")
+    r"^(image|audio)_decoder[._](mask_token|pos_embed|embed|blocks|norm|pred)(?=\.|$)"
+)
 
 
 class CheckpointError(ValueError):
@@ -36,7 +42,9 @@ def adapt_keys(state: Mapping[str, Tensor], to: Literal["official", "ours"]) -> 
     ``checkpoint_filter_fn``); encoder keys are the same in both, so are left as they are.
     Keys already in the target layout pass unchanged, so either layout may come in."""
     sep = "_" if to == "official" else "."
-    return {_DECODER_KEY.sub(lambda m: f"{m[1]}_decoder{sep}{m[2]}", k): v for k, v in state.items()}
+    return {
+        _DECODER_KEY.sub(lambda m: f"{m[1]}_decoder{sep}{m[2]}", k): v for k, v in state.items()
+    }
 
 
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> object:
@@ -48,6 +56,7 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> object:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
         try:
             return load_file(path)
         except SafetensorError as e:
@@ -55,15 +64,22 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        global_name = next((line.split("GLOBAL")[-1].split()[0] for line in str(e).splitlines()
-                            if "Unsupported global" in line), None)
+        global_name = next(
+            (
+                line.split("GLOBAL")[-1].split()[0]
+                for line in str(e).splitlines()
+                if "Unsupported global" in line
+            ),
+            None,
+        )
         if global_name is None:
             raise CheckpointError(_unreadable(path, e)) from None
         if not trust_pickle:
             raise CheckpointError(
                 f"{path}: torch.load(weights_only=True) refuses the pickled object {global_name} "
                 "(the AudioMAE file stores an argparse Namespace); if you trust this file, pass "
-                "trust_pickle=True (config: model.trust_pickle=true)") from None
+                "trust_pickle=True (config: model.trust_pickle=true)"
+            ) from None
     except Exception as e:  # torch raises assorted types for files that are not checkpoints
         raise CheckpointError(_unreadable(path, e)) from None
     try:
@@ -79,9 +95,15 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{source}: expected a state dict (a mapping of tensors, optionally "
-                              "under 'state_dict' or 'model')")
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, Tensor) for v in obj.values())
+    ):
+        raise CheckpointError(
+            f"{source}: expected a state dict (a mapping of tensors, optionally "
+            "under 'state_dict' or 'model')"
+        )
     return dict(obj)
 
 
@@ -90,11 +112,20 @@ def strict_mismatch(module: nn.Module, state: Mapping[str, Tensor]) -> str | Non
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k} {list(state[k].shape)} vs model {list(s)}"
-              for k, s in sorted(expected.items()) if k in state and tuple(state[k].shape) != s]
-    problems = [f"{label} {len(items)} ({', '.join(items[:3])}{', …' if len(items) > 3 else ''})"
-                for label, items in (("missing", missing), ("unexpected", unexpected),
-                                     ("shape mismatch", shapes)) if items]
+    shapes = [
+        f"{k} {list(state[k].shape)} vs model {list(s)}"
+        for k, s in sorted(expected.items())
+        if k in state and tuple(state[k].shape) != s
+    ]
+    problems = [
+        f"{label} {len(items)} ({', '.join(items[:3])}{', …' if len(items) > 3 else ''})"
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", shapes),
+        )
+        if items
+    ]
     return "; ".join(problems) or None
 
 
@@ -102,12 +133,17 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> 
     """``module.load_state_dict(state, strict=True)`` with a one-line error on any mismatch."""
     problem = strict_mismatch(module, state)
     if problem:
-        raise CheckpointError(f"{source}: does not match {type(module).__name__} strictly: {problem}")
+        raise CheckpointError(
+            f"{source}: does not match {type(module).__name__} strictly: {problem}"
+        )
     module.load_state_dict(state, strict=True)
 
 
-def load_official(path_or_state_dict: str | Path | Mapping, model: nn.Module | None = None,
-                  preset: str | None = None) -> nn.Module:
+def load_official(
+    path_or_state_dict: str | Path | Mapping,
+    model: nn.Module | None = None,
+    preset: str | None = None,
+) -> nn.Module:
     """Load an official (or project) AVMAE / encoder checkpoint strictly; return the model.
 
     Accepts ``{state_dict: …}``, ``{model: …}`` or a bare mapping, in official or our key layout;
@@ -130,7 +166,9 @@ def load_official(path_or_state_dict: str | Path | Mapping, model: nn.Module | N
 def _target(model: nn.Module, state: dict[str, Tensor]) -> tuple[nn.Module, dict[str, Tensor]]:
     """The module the keys of ``state`` address, and the keys relative to it."""
     prefixed = [k.startswith(ENCODER_PREFIX) for k in state]
-    encoder_only = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    encoder_only = {
+        k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)
+    }
     if isinstance(model, AVMAE):
         if all(prefixed):
             return model.encoder, encoder_only
@@ -149,12 +187,18 @@ def _detect_preset(state: dict[str, Tensor], source: str) -> str:
         problems[name] = strict_mismatch(*_target(candidate, state))
         if problems[name] is None:
             return name
-    raise CheckpointError(f"{source}: matches no model preset; pass preset= or model=. As "
-                          + "; as ".join(f"{n!r}: {p}" for n, p in problems.items()))
+    raise CheckpointError(
+        f"{source}: matches no model preset; pass preset= or model=. As "
+        + "; as ".join(f"{n!r}: {p}" for n, p in problems.items())
+    )
 
 
-def load_tower_weights(model: nn.Module, image_path: str | Path | None = None,
-                       audio_path: str | Path | None = None, trust_pickle: bool = False) -> None:
+def load_tower_weights(
+    model: nn.Module,
+    image_path: str | Path | None = None,
+    audio_path: str | Path | None = None,
+    trust_pickle: bool = False,
+) -> None:
     """Initialise the image tower from an MAE ViT-B file and/or the audio tower from AudioMAE.
 
     Mapping (REFERENCE §5): unwrap ``state_dict`` / ``model``; drop ``decoder*``, ``mask_token``
@@ -183,8 +227,11 @@ def official_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The official-key state dict of ``model``, unwrapping DDP/DeepSpeed ``.module`` and
     ``torch.compile``'s ``_orig_mod``."""
     while True:
-        inner = [m for m in (getattr(model, "_orig_mod", None), getattr(model, "module", None))
-                 if isinstance(m, nn.Module)]
+        inner = [
+            m
+            for m in (getattr(model, "_orig_mod", None), getattr(model, "module", None))
+            if isinstance(m, nn.Module)
+        ]
         if not inner:
             return adapt_keys(model.state_dict(), "official")
         model = inner[0]

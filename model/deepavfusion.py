@@ -3,6 +3,7 @@
 Two ViT towers (``image``, ``audio``) and learned ``fusion_tokens`` advanced in parallel by
 per-layer ``fusion_blocks``; final norms ``image.norm``, ``audio.norm`` and ``fusion_norm``.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -32,7 +33,11 @@ class EncoderOutput(NamedTuple):
     @property
     def pooled(self) -> dict[str, Tensor]:
         """Token means ``{"image", "audio", "fusion"}`` → ``[B, D]`` (fusion averages *all* F tokens)."""
-        return {"image": self.image.mean(1), "audio": self.audio.mean(1), "fusion": self.fusion.mean(1)}
+        return {
+            "image": self.image.mean(1),
+            "audio": self.audio.mean(1),
+            "fusion": self.fusion.mean(1),
+        }
 
 
 class DeepAVFusion(nn.Module):
@@ -40,25 +45,46 @@ class DeepAVFusion(nn.Module):
 
     def __init__(self, cfg: AVMAEConfig):
         super().__init__()
-        tower = dict(dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                     mlp_ratio=cfg.mlp_ratio, patch_size=cfg.patch_size, attn_impl=cfg.attn_impl)
+        tower = dict(
+            dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            patch_size=cfg.patch_size,
+            attn_impl=cfg.attn_impl,
+        )
         self.fusion_tokens = nn.Parameter(torch.zeros(1, sum(cfg.num_fusion_tkns), cfg.embed_dim))
         self.image = ViT(cfg.image_grid, cfg.image_in_chans, **tower)
         self.audio = ViT(cfg.audio_grid, cfg.audio_in_chans, **tower)
         # NOTE: layers without fusion (official ``fusion_layers`` other than 'all') hold None, so the
         # block indices, hence the state-dict keys, stay those of the official ModuleList.
         self.fusion_blocks = nn.ModuleList(
-            build_fusion_block(cfg.fusion_arch, cfg.embed_dim, cfg.fusion_num_heads,
-                               cfg.fusion_mlp_ratio, cfg.fusion_attn_ratio, cfg.num_fusion_tkns,
-                               cfg.attn_impl) if i in cfg.fusion_layer_ids else None
-            for i in range(cfg.depth))
+            build_fusion_block(
+                cfg.fusion_arch,
+                cfg.embed_dim,
+                cfg.fusion_num_heads,
+                cfg.fusion_mlp_ratio,
+                cfg.fusion_attn_ratio,
+                cfg.num_fusion_tkns,
+                cfg.attn_impl,
+            )
+            if i in cfg.fusion_layer_ids
+            else None
+            for i in range(cfg.depth)
+        )
         self.fusion_norm = nn.LayerNorm(cfg.embed_dim, eps=DEFAULT_EPS)
         self.grad_checkpointing = cfg.activation_checkpointing
         nn.init.normal_(self.fusion_tokens, std=0.02)
         self.fusion_blocks.apply(init_linear_and_norm)
 
-    def forward(self, image: Tensor, audio: Tensor, image_ids_keep: Tensor | None = None,
-                audio_ids_keep: Tensor | None = None, return_layers: bool = False) -> EncoderOutput:
+    def forward(
+        self,
+        image: Tensor,
+        audio: Tensor,
+        image_ids_keep: Tensor | None = None,
+        audio_ids_keep: Tensor | None = None,
+        return_layers: bool = False,
+    ) -> EncoderOutput:
         """image ``[B, C, H, W]``, audio ``[B, 1, F, T]``, ids_keep ``[B, K]`` (shuffled order).
 
         Without ids_keep the pass is unmasked (all patches).
@@ -74,10 +100,16 @@ class DeepAVFusion(nn.Module):
                 xi, xa, xf = self.layer(index, xi, xa, xf)
             if return_layers:
                 layers.append((xi, xa, xf))
-        return EncoderOutput(self.image.norm(xi), self.audio.norm(xa), self.fusion_norm(xf),
-                             layers if return_layers else None)
+        return EncoderOutput(
+            self.image.norm(xi),
+            self.audio.norm(xa),
+            self.fusion_norm(xf),
+            layers if return_layers else None,
+        )
 
-    def layer(self, index: int, xi: Tensor, xa: Tensor, xf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def layer(
+        self, index: int, xi: Tensor, xa: Tensor, xf: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """One encoder layer; all three streams advance from the previous layer's states.
 
         Each tower block sees ``[fusion ; own patches]`` and its fusion outputs are dropped; the

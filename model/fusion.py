@@ -4,6 +4,7 @@ Every block is called as ``block(xf, xi, xa)``: fusion tokens ``[B, F, D]`` (F =
 releases), image tokens ``[B, Ni, D]``, audio tokens ``[B, Na, D]`` → new fusion tokens ``[B, F, D]``.
 D = embed dim, H = heads, d = int(D · attn_ratio). All LayerNorms here use eps 1e-5.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,10 +43,16 @@ class FactorizedAttention(nn.Module):
     3. the nf fusion tokens attend to the pairs: q ``[B,nf,d]``, k ``[B,P,d]``, v ``[B,P,D]``.
     """
 
-    swaps_norms = False   # name-consistent: norm1_img on image, norm1_aud on audio
+    swaps_norms = False  # name-consistent: norm1_img on image, norm1_aud on audio
 
-    def __init__(self, dim: int, num_heads: int, attn_ratio: float, num_tokens: tuple[int, int, int],
-                 attn_impl: str):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        attn_ratio: float,
+        num_tokens: tuple[int, int, int],
+        attn_impl: str,
+    ):
         super().__init__()
         self.num_heads, self.num_tokens, self.attn_impl = num_heads, tuple(num_tokens), attn_impl
         # NOTE: scale (D/H)^−0.5 = 1/8 at ViT-B even though q/k heads are d/H wide (16 at ratio
@@ -64,8 +71,9 @@ class FactorizedAttention(nn.Module):
         m_f, m_v, m_a = m.split(self.num_tokens, dim=1)
         m_v, m_a = self.attn_v(m_v, ni), self.attn_a(m_a, na)
         nv, n_aud = m_v.shape[1], m_a.shape[1]
-        pairs = torch.cat((m_v[:, :, None].expand(-1, -1, n_aud, -1),
-                           m_a[:, None].expand(-1, nv, -1, -1)), dim=-1).flatten(1, 2)
+        pairs = torch.cat(
+            (m_v[:, :, None].expand(-1, -1, n_aud, -1), m_a[:, None].expand(-1, nv, -1, -1)), dim=-1
+        ).flatten(1, 2)
         q = split_heads(self.q(m_f), self.num_heads)
         k = split_heads(self.k(pairs), self.num_heads)
         v = split_heads(self.v(pairs), self.num_heads)
@@ -109,21 +117,21 @@ class DenseAttention(nn.Module):
     sum of the half-projections, so kv = W_a·a + W_i·i + b is formed on ``[B, Na, Ni, 2d]``.
     """
 
-    swaps_norms = False   # norms are name-correct; the swap is in the pair layout
+    swaps_norms = False  # norms are name-correct; the swap is in the pair layout
 
     def __init__(self, dim: int, num_heads: int, attn_ratio: float, attn_impl: str):
         super().__init__()
         d = int(dim * attn_ratio)
         self.num_heads, self.attn_impl = num_heads, attn_impl
-        self.scale = (dim // num_heads) ** -0.5   # NOTE: 1/8 from D/H, not d/H
+        self.scale = (dim // num_heads) ** -0.5  # NOTE: 1/8 from D/H, not d/H
         self.q = nn.Linear(dim, d)
         self.kv = nn.Linear(dim * 2, d * 2)
         self.proj = nn.Linear(d, dim)
 
     def forward(self, m: Tensor, ni: Tensor, na: Tensor) -> Tensor:
         dim = na.shape[-1]
-        kv_a = F.linear(na, self.kv.weight[:, :dim])                       # [B, Na, 2d]
-        kv_i = F.linear(ni, self.kv.weight[:, dim:])                       # [B, Ni, 2d]
+        kv_a = F.linear(na, self.kv.weight[:, :dim])  # [B, Na, 2d]
+        kv_i = F.linear(ni, self.kv.weight[:, dim:])  # [B, Ni, 2d]
         kv = (kv_a[:, :, None] + kv_i[:, None] + self.kv.bias).flatten(1, 2)  # [B, Na·Ni, 2d]
         q = split_heads(self.q(m), self.num_heads)
         k, v = (split_heads(t, self.num_heads) for t in kv.chunk(2, dim=-1))
@@ -146,7 +154,7 @@ class FusionBlock(nn.Module):
         self.attn = attn
         self.norm2 = nn.LayerNorm(dim, eps=DEFAULT_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = 0.0    # stochastic-depth rate of both residual branches (fine-tuning)
+        self.drop_path = 0.0  # stochastic-depth rate of both residual branches (fine-tuning)
 
     def forward(self, xf: Tensor, xi: Tensor, xa: Tensor) -> Tensor:
         """xf ``[B, F, D]``, xi ``[B, Ni, D]``, xa ``[B, Na, D]`` → ``[B, F, D]``."""
@@ -159,8 +167,15 @@ class FusionBlock(nn.Module):
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
-def build_fusion_block(arch: str, dim: int, num_heads: int, mlp_ratio: float, attn_ratio: float,
-                       num_tokens: tuple[int, int, int], attn_impl: str = "sdpa") -> FusionBlock:
+def build_fusion_block(
+    arch: str,
+    dim: int,
+    num_heads: int,
+    mlp_ratio: float,
+    attn_ratio: float,
+    num_tokens: tuple[int, int, int],
+    attn_impl: str = "sdpa",
+) -> FusionBlock:
     """One fusion block of variant ``arch`` (``token`` | ``dense_mmi`` | ``factorized_mmi``)."""
     if arch == "factorized_mmi":
         attn = FactorizedAttention(dim, num_heads, attn_ratio, num_tokens, attn_impl)

@@ -15,6 +15,7 @@ after the bottom and every stage the visual vector modulates the features (FiLM:
 NOTE: the release's exact conditioning is not reproduced); a 1×1 conv → mask logits
 ``[B, 1, 128, 192]``. ``visual=False`` builds the audio-only baseline (no modulation).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,13 @@ class DoubleConv(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -46,18 +52,24 @@ class AVSHead(nn.Module):
             raise ValueError(f"AVSHead: 4 channel widths (one per layer), got {channels}")
         self.grid = grid
         self.norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-6) for _ in channels)
-        self.audio_proj = nn.ModuleList(nn.Sequential(nn.Linear(dim, c), nn.LayerNorm(c)) for c in channels)
+        self.audio_proj = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, c), nn.LayerNorm(c)) for c in channels
+        )
         self.top = DoubleConv(dim, channels[0])
-        self.stages = nn.ModuleList(DoubleConv(cin + dim, cout) for cin, cout in zip(channels, channels[1:], strict=False))
+        self.stages = nn.ModuleList(
+            DoubleConv(cin + dim, cout) for cin, cout in zip(channels, channels[1:], strict=False)
+        )
         self.out = nn.Conv2d(channels[-1], 1, 1)
 
     def forward(self, layers: list[Tensor], audio: Tensor) -> Tensor:
         maps = [self._grid(norm(x)) for norm, x in zip(self.norms, layers, strict=True)]
-        sound = [proj(audio).mean(1)[:, :, None, None] for proj in self.audio_proj]   # [B, c_s, 1, 1]
+        sound = [
+            proj(audio).mean(1)[:, :, None, None] for proj in self.audio_proj
+        ]  # [B, c_s, 1, 1]
         x = self.top(maps[0]) + sound[0]
         for s, stage in enumerate(self.stages, start=1):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            skip = F.interpolate(maps[s], scale_factor=2 ** s, mode="bilinear", align_corners=False)
+            skip = F.interpolate(maps[s], scale_factor=2**s, mode="bilinear", align_corners=False)
             x = stage(torch.cat((x, skip), 1)) + sound[s]
         return self.out(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
 
@@ -70,12 +82,16 @@ class SeparationHead(nn.Module):
     """``(audio layer states 5 × [B, h·w, D], image tokens [B, Ni, D] | None) → logits [B, 1, 16h, 16w]``
     (16 = 2^4 up-stages)."""
 
-    def __init__(self, dim: int, grid: tuple[int, int], channels: tuple[int, ...], visual: bool = True):
+    def __init__(
+        self, dim: int, grid: tuple[int, int], channels: tuple[int, ...], visual: bool = True
+    ):
         super().__init__()
         self.grid = grid
         self.norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-6) for _ in channels)
         self.bottom = DoubleConv(dim, channels[0])
-        self.stages = nn.ModuleList(DoubleConv(cin + dim, cout) for cin, cout in zip(channels, channels[1:], strict=False))
+        self.stages = nn.ModuleList(
+            DoubleConv(cin + dim, cout) for cin, cout in zip(channels, channels[1:], strict=False)
+        )
         self.visual_norm = nn.LayerNorm(dim, eps=1e-6) if visual else None
         self.film = nn.ModuleList(nn.Linear(dim, 2 * c) for c in channels) if visual else None
         self.out = nn.Conv2d(channels[-1], 1, 1)

@@ -6,6 +6,7 @@ weight rule keyed by official state-dict names. We build the model the config de
 the rule, run the masked and unmasked passes with the fixture's masks and report the max
 abs / rel error of every stored output (rel = max |ours − ref| / max |ref|).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,7 @@ from .checkpoints import load_official, official_state_dict
 from .presets import AVMAEConfig, ImageSpec
 
 FORMAT = "deepavfusion-parity-rule-v1"
-TOLERANCE = 1e-5                         # fixture README: max |ours − fixture| for float tensors
+TOLERANCE = 1e-5  # fixture README: max |ours − fixture| for float tensors
 EXACT = ("target_image", "target_audio")  # must be equal
 
 
@@ -33,15 +34,17 @@ def rule_value(key: str, shape) -> Tensor:
     g = torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
     x = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
     if len(shape) == 1:
-        return 1.0 + 0.1 * x if key.endswith("weight") else 0.05 * x   # LayerNorm weight / bias
+        return 1.0 + 0.1 * x if key.endswith("weight") else 0.05 * x  # LayerNorm weight / bias
     return 0.02 * x
 
 
 def apply_weight_rule(model: AVMAE) -> None:
     """Set every official state-dict entry except the sin-cos ``*pos_embed`` tables by ``rule_value``."""
     state = official_state_dict(model)
-    load_official({k: v if k.endswith("pos_embed") else rule_value(k, v.shape)
-                   for k, v in state.items()}, model=model)
+    load_official(
+        {k: v if k.endswith("pos_embed") else rule_value(k, v.shape) for k, v in state.items()},
+        model=model,
+    )
 
 
 def load_fixture(path: str | Path) -> dict:
@@ -88,12 +91,15 @@ def compute_outputs(model: AVMAE, fixture: dict) -> dict[str, Tensor]:
     """Our values for every fixture output, flattened to dotted names (as in ``outputs``)."""
     image, audio = fixture["inputs"]["image"], fixture["inputs"]["audio"]
     masking = fixture["masking"]
-    masks = {m: {k: masking[f"{m}_{k}"] for k in ("ids_keep", "ids_restore", "mask")}
-             for m in ("image", "audio")}
+    masks = {
+        m: {k: masking[f"{m}_{k}"] for k in ("ids_keep", "ids_restore", "mask")}
+        for m in ("image", "audio")
+    }
     last = fixture["meta"].get("layer_last_index", model.config.depth - 1)
     out = {}
-    enc = model.encoder(image, audio, masks["image"]["ids_keep"], masks["audio"]["ids_keep"],
-                        return_layers=True)
+    enc = model.encoder(
+        image, audio, masks["image"]["ids_keep"], masks["audio"]["ids_keep"], return_layers=True
+    )
     full = model.encoder(image, audio, return_layers=True)
     for name, e in (("encoder_masked", enc), ("encoder_full", full)):
         for i, stream in enumerate(("image", "audio", "fusion")):
@@ -107,7 +113,9 @@ def compute_outputs(model: AVMAE, fixture: dict) -> dict[str, Tensor]:
         out[f"target_{m}"] = target
         out[f"pred_{m}"] = pred
         out[f"loss_{m}"] = getattr(result, f"loss_{m}")
-        out[f"loss_{m}_other_normpix"] = model.forward_loss(target, pred, mask, not model.norm_pix_loss)
+        out[f"loss_{m}_other_normpix"] = model.forward_loss(
+            target, pred, mask, not model.norm_pix_loss
+        )
     return out
 
 
@@ -126,27 +134,36 @@ def run_fixture(path: str | Path, tolerance: float | None = None) -> dict:
     fixture = load_fixture(path)
     tol = float(tolerance if tolerance is not None else fixture.get("tolerance", TOLERANCE))
     model = AVMAE(config_from_fixture(fixture["config"])).eval()
-    ours_keys = sorted([k, list(v.shape), str(v.dtype).removeprefix("torch.")]
-                       for k, v in official_state_dict(model).items())
+    ours_keys = sorted(
+        [k, list(v.shape), str(v.dtype).removeprefix("torch.")]
+        for k, v in official_state_dict(model).items()
+    )
     apply_weight_rule(model)
     ours = compute_outputs(model, fixture)
     refs = flatten_tensors(fixture["outputs"])
     refs.update({f"pos_embed.{k}": v for k, v in fixture.get("pos_embed", {}).items()})
     state = official_state_dict(model)
     ours.update({f"pos_embed.{k}": state[k] for k in fixture.get("pos_embed", {})})
-    errors = {name: max_errors(ours[name], ref) if name in ours else (float("inf"),) * 2
-              for name, ref in refs.items()}
+    errors = {
+        name: max_errors(ours[name], ref) if name in ours else (float("inf"),) * 2
+        for name, ref in refs.items()
+    }
     failed = sorted(n for n, (a, _) in errors.items() if a > (0.0 if n in EXACT else tol))
     n_params = sum(p.numel() for p in model.parameters())
     keys_match = ours_keys == [list(x) for x in fixture["state_dict_keys"]]
     params_match = n_params == fixture["meta"].get("n_params", {}).get("avmae", n_params)
     return {
-        "fixture": Path(path).name, "preset": fixture["config"].get("preset"),
-        "fusion_arch": model.config.fusion_arch, "batch": int(fixture["inputs"]["image"].shape[0]),
-        "ok": not failed and keys_match and params_match, "tolerance": tol, "failed": failed,
-        "state_dict_keys_match": keys_match, "n_params": n_params, "n_params_match": params_match,
+        "fixture": Path(path).name,
+        "preset": fixture["config"].get("preset"),
+        "fusion_arch": model.config.fusion_arch,
+        "batch": int(fixture["inputs"]["image"].shape[0]),
+        "ok": not failed and keys_match and params_match,
+        "tolerance": tol,
+        "failed": failed,
+        "state_dict_keys_match": keys_match,
+        "n_params": n_params,
+        "n_params_match": params_match,
         "worst_abs": max((a for n, (a, _) in errors.items() if n not in EXACT), default=0.0),
         "max_abs": {n: a for n, (a, _) in errors.items()},
         "max_rel": {n: r for n, (_, r) in errors.items()},
     }
-

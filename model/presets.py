@@ -3,6 +3,7 @@
 Pure Python (no torch import). The audio front ends and image spec they refer to live with the
 shard format (``preprocess.shardformat``) and are re-exported here.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -12,8 +13,16 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 # a model preset names its front end (``audio_frontend``).
 from preprocess.shardformat import FRONTENDS, AudioFrontend, ImageSpec, get_frontend
 
-__all__ = ["FRONTENDS", "AudioFrontend", "ImageSpec", "get_frontend", "AVMAEConfig",
-           "MODEL_PRESETS", "ModelConfigError", "get_model_config"]
+__all__ = [
+    "FRONTENDS",
+    "AudioFrontend",
+    "ImageSpec",
+    "get_frontend",
+    "AVMAEConfig",
+    "MODEL_PRESETS",
+    "ModelConfigError",
+    "get_model_config",
+]
 
 # --------------------------------------------------------------------------------------------
 # Architecture presets (REFERENCE.md §1, §2.7, §3)
@@ -53,10 +62,10 @@ class AVMAEConfig:
     audio_in_chans: int = 1
     # fusion (REFERENCE §2)
     fusion_arch: str = "factorized_mmi"
-    fusion_layers: str = "all"            # "all" | "none" | "0-4-8" (layers with a fusion block)
+    fusion_layers: str = "all"  # "all" | "none" | "0-4-8" (layers with a fusion block)
     # NOTE: the official encoder class defaults to (4, 8, 4); every official script, config and
     # release uses (16, 8, 8), which is the default here.
-    num_fusion_tkns: tuple[int, int, int] = (16, 8, 8)   # fusion | visual-aggr | audio-aggr
+    num_fusion_tkns: tuple[int, int, int] = (16, 8, 8)  # fusion | visual-aggr | audio-aggr
     fusion_mlp_ratio: float = 1.0
     fusion_attn_ratio: float = 0.25
     fusion_num_heads: int = 12
@@ -70,7 +79,7 @@ class AVMAEConfig:
     audio_mask_ratio: float = 0.8
     norm_pix_loss: bool = True
     # execution (no effect on the state dict)
-    attn_impl: str = "sdpa"               # "sdpa" | "naive" softmax(q kᵀ) v (benchmark baseline)
+    attn_impl: str = "sdpa"  # "sdpa" | "naive" softmax(q kᵀ) v (benchmark baseline)
     activation_checkpointing: bool = False
     # preprocessing facts the inputs must follow
     audio_frontend: str = "deepavfusion"
@@ -112,38 +121,73 @@ class AVMAEConfig:
 def _config_problems(c: AVMAEConfig):
     """Yield (field, problem) for the constraints of REFERENCE §2.7 (and input-layout facts) ``c`` violates."""
     if c.fusion_arch not in FUSION_ARCHS:
-        yield "fusion_arch", f"fusion_arch {c.fusion_arch!r} is not one of {', '.join(FUSION_ARCHS)}"
+        yield (
+            "fusion_arch",
+            f"fusion_arch {c.fusion_arch!r} is not one of {', '.join(FUSION_ARCHS)}",
+        )
     if c.attn_impl not in ATTN_IMPLS:
         yield "attn_impl", f"attn_impl {c.attn_impl!r} is not one of {', '.join(ATTN_IMPLS)}"
     if c.embed_dim % 4 or c.embed_dim % c.num_heads or c.embed_dim % c.fusion_num_heads:
-        yield "embed_dim", (f"embed_dim {c.embed_dim} must be divisible by 4, num_heads ({c.num_heads}) "
-                            f"and fusion_num_heads ({c.fusion_num_heads})")
+        yield (
+            "embed_dim",
+            (
+                f"embed_dim {c.embed_dim} must be divisible by 4, num_heads ({c.num_heads}) "
+                f"and fusion_num_heads ({c.fusion_num_heads})"
+            ),
+        )
     if c.fusion_attn_dim == 0 or c.fusion_attn_dim % c.fusion_num_heads:
-        yield "fusion_attn_ratio", (f"fusion attention width int(embed_dim * fusion_attn_ratio) = "
-                                    f"{c.fusion_attn_dim} must be a positive multiple of fusion_num_heads "
-                                    f"({c.fusion_num_heads})")
+        yield (
+            "fusion_attn_ratio",
+            (
+                f"fusion attention width int(embed_dim * fusion_attn_ratio) = "
+                f"{c.fusion_attn_dim} must be a positive multiple of fusion_num_heads "
+                f"({c.fusion_num_heads})"
+            ),
+        )
     if c.decoder_dim % 4 or c.decoder_dim % c.decoder_num_heads:
-        yield "decoder_dim", f"decoder_dim {c.decoder_dim} must be divisible by 4 and decoder_num_heads ({c.decoder_num_heads})"
+        yield (
+            "decoder_dim",
+            f"decoder_dim {c.decoder_dim} must be divisible by 4 and decoder_num_heads ({c.decoder_num_heads})",
+        )
     if len(c.num_fusion_tkns) != 3 or min(c.num_fusion_tkns) < 1:
-        yield "num_fusion_tkns", f"num_fusion_tkns {c.num_fusion_tkns} must be 3 group sizes >= 1 (fusion, visual, audio)"
+        yield (
+            "num_fusion_tkns",
+            f"num_fusion_tkns {c.num_fusion_tkns} must be 3 group sizes >= 1 (fusion, visual, audio)",
+        )
     sides = (c.image_size, *c.audio_size)
     if any(s % c.patch_size for s in sides) or min(sides) < c.patch_size:
-        yield "patch_size", f"image_size {c.image_size} and audio_size {c.audio_size} must be multiples of patch_size {c.patch_size}"
-    for name, ratio in (("image_mask_ratio", c.image_mask_ratio), ("audio_mask_ratio", c.audio_mask_ratio)):
+        yield (
+            "patch_size",
+            f"image_size {c.image_size} and audio_size {c.audio_size} must be multiples of patch_size {c.patch_size}",
+        )
+    for name, ratio in (
+        ("image_mask_ratio", c.image_mask_ratio),
+        ("audio_mask_ratio", c.audio_mask_ratio),
+    ):
         if not 0.0 <= ratio < 1.0:
             yield name, f"{name} must be in [0, 1), got {ratio}"
     if c.fusion_layers not in ("all", "none") and not all(
-            p.isdigit() and int(p) < c.depth for p in c.fusion_layers.split("-")):
-        yield "fusion_layers", f"fusion_layers {c.fusion_layers!r}: expected 'all', 'none' or layer ids like '0-4-8' below depth {c.depth}"
+        p.isdigit() and int(p) < c.depth for p in c.fusion_layers.split("-")
+    ):
+        yield (
+            "fusion_layers",
+            f"fusion_layers {c.fusion_layers!r}: expected 'all', 'none' or layer ids like '0-4-8' below depth {c.depth}",
+        )
     if c.image.size != c.image_size:
         yield "image", f"image.size {c.image.size} must equal image_size {c.image_size}"
     if c.audio_frontend not in FRONTENDS:
-        yield "audio_frontend", f"audio_frontend {c.audio_frontend!r} is not one of {', '.join(FRONTENDS)}"
+        yield (
+            "audio_frontend",
+            f"audio_frontend {c.audio_frontend!r} is not one of {', '.join(FRONTENDS)}",
+        )
     else:
         fe = c.frontend
         expected = (fe.window_frames, fe.n_mels) if fe.time_major else (fe.n_mels, fe.window_frames)
         if tuple(c.audio_size) != expected:
-            yield "audio_size", f"audio_size {tuple(c.audio_size)} does not match the {fe.name!r} front end's model input {expected}"
+            yield (
+                "audio_size",
+                f"audio_size {tuple(c.audio_size)} does not match the {fe.name!r} front end's model input {expected}",
+            )
 
 
 MODEL_PRESETS: dict[str, AVMAEConfig] = {
@@ -154,9 +198,18 @@ MODEL_PRESETS: dict[str, AVMAEConfig] = {
     # Tiny model for CPU runs and tests; same code paths (factorized fusion with d < D, decoders,
     # norm-pix loss) and the default audio front end's [1, 128, 192] input.
     "debug": AVMAEConfig(
-        embed_dim=64, depth=2, num_heads=4, image_size=64, num_fusion_tkns=(4, 2, 2),
-        fusion_mlp_ratio=1.0, fusion_attn_ratio=0.25, fusion_num_heads=4,
-        decoder_dim=32, decoder_depth=1, decoder_num_heads=4, image=ImageSpec(size=64),
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        image_size=64,
+        num_fusion_tkns=(4, 2, 2),
+        fusion_mlp_ratio=1.0,
+        fusion_attn_ratio=0.25,
+        fusion_num_heads=4,
+        decoder_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=4,
+        image=ImageSpec(size=64),
     ),
 }
 
@@ -169,13 +222,17 @@ def get_model_config(name: str, **overrides) -> AVMAEConfig:
     Raises ``ModelConfigError`` naming the preset or field at fault.
     """
     if name not in MODEL_PRESETS:
-        raise ModelConfigError("preset", f"unknown model preset {name!r} (known: {', '.join(MODEL_PRESETS)})")
+        raise ModelConfigError(
+            "preset", f"unknown model preset {name!r} (known: {', '.join(MODEL_PRESETS)})"
+        )
     base = MODEL_PRESETS[name]
     known = {f.name for f in fields(AVMAEConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ModelConfigError(unknown[0], f"unknown model config field {unknown[0]!r} "
-                                           f"(known: {', '.join(sorted(known))})")
+        raise ModelConfigError(
+            unknown[0],
+            f"unknown model config field {unknown[0]!r} (known: {', '.join(sorted(known))})",
+        )
     if "image_size" in overrides:
         size = overrides["image_size"]
         base = replace(base, image_size=size, image=replace(base.image, size=size))

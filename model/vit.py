@@ -3,13 +3,14 @@
 Key names follow timm's ``VisionTransformer`` pieces the official code uses: ``patch_embed.proj``,
 ``blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``, ``pos_embed``.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-TOWER_EPS = 1e-6    # LayerNorm eps in the ViT towers and their final norms (REFERENCE §1.1)
+TOWER_EPS = 1e-6  # LayerNorm eps in the ViT towers and their final norms (REFERENCE §1.1)
 DEFAULT_EPS = 1e-5  # nn.LayerNorm default: fusion blocks, fusion_norm, decoders (REFERENCE §9.A.5)
 
 
@@ -49,8 +50,11 @@ def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> Tensor:
     assert dim % 4 == 0, dim
     q = dim // 4
     omega = 1.0 / 10000.0 ** (torch.arange(q, dtype=torch.float32) / q)
-    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float32),
-                                torch.arange(grid[1], dtype=torch.float32), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float32),
+        torch.arange(grid[1], dtype=torch.float32),
+        indexing="ij",
+    )
     parts = []
     for pos in (cols.reshape(-1), rows.reshape(-1)):
         angles = pos[:, None] * omega[None, :]
@@ -105,7 +109,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x ``[B, N, D]`` → ``[B, N, D]``."""
         b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
         return self.proj(merge_heads(attention(q, k, v, self.scale, self.attn_impl)))
 
 
@@ -116,7 +122,9 @@ class Block(nn.Module):
     residual branches; downstream fine-tuning sets it.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, attn_impl: str = "sdpa"):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, eps: float, attn_impl: str = "sdpa"
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, attn_impl)
@@ -148,8 +156,17 @@ class ViT(nn.Module):
     interleaves them with the fusion blocks, so this module only prepares the tokens.
     """
 
-    def __init__(self, grid: tuple[int, int], in_chans: int, dim: int, depth: int, num_heads: int,
-                 mlp_ratio: float, patch_size: int, attn_impl: str = "sdpa"):
+    def __init__(
+        self,
+        grid: tuple[int, int],
+        in_chans: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        patch_size: int,
+        attn_impl: str = "sdpa",
+    ):
         super().__init__()
         self.grid = grid
         self.patch_embed = PatchEmbed(in_chans, dim, patch_size)
@@ -157,7 +174,8 @@ class ViT(nn.Module):
         # the state dict holds it and official checkpoints load strictly.
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim), requires_grad=False)
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, TOWER_EPS, attn_impl) for _ in range(depth))
+            Block(dim, num_heads, mlp_ratio, TOWER_EPS, attn_impl) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim, eps=TOWER_EPS)
         self.reset_parameters()
 

@@ -22,6 +22,7 @@ normalised once per batch by the receiving process (``normalise``). With ``defer
 on a GPU) the worker does not decode the frame: it draws the same crop/flip from the JPEG header's
 size and hands over the JPEG bytes with them (:mod:`pipeline.jpeg`).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,10 +39,12 @@ from model.presets import AudioFrontend, ImageSpec
 from pipeline.jpeg import decode, jpeg_size, pack, resize_uint8
 from preprocess.shardformat import MEL_EXT, META_EXT, frame_ext
 
-RANDOM_VOL_DB = 6.0                     # §6.2: gain ~ U(−6, +6) dB
-CROP_RATIO = (3 / 4, 4 / 3)             # torchvision RandomResizedCrop default ratio (§6.4)
+RANDOM_VOL_DB = 6.0  # §6.2: gain ~ U(−6, +6) dB
+CROP_RATIO = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop default ratio (§6.4)
 KALDI_LOG_FLOOR = float(torch.finfo(torch.float32).eps)  # kaldi fbank: log(max(E, eps))
-_NPY_HEADER = re.compile(rb"'descr':\s*'<f2',\s*'fortran_order':\s*False,\s*'shape':\s*\((\d+),\s*(\d+)\)")
+_NPY_HEADER = re.compile(
+    rb"'descr':\s*'<f2',\s*'fortran_order':\s*False,\s*'shape':\s*\((\d+),\s*(\d+)\)"
+)
 
 
 class SampleError(Exception):
@@ -63,12 +66,21 @@ def parse_mel(buf: bytearray) -> torch.Tensor:
         raise SampleError("audio", "mel.npy: expected a C-order float16 [n_mels, T] array")
     rows, cols = int(m[1]), int(m[2])
     if len(buf) - end != 2 * rows * cols or cols == 0:
-        raise SampleError("audio", f"mel.npy: {len(buf) - end} data bytes for shape ({rows}, {cols})")
-    return torch.frombuffer(buf, dtype=torch.float16, offset=end, count=rows * cols).view(rows, cols)
+        raise SampleError(
+            "audio", f"mel.npy: {len(buf) - end} data bytes for shape ({rows}, {cols})"
+        )
+    return torch.frombuffer(buf, dtype=torch.float16, offset=end, count=rows * cols).view(
+        rows, cols
+    )
 
 
-def crop_params(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                rng: random.Random) -> tuple[int, int, int, int]:
+def crop_params(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: random.Random,
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of torchvision's RandomResizedCrop (``get_params``, same procedure and
     distributions: ≤ 10 tries of area ~ U(scale)·H·W, log-aspect ~ U(log ratio), then a centre
     crop), drawn from a Python RNG — one torch call per draw costs more than the crop itself."""
@@ -81,7 +93,7 @@ def crop_params(height: int, width: int, scale: tuple[float, float], ratio: tupl
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
             return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    in_ratio = width / height                            # fallback: central crop
+    in_ratio = width / height  # fallback: central crop
     if in_ratio < min(ratio):
         w, h = width, int(round(width / min(ratio)))
     elif in_ratio > max(ratio):
@@ -147,8 +159,14 @@ class Augment:
     label: ``label_index`` (int, −1 unlabelled) or a tuple of indices (multi-label sets).
     """
 
-    def __init__(self, audio: AudioFrontend, image: ImageSpec, train: bool, defer_image: bool = False,
-                 view: EvalView | None = None):
+    def __init__(
+        self,
+        audio: AudioFrontend,
+        image: ImageSpec,
+        train: bool,
+        defer_image: bool = False,
+        view: EvalView | None = None,
+    ):
         self.audio, self.image, self.train, self.view = audio, image, train, view or EvalView()
         self.defer = train and defer_image
         self.half = audio.window_seconds / 2
@@ -156,7 +174,9 @@ class Augment:
         self.img_scale = 1.0 / (255.0 * std)
         self.img_shift = torch.tensor(image.mean).view(1, 3, 1, 1) / std
 
-    def __call__(self, raw: dict, rng: random.Random | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __call__(
+        self, raw: dict, rng: random.Random | None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(image, audio, label_index or -1); raises SampleError naming the failing stage.
 
         Training draws, in order: frame, window jitter, gain, flip, then the crop (from ``rng``).
@@ -177,9 +197,16 @@ class Augment:
         centre = half + span * v.clip / (v.clips - 1) if v.clips > 1 and span > 0 else dur / 2
         nearest = sorted(range(len(times)), key=lambda i: (abs(times[i] - centre), i))
         inside = sorted(i for i in nearest if abs(times[i] - centre) <= half) or nearest[:1]
-        frame = (inside[round(v.frame * (len(inside) - 1) / (v.frames - 1))] if v.frames > 1
-                 else nearest[0])
-        gain = random.Random(f"{key}/{v.clip}/{v.frame}").uniform(-v.vol_db, v.vol_db) if v.vol_db else 0.0
+        frame = (
+            inside[round(v.frame * (len(inside) - 1) / (v.frames - 1))]
+            if v.frames > 1
+            else nearest[0]
+        )
+        gain = (
+            random.Random(f"{key}/{v.clip}/{v.frame}").uniform(-v.vol_db, v.vol_db)
+            if v.vol_db
+            else 0.0
+        )
         return centre, frame, gain
 
     def _meta(self, raw: dict) -> tuple[float, list[float], int]:
@@ -200,20 +227,22 @@ class Augment:
             raise SampleError("audio", f"{MEL_EXT} missing")
         mel = parse_mel(raw[MEL_EXT])
         if mel.shape[0] != fe.n_mels:
-            raise SampleError("audio", f"{MEL_EXT}: {mel.shape[0]} mel bins, preset {fe.name!r} has {fe.n_mels}")
+            raise SampleError(
+                "audio", f"{MEL_EXT}: {mel.shape[0]} mel bins, preset {fe.name!r} has {fe.n_mels}"
+            )
         centre = min(max(centre, self.half), dur - self.half)
-        start = max(0.0, centre - self.half)               # short clips (dur < window): 0
+        start = max(0.0, centre - self.half)  # short clips (dur < window): 0
         s = min(round(start * fe.frames_per_second), max(0, mel.shape[1] - n))
-        x = mel[:, s:s + n].float()
+        x = mel[:, s : s + n].float()
         if gain_db:
-            random_vol(x, gain_db, fe)                     # before padding (kaldi zeros stay 0)
+            random_vol(x, gain_db, fe)  # before padding (kaldi zeros stay 0)
         return x if x.shape[1] == n else pad_frames(x, n, fe)
 
     def _image(self, raw: dict, frame: int, rng: random.Random | None, flip: bool):
         ext, size = frame_ext(frame), self.image.size
         if ext not in raw:
             raise SampleError("image", f"{ext} missing")
-        if self.defer:                                   # decoded later, batched, on the device
+        if self.defer:  # decoded later, batched, on the device
             try:
                 h, w = jpeg_size(raw[ext])
             except ValueError as e:
@@ -226,7 +255,7 @@ class Augment:
         h, w = img.shape[-2:]
         if self.train:
             top, left, ch, cw = crop_params(h, w, self.image.crop_scale, CROP_RATIO, rng)
-            img = resize_uint8(img[:, top:top + ch, left:left + cw], size)
+            img = resize_uint8(img[:, top : top + ch, left : left + cw], size)
             return img.flip(-1) if flip else img
         if min(h, w) != self.image.eval_resize:
             img = TF.resize(img, [self.image.eval_resize], antialias=True)
@@ -238,7 +267,11 @@ class Augment:
         normalised when the preset says so). ``shared``: allocate in shared memory (the batch
         crosses a process boundary)."""
         fe, size, b = self.audio, self.image.size, len(items)
-        a_shape = (b, 1, fe.window_frames, fe.n_mels) if fe.time_major else (b, 1, fe.n_mels, fe.window_frames)
+        a_shape = (
+            (b, 1, fe.window_frames, fe.n_mels)
+            if fe.time_major
+            else (b, 1, fe.n_mels, fe.window_frames)
+        )
         audio = torch.empty(a_shape)
         if self.defer:
             image = pack([im[0] for im, _, _ in items], [im[1] for im, _, _ in items], shared)
@@ -262,4 +295,8 @@ class Augment:
         NOTE: done by the receiving process — a float32 batch is 4× the bytes to move through
         shared memory, whose fresh pages cost more than this conversion.
         """
-        return image.float().mul_(self.img_scale.to(image.device)).sub_(self.img_shift.to(image.device))
+        return (
+            image.float()
+            .mul_(self.img_scale.to(image.device))
+            .sub_(self.img_shift.to(image.device))
+        )

@@ -8,6 +8,7 @@ rank's loader state and RNG states, the resolved config and the MLflow run id. D
 file, name it, and fall back to the newest older checkpoint that is intact.
 Loads go through :func:`pipeline.export.safe_torch_loads`: resuming never unpickles code.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,11 @@ def gather_objects(obj) -> list:
 
 def rng_state() -> dict:
     """This process's RNG states (saved per rank in every checkpoint)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -68,7 +73,9 @@ def set_rng_state(state: dict) -> None:
 def weights_finite(engine) -> bool:
     """True on every rank iff every rank's weights (its ZeRO-3 partition, or all) are finite."""
     tensors = [getattr(p, "ds_tensor", p).detach() for p in engine.module.parameters()]
-    local = torch.stack([torch.linalg.vector_norm(t.float(), float("inf")) for t in tensors if t.numel()])
+    local = torch.stack(
+        [torch.linalg.vector_norm(t.float(), float("inf")) for t in tensors if t.numel()]
+    )
     bad = (~torch.isfinite(local)).any().to(torch.float32).reshape(1)
     dist.all_reduce(bad)
     return bad.item() == 0
@@ -83,17 +90,27 @@ class Checkpointer:
 
     def is_saved(self, step: int) -> bool:
         latest = self.root / "latest"
-        return (self.root / tag_for(step)).is_dir() and latest.is_file() and latest.read_text().strip() == tag_for(step)
+        return (
+            (self.root / tag_for(step)).is_dir()
+            and latest.is_file()
+            and latest.read_text().strip() == tag_for(step)
+        )
 
     def save(self, step: int, train_state: dict, loader, run_id: str | None) -> None:
         """Write ``tag_for(step)`` unless it is already the latest; refuse non-finite weights."""
         if self.is_saved(step):
             return  # e.g. max_steps hit at an epoch end
         if not weights_finite(self.engine):
-            raise NonFiniteWeights(f"non-finite weights after step {step}: no checkpoint written "
-                                   f"(the last one in {self.root} is intact)")
-        state = {**train_state, "loader": gather_objects(loader.state_dict()),
-                 "rng": gather_objects(rng_state()), "mlflow_run_id": gather_objects(run_id)[0]}
+            raise NonFiniteWeights(
+                f"non-finite weights after step {step}: no checkpoint written "
+                f"(the last one in {self.root} is intact)"
+            )
+        state = {
+            **train_state,
+            "loader": gather_objects(loader.state_dict()),
+            "rng": gather_objects(rng_state()),
+            "mlflow_run_id": gather_objects(run_id)[0],
+        }
         self.engine.save_checkpoint(str(self.root), tag=tag_for(step), client_state=state)
         dist.barrier()
         if self.rank == 0:
@@ -114,7 +131,9 @@ class Checkpointer:
             except (CorruptCheckpoint, RuntimeError, EOFError, OSError) as e:
                 log.warning("train.resume: skipping %s: %s", tag_dir, str(e).splitlines()[0][:300])
         else:
-            raise CorruptCheckpoint(f"train.resume: no loadable checkpoint among {[str(c) for c in candidates]}")
+            raise CorruptCheckpoint(
+                f"train.resume: no loadable checkpoint among {[str(c) for c in candidates]}"
+            )
         same_world = len(state["loader"]) == self.world_size
         loader.load_state_dict(state["loader"])  # all ranks' states: exact at any world size
         if same_world:
@@ -128,8 +147,10 @@ class Checkpointer:
             with safe_torch_loads():
                 _, state = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
         except pickle.UnpicklingError as e:
-            raise UnsafeCheckpoint(f"{tag_dir}: refusing to unpickle a checkpoint that holds objects other than "
-                                   f"tensors and RNG states ({str(e).splitlines()[0][:160]})") from None
+            raise UnsafeCheckpoint(
+                f"{tag_dir}: refusing to unpickle a checkpoint that holds objects other than "
+                f"tensors and RNG states ({str(e).splitlines()[0][:160]})"
+            ) from None
         if state is None:
             raise CorruptCheckpoint(f"{tag_dir}: DeepSpeed found no checkpoint to load")
         return state
@@ -137,7 +158,11 @@ class Checkpointer:
 
 def write_marker(tag_dir: Path) -> None:
     """Commit ``tag_dir``: record every file's size in ``complete.json``, written last (atomically)."""
-    files = {str(f.relative_to(tag_dir)): f.stat().st_size for f in sorted(tag_dir.rglob("*")) if f.is_file()}
+    files = {
+        str(f.relative_to(tag_dir)): f.stat().st_size
+        for f in sorted(tag_dir.rglob("*"))
+        if f.is_file()
+    }
     tmp = tag_dir / f".{MARKER}.tmp"
     tmp.write_text(json.dumps({"files": files}, indent=1))
     tmp.replace(tag_dir / MARKER)
@@ -164,8 +189,9 @@ def check_writable(root: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise PermissionError(f"train.output_dir: cannot write checkpoints to {root} "
-                              f"({e.strerror or e})") from None
+        raise PermissionError(
+            f"train.output_dir: cannot write checkpoints to {root} ({e.strerror or e})"
+        ) from None
 
 
 def resume_candidates(resume: str, root: Path) -> list[Path]:
@@ -180,10 +206,14 @@ def resume_candidates(resume: str, root: Path) -> list[Path]:
     if not latest.is_file():
         if resume == "auto":
             return []
-        raise FileNotFoundError(f"train.resume: {path} is neither a checkpoint folder ('latest' file) "
-                                f"nor a step directory")
+        raise FileNotFoundError(
+            f"train.resume: {path} is neither a checkpoint folder ('latest' file) "
+            f"nor a step directory"
+        )
     first = latest.read_text().strip()
-    older = sorted((p.name for p in path.glob("step*") if p.is_dir() and p.name != first), reverse=True)
+    older = sorted(
+        (p.name for p in path.glob("step*") if p.is_dir() and p.name != first), reverse=True
+    )
     return [path / first] + [path / t for t in older]
 
 

@@ -5,6 +5,7 @@ Each module in ``COMMANDS`` exposes ``register(subparsers)``, adding its subcomm
 exceptions; :func:`preprocess.errors.run_cli` turns them into one ``error: …`` line and the
 documented exit code (tracebacks only with ``--debug`` or ``AVFUSION_DEBUG=1``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,17 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avfusion",
         description="Audio-visual early-fusion (DeepAVFusion) pretraining: build shards, "
-                    "stream them into DeepSpeed training, track runs in MLflow.",
+        "stream them into DeepSpeed training, track runs in MLflow.",
     )
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks instead of one-line errors (also AVFUSION_DEBUG=1)")
-    parser.epilog = ("exit codes: 0 success, 2 unusable input or data (one 'error:' line naming the file "
-                     "or key), 70 internal error, 130 interrupted; 'shards build' also 1 and 3")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks instead of one-line errors (also AVFUSION_DEBUG=1)",
+    )
+    parser.epilog = (
+        "exit codes: 0 success, 2 unusable input or data (one 'error:' line naming the file "
+        "or key), 70 internal error, 130 interrupted; 'shards build' also 1 and 3"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     module = COMMANDS[chosen][0] if chosen in COMMANDS else None

@@ -3,6 +3,7 @@
 Unknown keys and wrong types are errors that name the dotted key. The resolved tree is
 dumped to MLflow params and into every checkpoint (``to_dict``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,11 +27,13 @@ class ModelConfig:
     """A registry preset plus ``model.<field>`` overrides of ``AVMAEConfig`` (nanoGPT's
     ``model_args → GPTConfig``): model fields, their types and range checks live only there."""
 
-    preset: str = "debug"                 # model.presets registry name
-    init_image: str | None = None         # user-supplied MAE ViT-B file (CC-BY-NC, never bundled)
-    init_audio: str | None = None         # user-supplied AudioMAE ViT-B file
-    trust_pickle: bool = False            # allow weights_only=False for trusted tower files
-    overrides: dict[str, Any] = field(default_factory=dict)   # AVMAEConfig field → value, type-checked
+    preset: str = "debug"  # model.presets registry name
+    init_image: str | None = None  # user-supplied MAE ViT-B file (CC-BY-NC, never bundled)
+    init_audio: str | None = None  # user-supplied AudioMAE ViT-B file
+    trust_pickle: bool = False  # allow weights_only=False for trusted tower files
+    overrides: dict[str, Any] = field(
+        default_factory=dict
+    )  # AVMAEConfig field → value, type-checked
 
     def architecture(self) -> AVMAEConfig:
         """The resolved ``AVMAEConfig``; a ConfigError names the ``model.<field>`` it rejects."""
@@ -54,76 +57,87 @@ def _model_config(data: dict, prefix: str) -> ModelConfig:
     arch = typing.get_type_hints(AVMAEConfig)
     unknown = sorted(set(data) - own - set(arch))
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(own | set(arch)))})")
-    cfg = ModelConfig(**_checked_fields(ModelConfig, {k: v for k, v in data.items() if k in own}, prefix))
-    cfg.overrides = {k: _checked_fields(arch[k], v, f"{prefix}{k}.") if dataclasses.is_dataclass(arch[k])
-                     else _coerce(arch[k], v, f"{prefix}{k}") for k, v in data.items() if k in arch}
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(own | set(arch)))})"
+        )
+    cfg = ModelConfig(
+        **_checked_fields(ModelConfig, {k: v for k, v in data.items() if k in own}, prefix)
+    )
+    cfg.overrides = {
+        k: _checked_fields(arch[k], v, f"{prefix}{k}.")
+        if dataclasses.is_dataclass(arch[k])
+        else _coerce(arch[k], v, f"{prefix}{k}")
+        for k, v in data.items()
+        if k in arch
+    }
     return cfg
 
 
 @dataclass
 class DataConfig:
-    shards: str = ""                      # shard-set directory or s3://bucket/prefix
-    batch_size: int = 8                   # per-rank micro-batch
-    workers: int = 2                      # loader worker processes per rank
-    shuffle_buffer: int = 256             # samples a stream holds to shuffle (memory: × sample size)
-    interleave: int = 8                   # shards a stream reads at once (see pipeline/epochplan.py)
-    partitions: int = 8                   # canonical partitions: fix the epoch order at any world size
-    remainder: str = "pad"                # pad | drop: how ranks are equalised per epoch
-    max_error_rate: float = 0.05          # abort when data errors exceed this fraction
-    cache_dir: str | None = None          # node-local shard cache (s3:// sets)
+    shards: str = ""  # shard-set directory or s3://bucket/prefix
+    batch_size: int = 8  # per-rank micro-batch
+    workers: int = 2  # loader worker processes per rank
+    shuffle_buffer: int = 256  # samples a stream holds to shuffle (memory: × sample size)
+    interleave: int = 8  # shards a stream reads at once (see pipeline/epochplan.py)
+    partitions: int = 8  # canonical partitions: fix the epoch order at any world size
+    remainder: str = "pad"  # pad | drop: how ranks are equalised per epoch
+    max_error_rate: float = 0.05  # abort when data errors exceed this fraction
+    cache_dir: str | None = None  # node-local shard cache (s3:// sets)
     cache_limit_gb: float = 50.0
-    s3_retries: int = 10                  # retries of a failed S3 read (backoff 0.5 s doubling, ≤ 8 s)
-    s3_retry_seconds: float = 60.0        # ... given up after this long without progress
-    s3_connect_timeout: float = 5.0       # seconds
-    s3_read_timeout: float = 8.0          # seconds without a byte: the read fails (then retried)
-    decode: str = "auto"                  # auto | worker | device: where training frames are decoded
+    s3_retries: int = 10  # retries of a failed S3 read (backoff 0.5 s doubling, ≤ 8 s)
+    s3_retry_seconds: float = 60.0  # ... given up after this long without progress
+    s3_connect_timeout: float = 5.0  # seconds
+    s3_read_timeout: float = 8.0  # seconds without a byte: the read fails (then retried)
+    decode: str = "auto"  # auto | worker | device: where training frames are decoded
 
 
 @dataclass
 class OptimConfig:
-    blr: float = 1.5e-4                   # lr = blr * effective_batch / 256 unless lr is set
+    blr: float = 1.5e-4  # lr = blr * effective_batch / 256 unless lr is set
     lr: float | None = None
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
     epochs: int = 200
     warmup_epochs: float = 40.0
-    ramp_start: float = 0.0               # pretrained-tower LR multiplier s0 → s1 over ramp_epochs
+    ramp_start: float = 0.0  # pretrained-tower LR multiplier s0 → s1 over ramp_epochs
     ramp_end: float = 1.0
-    ramp_epochs: float | None = None      # None: epochs / 2
-    grad_clip: float = 0.0                # 0 disables clipping (official recipe)
+    ramp_epochs: float | None = None  # None: epochs / 2
+    grad_clip: float = 0.0  # 0 disables clipping (official recipe)
 
 
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/debug"
-    effective_batch_size: int | None = None   # None: batch_size * world_size (no accumulation)
-    precision: str = "fp32"               # fp32 | bf16 | fp16
+    effective_batch_size: int | None = None  # None: batch_size * world_size (no accumulation)
+    precision: str = "fp32"  # fp32 | bf16 | fp16
     zero_stage: int = 2
     seed: int = 0
-    max_steps: int | None = None          # stop early (tests, smoke runs)
+    max_steps: int | None = None  # stop early (tests, smoke runs)
     log_every: int = 10
-    save_every_steps: int = 0             # 0: only at epoch ends
+    save_every_steps: int = 0  # 0: only at epoch ends
     keep_last: int = 2
-    resume: str = "auto"                  # auto | never | path to a checkpoint directory
-    load_universal: bool = False          # resume from a DeepSpeed universal checkpoint (new world size)
-    recon_every_steps: int = 0            # 0: only at the end
-    compile: bool = False                 # torch.compile every transformer block (regional)
-    compile_mode: str = "default"         # default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
+    resume: str = "auto"  # auto | never | path to a checkpoint directory
+    load_universal: bool = False  # resume from a DeepSpeed universal checkpoint (new world size)
+    recon_every_steps: int = 0  # 0: only at the end
+    compile: bool = False  # torch.compile every transformer block (regional)
+    compile_mode: str = (
+        "default"  # default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
+    )
 
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None                # None: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db
     experiment: str = "avfusion"
     run_name: str | None = None
     system_metrics: bool = True
-    enabled: bool = True                  # false: no MLflow at all (smoke runs, benchmarks)
+    enabled: bool = True  # false: no MLflow at all (smoke runs, benchmarks)
 
 
 @dataclass
 class ProbeConfig:
-    shards: str | None = None             # labelled shard set for the kNN probe
+    shards: str | None = None  # labelled shard set for the kNN probe
     every_epochs: int = 10
     max_samples: int = 2000
 
@@ -156,7 +170,9 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Read YAML at ``path`` (optional), apply ``a.b=value`` overrides, validate."""
     cfg = from_dict(Config, raw_tree(path, overrides))
     validate(cfg)
@@ -202,7 +218,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
 
 def _mapping(data: Any, prefix: str) -> dict:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {type(data).__name__}"
+        )
     return data
 
 
@@ -228,7 +246,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        return tuple(
+            _coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):
@@ -236,7 +256,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{key}: expected float, got {value!r}") from None
-    if tp in (int, str, bool, float) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+    if tp in (int, str, bool, float) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
     return value
 
@@ -257,15 +279,22 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
-    positive = {"data.batch_size": cfg.data.batch_size, "data.shuffle_buffer": cfg.data.shuffle_buffer,
-                "data.interleave": cfg.data.interleave, "data.partitions": cfg.data.partitions,
-                "optim.epochs": cfg.optim.epochs, "train.log_every": cfg.train.log_every,
-                "train.max_steps": 1 if cfg.train.max_steps is None else cfg.train.max_steps}
+    positive = {
+        "data.batch_size": cfg.data.batch_size,
+        "data.shuffle_buffer": cfg.data.shuffle_buffer,
+        "data.interleave": cfg.data.interleave,
+        "data.partitions": cfg.data.partitions,
+        "optim.epochs": cfg.optim.epochs,
+        "train.log_every": cfg.train.log_every,
+        "train.max_steps": 1 if cfg.train.max_steps is None else cfg.train.max_steps,
+    }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
     cfg.model.architecture()
     if not 0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs:
-        raise ConfigError(f"optim.warmup_epochs: must be in [0, optim.epochs], got {cfg.optim.warmup_epochs}")
+        raise ConfigError(
+            f"optim.warmup_epochs: must be in [0, optim.epochs], got {cfg.optim.warmup_epochs}"
+        )
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")

@@ -5,6 +5,7 @@ Works under the ``deepspeed`` launcher (one node, hostfile, ``--no_ssh --node_ra
 RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT). Without any of these, a
 single-process group is created (``avfusion train``). gloo on CPU, nccl on GPUs.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,13 @@ def init_distributed() -> DistInfo:
     import deepspeed
 
     if "RANK" not in os.environ:  # plain `python -m pipeline.train` / `avfusion train`
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+        )
     cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
@@ -58,7 +64,8 @@ def accumulation_steps(cfg: Config, world_size: int) -> int:
     if target % per_step:
         raise ValueError(
             f"train.effective_batch_size: {target} is not a multiple of data.batch_size × world size "
-            f"= {cfg.data.batch_size} × {world_size}")
+            f"= {cfg.data.batch_size} × {world_size}"
+        )
     return target // per_step
 
 
@@ -79,7 +86,9 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "gradient_predivide_factor": 1.0,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
-        "timers": {"throughput": {"enabled": False, "synchronized": False}},  # no per-step device sync
+        "timers": {
+            "throughput": {"enabled": False, "synchronized": False}
+        },  # no per-step device sync
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
     }
@@ -122,11 +131,24 @@ def _precision_config(precision: str) -> dict:
     """
     off = {"bf16": {"enabled": False}, "fp16": {"enabled": False}}
     if precision == "bf16":
-        return off | {"torch_autocast": {"enabled": True, "dtype": "bfloat16",
-                                         "lower_precision_safe_modules": []}}
+        return off | {
+            "torch_autocast": {
+                "enabled": True,
+                "dtype": "bfloat16",
+                "lower_precision_safe_modules": [],
+            }
+        }
     if precision == "fp16":
-        return off | {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
-                               "loss_scale_window": 2000, "hysteresis": 1, "min_loss_scale": 1}}
+        return off | {
+            "fp16": {
+                "enabled": True,
+                "loss_scale": 0,
+                "initial_scale_power": 16,
+                "loss_scale_window": 2000,
+                "hysteresis": 1,
+                "min_loss_scale": 1,
+            }
+        }
     return off
 
 

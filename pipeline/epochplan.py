@@ -38,6 +38,7 @@ Memory per stream: at most ``buffer`` raw samples held (read, not yet emitted �
 real shuffle buffer would hold) and at most ``interleave`` shards open at a time (each with its
 read-ahead block, 8 MiB for remote sets): about buffer × sample size + interleave × 8 MiB.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 MASK64 = (1 << 64) - 1
-Runs = tuple[tuple[int, int], ...]     # sorted, disjoint half-open intervals of Q positions
+Runs = tuple[tuple[int, int], ...]  # sorted, disjoint half-open intervals of Q positions
 
 
 def mix_seed(*parts: int) -> int:
@@ -113,11 +114,11 @@ def subtract(runs: Runs, cut: list[tuple[int, int]]) -> Runs:
 class Entry(NamedTuple):
     """One planned read of a stream."""
 
-    shard: int        # manifest shard index
-    idx: int          # sample index within the shard
-    q: int            # position in the epoch's canonical sequence
-    read: int         # position in the canonical read order (before the shuffle buffer)
-    copy: int         # 0, or k for the k-th repeat of a padded sample
+    shard: int  # manifest shard index
+    idx: int  # sample index within the shard
+    q: int  # position in the epoch's canonical sequence
+    read: int  # position in the canonical read order (before the shuffle buffer)
+    copy: int  # 0, or k for the k-th repeat of a padded sample
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class EpochPlan:
     buffer: int = 256
     partitions: int = 8
     interleave: int = 8
-    runs: Runs | None = None          # Q positions still to read this epoch (None: all of them)
+    runs: Runs | None = None  # Q positions still to read this epoch (None: all of them)
 
     def __post_init__(self) -> None:
         if self.remainder not in ("pad", "drop"):
@@ -142,12 +143,15 @@ class EpochPlan:
         if min(self.partitions, self.interleave, self.buffer) < 1:
             raise ValueError("data.partitions, data.interleave and data.shuffle_buffer must be ≥ 1")
         if self.span < self.world_size:
-            raise ValueError(f"shard set has {self.span} samples to read, fewer than the "
-                             f"{self.world_size} ranks")
+            raise ValueError(
+                f"shard set has {self.span} samples to read, fewer than the {self.world_size} ranks"
+            )
         if self.batches == 0:
-            raise ValueError(f"data.batch_size {self.batch_size}: a rank gets only "
-                             f"{self.span // self.world_size} samples per epoch, fewer than "
-                             "one batch with remainder=drop (use remainder=pad or a smaller batch)")
+            raise ValueError(
+                f"data.batch_size {self.batch_size}: a rank gets only "
+                f"{self.span // self.world_size} samples per epoch, fewer than "
+                "one batch with remainder=drop (use remainder=pad or a smaller batch)"
+            )
 
     @property
     def num_samples(self) -> int:
@@ -207,14 +211,17 @@ class EpochPlan:
         order = self.shard_order(epoch)
         starts = self.partition_starts()
         lo, hi, pos, pieces = starts[p], starts[p + 1], 0, []
-        for s in order:                                   # the shards' pieces inside [lo, hi)
+        for s in order:  # the shards' pieces inside [lo, hi)
             a, b = max(lo, pos), min(hi, pos + self.shard_sizes[s])
             if a < b:
                 pieces.append((s, a - pos, b - pos))
             pos += self.shard_sizes[s]
         reads = interleave(pieces, self.interleave if self.shuffle else 1)
-        emit = (buffer_order(len(reads), self.buffer, random.Random(mix_seed(self.seed, epoch, p)))
-                if self.shuffle else range(len(reads)))
+        emit = (
+            buffer_order(len(reads), self.buffer, random.Random(mix_seed(self.seed, epoch, p)))
+            if self.shuffle
+            else range(len(reads))
+        )
         return [(*reads[t], lo + t) for t in emit]
 
     def stream_entries(self, epoch: int, rank: int, stream: int) -> list[Entry]:
@@ -227,7 +234,7 @@ class EpochPlan:
         first, count = self.stream_slice(stream)
         out = []
         for j in range(first, first + count):
-            back = j - (hi - lo)                          # pad: walk back over the rank's own
+            back = j - (hi - lo)  # pad: walk back over the rank's own
             g = lo + j if back < 0 else hi - 1 - back % (hi - lo)
             k = bisect.bisect_right(run_starts, g) - 1
             q = self.all_runs[k][0] + g - run_starts[k]
@@ -252,7 +259,7 @@ class EpochPlan:
             for stream, cursor in enumerate(rank_cursors):
                 first, count = self.stream_slice(stream)
                 g0, g1 = lo + first, lo + min(first + min(cursor, count), hi - lo)
-                for k, (a, _) in enumerate(self.all_runs):       # R interval → Q intervals
+                for k, (a, _) in enumerate(self.all_runs):  # R interval → Q intervals
                     r0, r1 = max(g0, run_starts[k]), min(g1, run_starts[k + 1])
                     if r0 < r1:
                         seen.append((a + r0 - run_starts[k], a + r1 - run_starts[k]))
@@ -260,12 +267,23 @@ class EpochPlan:
 
     def canonical(self) -> dict:
         """What fixes the canonical sequence Q (must match to resume mid-epoch at all)."""
-        return {"shard_sizes_hash": mix_seed(*self.shard_sizes), "num_samples": self.num_samples,
-                "seed": self.seed, "shuffle": self.shuffle, "buffer": self.buffer,
-                "partitions": self.partitions, "interleave": self.interleave}
+        return {
+            "shard_sizes_hash": mix_seed(*self.shard_sizes),
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "buffer": self.buffer,
+            "partitions": self.partitions,
+            "interleave": self.interleave,
+        }
 
     def signature(self) -> dict:
         """What must match for an exact (cursor-level) resume."""
-        return {**self.canonical(), "world_size": self.world_size, "streams": self.streams,
-                "batch_size": self.batch_size, "remainder": self.remainder,
-                "runs": None if self.runs is None else [list(r) for r in self.runs]}
+        return {
+            **self.canonical(),
+            "world_size": self.world_size,
+            "streams": self.streams,
+            "batch_size": self.batch_size,
+            "remainder": self.remainder,
+            "runs": None if self.runs is None else [list(r) for r in self.runs],
+        }

@@ -6,6 +6,7 @@
 
 The last line of stdout (rank 0) is one JSON object: the task and its final metrics.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,14 @@ from preprocess.errors import run_cli
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """``--config`` (configs/eval/*.yaml), ``key=value`` overrides, the launcher's ``--local_rank``."""
-    return _add_arguments(parser or argparse.ArgumentParser(
-        prog="python -m pipeline.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    return _add_arguments(
+        parser
+        or argparse.ArgumentParser(
+            prog="python -m pipeline.evaluate",
+            description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_eval_config(args.config, args.overrides)
     rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
+    )
     import torch.distributed as dist
 
     from pipeline.distributed import init_distributed
@@ -48,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="downstream evaluation in this process (single rank)",
-                              description="Single-process shortcut for `python -m pipeline.evaluate`; "
-                                          "use `deepspeed --module pipeline.evaluate` for several ranks.")
+    p = subparsers.add_parser(
+        "eval",
+        help="downstream evaluation in this process (single rank)",
+        description="Single-process shortcut for `python -m pipeline.evaluate`; "
+        "use `deepspeed --module pipeline.evaluate` for several ranks.",
+    )
     build_parser(p).set_defaults(func=run)
 
 

@@ -5,6 +5,7 @@
 The result loads with ``model.checkpoints.load_official`` (strict) and with
 ``safetensors.torch.load_file``; the resolved training config travels in its metadata.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,16 @@ def safe_globals() -> list:
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)),
-            ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+    return [
+        np._core.multiarray._reconstruct,
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+        ZeroStageEnum,
+        LossScaler,
+        DynamicLossScaler,
+        fragment_address,
+    ]
 
 
 class UnsafeCheckpoint(ValueError):
@@ -68,7 +77,9 @@ def resolve_tag_dir(path: Path, tag: str | None = None) -> Path:
     if tag is None:
         latest = path / "latest"
         if not latest.is_file():
-            raise FileNotFoundError(f"{path}: not a DeepSpeed checkpoint (no 'latest' file, no model states)")
+            raise FileNotFoundError(
+                f"{path}: not a DeepSpeed checkpoint (no 'latest' file, no model states)"
+            )
         tag = latest.read_text().strip()
     tag_dir = path / tag
     if not model_states_file(tag_dir):
@@ -85,8 +96,11 @@ def consolidated_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], dic
     try:
         with safe_torch_loads():
             states = torch.load(model_states_file(tag_dir), map_location="cpu", weights_only=True)
-            client = {k: states[k] for k in ("step", "epoch", "samples_seen", "config", "mlflow_run_id")
-                      if k in states}
+            client = {
+                k: states[k]
+                for k in ("step", "epoch", "samples_seen", "config", "mlflow_run_id")
+                if k in states
+            }
             stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
             if any(tag_dir.glob("*optim_states.pt")) and stage > 0:
                 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -95,8 +109,10 @@ def consolidated_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], dic
             else:
                 sd = states.get("module") or {}
     except pickle.UnpicklingError as e:
-        raise UnsafeCheckpoint(f"{tag_dir}: refusing to unpickle a checkpoint that holds objects other than "
-                               f"tensors and RNG states ({str(e).splitlines()[0][:160]})") from None
+        raise UnsafeCheckpoint(
+            f"{tag_dir}: refusing to unpickle a checkpoint that holds objects other than "
+            f"tensors and RNG states ({str(e).splitlines()[0][:160]})"
+        ) from None
     if not sd:
         raise UnsafeCheckpoint(f"{tag_dir}: the checkpoint holds an empty model state dict")
     return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}, client
@@ -119,7 +135,9 @@ def check_model_preset(sd: dict[str, torch.Tensor], config: dict, source: str) -
         model = AVMAE(get_model_config(model_cfg["preset"], **overrides))
     problem = strict_mismatch(model, sd)
     if problem:
-        raise CheckpointError(f"{source}: does not match model preset {model_cfg['preset']!r}: {problem}")
+        raise CheckpointError(
+            f"{source}: does not match model preset {model_cfg['preset']!r}: {problem}"
+        )
 
 
 def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
@@ -131,12 +149,16 @@ def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
     sd, client = consolidated_state_dict(tag_dir)
     config = client.get("config", {})
     check_model_preset(sd, config, str(tag_dir))
-    metadata = {"format": "avfusion-avmae-v1", "preset": str(config.get("model", {}).get("preset", "")),
-                "step": str(client.get("step", "")), "config": yaml.safe_dump(redact_tree(config), sort_keys=False)}
+    metadata = {
+        "format": "avfusion-avmae-v1",
+        "preset": str(config.get("model", {}).get("preset", "")),
+        "step": str(client.get("step", "")),
+        "config": yaml.safe_dump(redact_tree(config), sort_keys=False),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file(adapt_keys(sd, "official"), str(tmp), metadata=metadata)
-    tmp.chmod(0o644)                    # a file meant to be shared (safetensors writes 0600)
+    tmp.chmod(0o644)  # a file meant to be shared (safetensors writes 0600)
     tmp.replace(out)
     return out
 
@@ -149,14 +171,20 @@ def run(args) -> int:
     except (FileNotFoundError, UnsafeCheckpoint, CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
     except OSError as e:
-        raise SystemExit(f"error: {args.out}: cannot write the export ({e.strerror or e})") from None
+        raise SystemExit(
+            f"error: {args.out}: cannot write the export ({e.strerror or e})"
+        ) from None
     print(json.dumps({"out": str(path), "bytes": path.stat().st_size}))
     return 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export a training checkpoint to official-key safetensors",
-                              description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "export",
+        help="export a training checkpoint to official-key safetensors",
+        description=__doc__,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
     p.add_argument("ckpt", help="checkpoint root (output_dir/checkpoints) or one step directory")
     p.add_argument("--out", required=True, help="destination .safetensors file")
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the 'latest' one)")

@@ -9,6 +9,7 @@ frame's size from the JPEG header, draws the crop/flip exactly as the CPU path d
 over the JPEG bytes with the parameters (``pack``). The receiving process decodes the whole batch
 at once on the device and crops, resizes and flips there (``decode_crops``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,12 +28,14 @@ def jpeg_size(buf: bytes | bytearray) -> tuple[int, int]:
         if buf[i] != 0xFF:
             raise ValueError(f"bad marker at byte {i}")
         marker = buf[i + 1]
-        if marker == 0xFF:                               # fill byte
+        if marker == 0xFF:  # fill byte
             i += 1
             continue
-        length = int.from_bytes(buf[i + 2:i + 4], "big")
+        length = int.from_bytes(buf[i + 2 : i + 4], "big")
         if marker in _SOF:
-            return int.from_bytes(buf[i + 5:i + 7], "big"), int.from_bytes(buf[i + 7:i + 9], "big")
+            return int.from_bytes(buf[i + 5 : i + 7], "big"), int.from_bytes(
+                buf[i + 7 : i + 9], "big"
+            )
         i += 2 + length
     raise ValueError("no frame header")
 
@@ -51,20 +54,25 @@ def resize_uint8(img: torch.Tensor, size: int) -> torch.Tensor:
     """
     x = img.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     if img.device.type == "cpu":
-        return NF.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-    y = NF.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return NF.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
+    y = NF.interpolate(
+        x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return y[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
-def pack(frames: list[bytes | bytearray], params: list[tuple[int, int, int, int, bool]],
-         shared: bool) -> dict:
+def pack(
+    frames: list[bytes | bytearray], params: list[tuple[int, int, int, int, bool]], shared: bool
+) -> dict:
     """A batch's JPEGs as one byte tensor + offsets, and its crops ``[B, 5]`` (top, left, h, w,
     flip); ``shared``: in shared memory (it crosses a process boundary)."""
     sizes = torch.tensor([0] + [len(f) for f in frames], dtype=torch.int64)
     data = torch.empty(int(sizes.sum()), dtype=torch.uint8)
     offsets = sizes.cumsum(0)
     for f, a in zip(frames, offsets.tolist(), strict=False):
-        data[a:a + len(f)] = torch.frombuffer(f, dtype=torch.uint8)
+        data[a : a + len(f)] = torch.frombuffer(f, dtype=torch.uint8)
     out = {"jpeg": data, "offsets": offsets, "crops": torch.tensor(params, dtype=torch.int64)}
     if shared:
         for t in out.values():
@@ -77,7 +85,9 @@ def decode_crops(packed: dict, size: int, device: torch.device | str) -> torch.T
     data, bounds = packed["jpeg"], packed["offsets"].tolist()
     images = decode([data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)], device)
     out = torch.empty(len(images), 3, size, size, dtype=torch.uint8, device=device)
-    for k, (img, (top, left, h, w, flip)) in enumerate(zip(images, packed["crops"].tolist(), strict=True)):
-        crop = resize_uint8(img[:, top:top + h, left:left + w], size)
+    for k, (img, (top, left, h, w, flip)) in enumerate(
+        zip(images, packed["crops"].tolist(), strict=True)
+    ):
+        crop = resize_uint8(img[:, top : top + h, left : left + w], size)
         out[k] = crop.flip(-1) if flip else crop
     return out

@@ -33,6 +33,7 @@ layout; :mod:`pipeline.epochplan`); the resumed epoch then has fewer batches, an
 starts epoch e afresh except when e is the current, partly consumed epoch (it keeps the resumed
 position); iterating a finished epoch without ``set_epoch`` starts the next one.
 """
+
 from __future__ import annotations
 
 import gc
@@ -56,9 +57,18 @@ __all__ = ["DataError", "ShardLoader", "ShardReadError", "build_loader"]
 log = logging.getLogger(__name__)
 
 # Manifest ``preset.audio`` fields that fix the stored log-mel (the rest is loader-side).
-LAYOUT = ("world_size", "streams", "batch_size", "remainder")   # how an epoch is split
-STORED_AUDIO_FIELDS = ("kind", "sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
-                       "f_min", "f_max", "log_offset")
+LAYOUT = ("world_size", "streams", "batch_size", "remainder")  # how an epoch is split
+STORED_AUDIO_FIELDS = (
+    "kind",
+    "sample_rate",
+    "n_fft",
+    "win_length",
+    "hop_length",
+    "n_mels",
+    "f_min",
+    "f_max",
+    "log_offset",
+)
 
 
 class _EpochStreams(IterableDataset):
@@ -71,13 +81,14 @@ class _EpochStreams(IterableDataset):
         info = get_worker_info()
         plan = self.spec.plan
         worker = info.id if info else 0
-        stream = (worker + self.start) % plan.streams    # the worker asked first serves batch `start`
+        stream = (worker + self.start) % plan.streams  # the worker asked first serves batch `start`
         if info is not None:
             torch.set_num_threads(1)
         ids = [j for j in range(self.start, plan.batches) if j % plan.streams == stream]
         if ids:
-            yield from stream_batches(self.spec, self.epoch, stream, self.cursors[stream], ids,
-                                      shared=info is not None)
+            yield from stream_batches(
+                self.spec, self.epoch, stream, self.cursors[stream], ids, shared=info is not None
+            )
 
 
 class ShardLoader:
@@ -92,28 +103,61 @@ class ShardLoader:
     and resized on the device; the parameters are drawn exactly as on the CPU path.
     """
 
-    def __init__(self, cfg: DataConfig, *, audio: AudioFrontend, image: ImageSpec, rank: int,
-                 world_size: int, seed: int, train: bool = True, labels: bool = False,
-                 device: torch.device | str = "cpu", view: EvalView | None = None):
-        self.cfg, self.rank, self.world_size, self.device = cfg, rank, world_size, torch.device(device)
+    def __init__(
+        self,
+        cfg: DataConfig,
+        *,
+        audio: AudioFrontend,
+        image: ImageSpec,
+        rank: int,
+        world_size: int,
+        seed: int,
+        train: bool = True,
+        labels: bool = False,
+        device: torch.device | str = "cpu",
+        view: EvalView | None = None,
+    ):
+        self.cfg, self.rank, self.world_size, self.device = (
+            cfg,
+            rank,
+            world_size,
+            torch.device(device),
+        )
         self.manifest = read_manifest(cfg.shards)
         _check_manifest(self.manifest, cfg.shards, audio, labels)
-        self.plan = EpochPlan(tuple(s["num_samples"] for s in self.manifest["shards"]), seed,
-                              world_size, max(cfg.workers, 1), cfg.batch_size, cfg.remainder,
-                              shuffle=train, buffer=cfg.shuffle_buffer, partitions=cfg.partitions,
-                              interleave=cfg.interleave)
+        self.plan = EpochPlan(
+            tuple(s["num_samples"] for s in self.manifest["shards"]),
+            seed,
+            world_size,
+            max(cfg.workers, 1),
+            cfg.batch_size,
+            cfg.remainder,
+            shuffle=train,
+            buffer=cfg.shuffle_buffer,
+            partitions=cfg.partitions,
+            interleave=cfg.interleave,
+        )
         defer = cfg.decode == "device" or (cfg.decode == "auto" and self.device.type == "cuda")
-        self.spec = StreamSpec(cfg.shards, self.manifest["shards"], self.plan,
-                               Augment(audio, image, train, defer_image=defer, view=view), rank, labels,
-                               cfg.max_error_rate, cfg.s3_retries, cfg.s3_retry_seconds,
-                               (cfg.s3_connect_timeout, cfg.s3_read_timeout),
-                               cfg.cache_dir, cfg.cache_limit_gb,
-                               len(self.manifest["labels"]) if labels and self.manifest.get("multi_label") else 0)
+        self.spec = StreamSpec(
+            cfg.shards,
+            self.manifest["shards"],
+            self.plan,
+            Augment(audio, image, train, defer_image=defer, view=view),
+            rank,
+            labels,
+            cfg.max_error_rate,
+            cfg.s3_retries,
+            cfg.s3_retry_seconds,
+            (cfg.s3_connect_timeout, cfg.s3_read_timeout),
+            cfg.cache_dir,
+            cfg.cache_limit_gb,
+            len(self.manifest["labels"]) if labels and self.manifest.get("multi_label") else 0,
+        )
         self.epoch, self._batches, self._cursors = 0, 0, [0] * self.plan.streams
-        self._segment, self._offset = self.plan, 0     # the current epoch's plan; batches before it
+        self._segment, self._offset = self.plan, 0  # the current epoch's plan; batches before it
         self._errors, self._good, self._refilled = Counter({s: 0 for s in STAGES}), 0, 0
         self._last_error, self._peak_rss_mb, self._peak_growth_mb, self._active = "", 0.0, 0.0, None
-        self._worker_cpu: dict[int, float] = {}       # stream → CPU seconds of its worker process
+        self._worker_cpu: dict[int, float] = {}  # stream → CPU seconds of its worker process
 
     @property
     def num_samples(self) -> int:
@@ -156,8 +200,9 @@ class ShardLoader:
                 # NOTE: fsspec clients live in reference cycles; collect this process's ones now
                 # so that forked workers do not inherit (and try to close) its s3fs sessions.
                 gc.collect()
-            source = iter(DataLoader(ds, batch_size=None, num_workers=self.cfg.workers,
-                                     prefetch_factor=2))
+            source = iter(
+                DataLoader(ds, batch_size=None, num_workers=self.cfg.workers, prefetch_factor=2)
+            )
         try:
             for batch in source:
                 self._account(batch.pop("_meta"))
@@ -165,7 +210,7 @@ class ShardLoader:
                 batch["image"] = self.spec.augment.normalise(self._images(batch["image"]))
                 yield batch
         finally:
-            del source                                   # shuts the workers down
+            del source  # shuts the workers down
 
     def _images(self, image: torch.Tensor | dict) -> torch.Tensor:
         """uint8 ``[B, 3, S, S]`` on the device; JPEGs handed over by the workers are decoded,
@@ -177,7 +222,9 @@ class ShardLoader:
         except RuntimeError as e:
             # NOTE: a worker checks only the JPEG header; a frame whose body is corrupt fails here,
             # in the batch, where it can no longer be skipped
-            raise DataError(f"data: a frame of this batch cannot be decoded on {self.device}: {e}") from e
+            raise DataError(
+                f"data: a frame of this batch cannot be decoded on {self.device}: {e}"
+            ) from e
 
     def _account(self, meta: dict) -> None:
         if meta["batch"] != self._batches:
@@ -195,10 +242,15 @@ class ShardLoader:
 
     def state_dict(self) -> dict:
         batches = self._offset + self._batches
-        return {"epoch": self.epoch, "batches": batches, "offset": self._offset,
-                "cursors": list(self._cursors), "rank": self.rank,
-                "samples": batches * self.plan.batch_size * self.world_size,
-                "plan": self._segment.signature()}
+        return {
+            "epoch": self.epoch,
+            "batches": batches,
+            "offset": self._offset,
+            "cursors": list(self._cursors),
+            "rank": self.rank,
+            "samples": batches * self.plan.batch_size * self.world_size,
+            "plan": self._segment.signature(),
+        }
 
     def load_state_dict(self, sd: dict | list[dict]) -> None:
         """Resume from this rank's state (same layout) or from the states of all ranks, as
@@ -218,9 +270,11 @@ class ShardLoader:
         """The plan a saved state was made with (same canonical order, or ValueError)."""
         differ = [k for k, v in self.plan.canonical().items() if sig.get(k) != v]
         if differ:
-            raise ValueError(f"loader state: {', '.join(differ)} differ from this run's (another "
-                             "shard set or data.seed/shuffle_buffer/partitions/interleave); "
-                             "resume with the same values")
+            raise ValueError(
+                f"loader state: {', '.join(differ)} differ from this run's (another "
+                "shard set or data.seed/shuffle_buffer/partitions/interleave); "
+                "resume with the same values"
+            )
         runs = None if sig["runs"] is None else tuple(tuple(r) for r in sig["runs"])
         return replace(self.plan, runs=runs, **{k: sig[k] for k in LAYOUT})
 
@@ -229,21 +283,33 @@ class ShardLoader:
         by_rank = {s["rank"]: [int(c) for c in s["cursors"]] for s in states}
         done = int(states[0]["batches"]) - int(states[0]["offset"])
         if len(by_rank) < old.world_size:
-            log.warning("loader: resuming epoch %d from %d of %d ranks' states; the others' "
-                        "positions are derived from the batch count (exact unless samples "
-                        "failed there)", epoch, len(by_rank), old.world_size)
-        cursors = [by_rank.get(r) or [old.batch_size * old.stream_batches(m, before=done)
-                                      for m in range(old.streams)] for r in range(old.world_size)]
+            log.warning(
+                "loader: resuming epoch %d from %d of %d ranks' states; the others' "
+                "positions are derived from the batch count (exact unless samples "
+                "failed there)",
+                epoch,
+                len(by_rank),
+                old.world_size,
+            )
+        cursors = [
+            by_rank.get(r)
+            or [old.batch_size * old.stream_batches(m, before=done) for m in range(old.streams)]
+            for r in range(old.world_size)
+        ]
         try:
             segment = replace(self.plan, runs=old.remaining(cursors))
-        except ValueError as e:                          # too few samples left for this layout
+        except ValueError as e:  # too few samples left for this layout
             log.warning("loader: epoch %d: %s; the epoch counts as complete", epoch, e)
             self._start(epoch, self.plan, 0)
             self._batches = len(self)
             return
         self._start(epoch, segment, len(self) - segment.batches)
-        log.info("loader: resuming epoch %d at another layout: %d samples left in %d batches",
-                 epoch, segment.span, segment.batches)
+        log.info(
+            "loader: resuming epoch %d at another layout: %d samples left in %d batches",
+            epoch,
+            segment.span,
+            segment.batches,
+        )
 
     def error_counts(self) -> dict[str, int]:
         """Samples skipped per stage (shard | meta | audio | image), cumulative in this process."""
@@ -253,10 +319,15 @@ class ShardLoader:
         """Samples delivered, refills, remainder counts, last error, the workers' peak RSS and
         its peak growth after start (MiB; sampled per batch), and the CPU seconds the current
         iteration's workers have used."""
-        return {"samples": self._good, "refilled": self._refilled, **self.remainder,
-                "last_error": self._last_error, "peak_worker_rss_mb": round(self._peak_rss_mb, 1),
-                "peak_worker_rss_growth_mb": round(self._peak_growth_mb, 1),
-                "worker_cpu_s": round(sum(self._worker_cpu.values()), 3)}
+        return {
+            "samples": self._good,
+            "refilled": self._refilled,
+            **self.remainder,
+            "last_error": self._last_error,
+            "peak_worker_rss_mb": round(self._peak_rss_mb, 1),
+            "peak_worker_rss_growth_mb": round(self._peak_growth_mb, 1),
+            "worker_cpu_s": round(sum(self._worker_cpu.values()), 3),
+        }
 
     def close(self) -> None:
         if self._active is not None:
@@ -269,19 +340,45 @@ def _check_manifest(manifest: dict, root: str, audio: AudioFrontend, labels: boo
     stored = manifest.get("preset", {}).get("audio", {})
     for field in STORED_AUDIO_FIELDS:
         if field in stored and stored[field] != getattr(audio, field):
-            raise ValueError(f"{url}: preset.audio.{field} is {stored[field]!r} but the model's "
-                             f"{audio.name!r} audio front end needs {getattr(audio, field)!r} "
-                             f"(rebuild the shards with --preset {audio.name})")
+            raise ValueError(
+                f"{url}: preset.audio.{field} is {stored[field]!r} but the model's "
+                f"{audio.name!r} audio front end needs {getattr(audio, field)!r} "
+                f"(rebuild the shards with --preset {audio.name})"
+            )
     if labels and not manifest.get("labels"):
-        raise ValueError(f"{url}: no 'labels' — the shard set is unlabelled, but labels were requested")
+        raise ValueError(
+            f"{url}: no 'labels' — the shard set is unlabelled, but labels were requested"
+        )
 
 
-def build_loader(cfg: DataConfig, *, audio: AudioFrontend, image: ImageSpec, rank: int,
-                 world_size: int, seed: int, train: bool = True, labels: bool = False,
-                 device: torch.device | str = "cpu", view: EvalView | None = None) -> ShardLoader:
+def build_loader(
+    cfg: DataConfig,
+    *,
+    audio: AudioFrontend,
+    image: ImageSpec,
+    rank: int,
+    world_size: int,
+    seed: int,
+    train: bool = True,
+    labels: bool = False,
+    device: torch.device | str = "cpu",
+    view: EvalView | None = None,
+) -> ShardLoader:
     """The loader of ``rank`` for ``cfg.shards``; see :class:`ShardLoader` (``view``: which
     evaluation view an eval loader yields, multi-clip evaluation)."""
     if not cfg.shards:
-        raise ValueError("data.shards: empty — set it to a shard-set directory or s3://bucket/prefix")
-    return ShardLoader(cfg, audio=audio, image=image, rank=rank, world_size=world_size,
-                       seed=seed, train=train, labels=labels, device=device, view=view)
+        raise ValueError(
+            "data.shards: empty — set it to a shard-set directory or s3://bucket/prefix"
+        )
+    return ShardLoader(
+        cfg,
+        audio=audio,
+        image=image,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        train=train,
+        labels=labels,
+        device=device,
+        view=view,
+    )

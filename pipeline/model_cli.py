@@ -1,4 +1,5 @@
 """``avfusion model parity``: numeric parity of ``model/`` with official-code fixtures."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,23 +10,31 @@ from model.parity import TOLERANCE, ParityError, run_fixture
 
 
 def register(subparsers) -> None:
-    model = subparsers.add_parser("model", help="model utilities (parity against the official code)")
+    model = subparsers.add_parser(
+        "model", help="model utilities (parity against the official code)"
+    )
     sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     p = sub.add_parser(
-        "parity", help="check numeric parity with official-code fixtures",
+        "parity",
+        help="check numeric parity with official-code fixtures",
         description="For each fixture: build the model its config describes, set the weights by "
-                    "the fixture's rule, run the masked and unmasked passes with its masks (fp32, "
-                    "CPU) and print one JSON line with the max abs/rel error of every output. "
-                    "Exits 1 when any error exceeds the tolerance (targets must be exact).")
+        "the fixture's rule, run the masked and unmasked passes with its masks (fp32, "
+        "CPU) and print one JSON line with the max abs/rel error of every output. "
+        "Exits 1 when any error exceeds the tolerance (targets must be exact).",
+    )
     p.add_argument("fixtures", nargs="+", metavar="FIXTURE", help="parity fixture .pt file(s)")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help=f"max abs error allowed (default: the fixture's, else {TOLERANCE:g})")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help=f"max abs error allowed (default: the fixture's, else {TOLERANCE:g})",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """0 when every fixture passes, 1 otherwise; a ParityError becomes one ``error:`` line (run_cli)."""
-    for path in args.fixtures:             # validate every file before the slow work
+    for path in args.fixtures:  # validate every file before the slow work
         if not Path(path).is_file():
             raise ParityError(f"{path}: fixture file not found")
     ok = True

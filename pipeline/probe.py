@@ -8,6 +8,7 @@ Scale: ``probe.max_samples`` caps the probe set (the first samples in rank order
 de-duplication; each rank stops extracting at its share), and similarities are computed for
 ``chunk`` queries at a time, so memory is O(chunk · N) instead of O(N²) — same result.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ MODALITIES = ("image", "audio", "fusion")
 
 
 @torch.no_grad()
-def extract_features(model, loader, device: torch.device, dtype: torch.dtype,
-                     max_samples: int | None = None) -> dict:
+def extract_features(
+    model, loader, device: torch.device, dtype: torch.dtype, max_samples: int | None = None
+) -> dict:
     """Unmasked encoder features of every batch (of the first batches holding ``max_samples``):
     {"keys", "labels" [N], modality: [N, D]}."""
     was_training = model.training
@@ -26,7 +28,9 @@ def extract_features(model, loader, device: torch.device, dtype: torch.dtype,
     feats = {m: [] for m in MODALITIES}
     keys, labels = [], []
     for batch in loader:
-        out = model.forward_encoder(batch["image"].to(device, dtype), batch["audio"].to(device, dtype))
+        out = model.forward_encoder(
+            batch["image"].to(device, dtype), batch["audio"].to(device, dtype)
+        )
         for m in MODALITIES:
             feats[m].append(out.pooled[m].float().cpu())
         keys.extend(batch["key"])
@@ -35,7 +39,9 @@ def extract_features(model, loader, device: torch.device, dtype: torch.dtype,
             break
     model.train(was_training)
     result = {m: torch.cat(v) if v else torch.empty(0) for m, v in feats.items()}
-    result.update(keys=keys, labels=torch.cat(labels) if labels else torch.empty(0, dtype=torch.long))
+    result.update(
+        keys=keys, labels=torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    )
     return result
 
 
@@ -61,16 +67,20 @@ def knn_top1(feats: dict, chunk: int = 1024) -> dict[str, float]:
     if len(labels) < 2:
         raise ValueError("kNN probe needs at least 2 labelled samples")
     if labels.ndim != 1 or (labels < 0).any():
-        raise ValueError("kNN probe: the probe shard set has unlabelled or multi-label samples "
-                         "(needs one label_index per sample)")
+        raise ValueError(
+            "kNN probe: the probe shard set has unlabelled or multi-label samples "
+            "(needs one label_index per sample)"
+        )
     normed = {m: F.normalize(feats[m], dim=-1) for m in MODALITIES}
     hits = {name: 0 for name in (*MODALITIES, "all")}
     for lo in range(0, len(labels), chunk):
-        sims = {m: normed[m][lo:lo + chunk] @ normed[m].T for m in MODALITIES}   # [chunk, N]
+        sims = {m: normed[m][lo : lo + chunk] @ normed[m].T for m in MODALITIES}  # [chunk, N]
         sims["all"] = sum(sims[m] for m in MODALITIES)
         for name, sim in sims.items():
-            neighbour = sim.topk(2, dim=1).indices[:, 1]  # NOTE: official rule — skip the best (the query)
-            hits[name] += int((labels[neighbour] == labels[lo:lo + chunk]).sum())
+            neighbour = sim.topk(2, dim=1).indices[
+                :, 1
+            ]  # NOTE: official rule — skip the best (the query)
+            hits[name] += int((labels[neighbour] == labels[lo : lo + chunk]).sum())
     return {name: hits[name] / len(labels) * 100 for name in hits}
 
 
@@ -86,30 +96,55 @@ def run(args) -> int:
     try:
         model = load_official(args.weights, preset=args.preset)
     except CheckpointError as e:  # the library's advice names its argument; here it is the flag
-        raise CheckpointError(str(e).replace("pass preset= or model=", "pass --preset NAME")) from None
+        raise CheckpointError(
+            str(e).replace("pass preset= or model=", "pass --preset NAME")
+        ) from None
     cfg = model.config
-    loader = build_loader(DataConfig(shards=args.shards, batch_size=args.batch_size, workers=args.workers),
-                          audio=get_frontend(cfg.audio_frontend), image=cfg.image, rank=0, world_size=1,
-                          seed=0, train=False, labels=True)
+    loader = build_loader(
+        DataConfig(shards=args.shards, batch_size=args.batch_size, workers=args.workers),
+        audio=get_frontend(cfg.audio_frontend),
+        image=cfg.image,
+        rank=0,
+        world_size=1,
+        seed=0,
+        train=False,
+        labels=True,
+    )
     try:
-        feats = extract_features(model, loader, torch.device("cpu"), torch.float32, args.max_samples)
+        feats = extract_features(
+            model, loader, torch.device("cpu"), torch.float32, args.max_samples
+        )
     finally:
         loader.close()
     merged = merge_features([feats], args.max_samples)  # drops the repeats that pad the last batch
-    print(json.dumps({"weights": args.weights, "shards": args.shards, "samples": len(merged["keys"]),
-                      "knn_top1": knn_top1(merged)}))
+    print(
+        json.dumps(
+            {
+                "weights": args.weights,
+                "shards": args.shards,
+                "samples": len(merged["keys"]),
+                "knn_top1": knn_top1(merged),
+            }
+        )
+    )
     return 0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "probe", help="kNN probe (1-NN top-1 %%) of model weights on a labelled shard set",
+        "probe",
+        help="kNN probe (1-NN top-1 %%) of model weights on a labelled shard set",
         description="Unmasked encoder features (token means per modality, all fusion tokens) of every "
-                    "sample, 1-NN label agreement with the second-best cosine match (REFERENCE §7.4).")
+        "sample, 1-NN label agreement with the second-best cosine match (REFERENCE §7.4).",
+    )
     p.add_argument("weights", help="exported .safetensors or an official checkpoint (.pth)")
     p.add_argument("--shards", required=True, help="labelled shard set (directory or s3://)")
-    p.add_argument("--preset", default=None, help="model preset (default: inferred from the weights)")
+    p.add_argument(
+        "--preset", default=None, help="model preset (default: inferred from the weights)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--max-samples", type=int, default=None, help="use at most this many probe samples")
+    p.add_argument(
+        "--max-samples", type=int, default=None, help="use at most this many probe samples"
+    )
     p.set_defaults(func=run)

@@ -1,5 +1,6 @@
 """What a training run prints for people reading logs (``kubectl logs``, CI): a start banner, an
 ETA on every log line, a rate-limited line when data errors occur, and an end summary."""
+
 from __future__ import annotations
 
 import logging
@@ -24,19 +25,43 @@ class RunReport:
         self.t0 = time.monotonic()
         self.errors_shown, self.errors_at = 0, float("-inf")
 
-    def banner(self, *, samples: int, steps_per_epoch: int, epochs: int, batch: int, world: int,
-               accum: int, output_dir: str, tracking: str) -> None:
+    def banner(
+        self,
+        *,
+        samples: int,
+        steps_per_epoch: int,
+        epochs: int,
+        batch: int,
+        world: int,
+        accum: int,
+        output_dir: str,
+        tracking: str,
+    ) -> None:
         resumed = f", resuming at step {self.start_step}" if self.start_step else ""
         capped = "" if self.total == steps_per_epoch * epochs else ", stopping at train.max_steps"
-        log.info("training: %d samples, %d steps/epoch × %d epochs, %d steps%s%s; effective batch %d "
-                 "(%d per rank × %d ranks × %d accumulation); output %s; tracking %s",
-                 samples, steps_per_epoch, epochs, self.total, capped, resumed, batch * world * accum, batch,
-                 world, accum, output_dir, tracking)
+        log.info(
+            "training: %d samples, %d steps/epoch × %d epochs, %d steps%s%s; effective batch %d "
+            "(%d per rank × %d ranks × %d accumulation); output %s; tracking %s",
+            samples,
+            steps_per_epoch,
+            epochs,
+            self.total,
+            capped,
+            resumed,
+            batch * world * accum,
+            batch,
+            world,
+            accum,
+            output_dir,
+            tracking,
+        )
 
     def eta(self, step: int) -> str:
         """``step/total (pct) ETA h:mm:ss`` from the mean rate of this process's steps."""
         done = step - self.start_step
-        left = (time.monotonic() - self.t0) / done * (self.total - step) if done > 0 else float("nan")
+        left = (
+            (time.monotonic() - self.t0) / done * (self.total - step) if done > 0 else float("nan")
+        )
         pct = 100.0 * step / max(self.total, 1)
         return f"{step}/{self.total} ({pct:.0f}%) ETA {duration(left) if done > 0 else '?'}"
 
@@ -44,14 +69,26 @@ class RunReport:
         """One warning when samples were skipped since the last one, at most every minute."""
         now = time.monotonic()
         if total > self.errors_shown and now - self.errors_at >= ERROR_LINE_EVERY_S:
-            stages = ", ".join(f"{k} {v}" for k, v in sorted(by_stage.items()) if v) or "on other ranks"
-            log.warning("data: %d samples skipped so far (this rank: %s); see data/errors in the metrics",
-                        total, stages)
+            stages = (
+                ", ".join(f"{k} {v}" for k, v in sorted(by_stage.items()) if v) or "on other ranks"
+            )
+            log.warning(
+                "data: %d samples skipped so far (this rank: %s); see data/errors in the metrics",
+                total,
+                stages,
+            )
             self.errors_shown, self.errors_at = total, now
 
     def summary(self, step: int, epoch: float, samples: int, last: dict, output_dir: str) -> None:
         wall = time.monotonic() - self.t0
         loss = last.get("train/loss")
-        log.info("finished: step %d, epoch %.2f, %s wall, %.1f samples/s, last loss %s; checkpoints in "
-                 "%s/checkpoints", step, epoch, duration(wall), samples / wall if wall > 0 else 0.0,
-                 f"{loss:.4f}" if loss is not None else "n/a", output_dir)
+        log.info(
+            "finished: step %d, epoch %.2f, %s wall, %.1f samples/s, last loss %s; checkpoints in "
+            "%s/checkpoints",
+            step,
+            epoch,
+            duration(wall),
+            samples / wall if wall > 0 else 0.0,
+            f"{loss:.4f}" if loss is not None else "n/a",
+            output_dir,
+        )

@@ -1,4 +1,5 @@
 """Optimizer parameter groups and the per-iteration learning rate (REFERENCE.md §7.2–7.3)."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,9 @@ import torch
 from pipeline.config import OptimConfig
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float,
-                 pretrained: dict[str, set[str]]) -> list[dict]:
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, pretrained: dict[str, set[str]]
+) -> list[dict]:
     """AdamW groups: (tower | other) × (decay | no-decay).
 
     No decay for ``model.no_weight_decay()`` (ndim ≤ 1 or ``.bias``). NOTE: as in the official
@@ -27,18 +29,29 @@ def param_groups(model: torch.nn.Module, weight_decay: float,
         key = (tower_of.get(name, "other"), name not in no_decay)
         buckets.setdefault(key, []).append(p)
     return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0,
-         "name": f"{tower}/{'decay' if decay else 'no_decay'}", "ramp": tower != "other"}
+        {
+            "params": params,
+            "weight_decay": weight_decay if decay else 0.0,
+            "name": f"{tower}/{'decay' if decay else 'no_decay'}",
+            "ramp": tower != "other",
+        }
         for (tower, decay), params in sorted(buckets.items())
     ]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, pretrained: dict[str, set[str]], lr: float,
-                    device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module,
+    cfg: OptimConfig,
+    pretrained: dict[str, set[str]],
+    lr: float,
+    device: torch.device,
+) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`: the fused kernel on CUDA, the multi-tensor one elsewhere
     (one launch per group, not per parameter)."""
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, pretrained), lr=lr, betas=cfg.betas, **fast)
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay, pretrained), lr=lr, betas=cfg.betas, **fast
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,9 @@ class LRSchedule:
     def ramp(self, e: float) -> float:
         if e >= self.ramp_epochs:
             return self.ramp_end
-        return self.ramp_start + (self.ramp_end - self.ramp_start) * (0.5 - 0.5 * math.cos(math.pi * e / self.ramp_epochs))
+        return self.ramp_start + (self.ramp_end - self.ramp_start) * (
+            0.5 - 0.5 * math.cos(math.pi * e / self.ramp_epochs)
+        )
 
     def apply(self, optimizer: torch.optim.Optimizer, e: float) -> float:
         """Set every group's LR for fractional epoch ``e``; returns the base LR."""

@@ -17,6 +17,7 @@
   the manifest is not cached; the shard is then streamed as it is (the tar reader counts what is
   corrupt), exactly as without a cache.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,9 +40,9 @@ from preprocess.shardformat import (
 log = logging.getLogger(__name__)
 
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-BLOCK_SIZE = 8 << 20                     # remote read-ahead per open shard
-S3_TIMEOUTS = (5.0, 8.0)                 # connect, read (s); DataConfig.s3_*_timeout
-MAX_BACKOFF = 8.0                        # s, between retries
+BLOCK_SIZE = 8 << 20  # remote read-ahead per open shard
+S3_TIMEOUTS = (5.0, 8.0)  # connect, read (s); DataConfig.s3_*_timeout
+MAX_BACKOFF = 8.0  # s, between retries
 
 
 class ShardReadError(RuntimeError):
@@ -65,9 +66,16 @@ def filesystem(url: str, timeouts: tuple[float, float] = S3_TIMEOUTS):
     protocol = url.split("://", 1)[0]
     if protocol not in ("s3", "s3a"):
         return fsspec.filesystem(protocol, skip_instance_cache=True)
-    fs = fsspec.filesystem(protocol, skip_instance_cache=True, config_kwargs={
-        "connect_timeout": timeouts[0], "read_timeout": timeouts[1], "retries": {"max_attempts": 1}})
-    fs.retries = 1                      # s3fs's own retry loop (5 by default) multiplies the time
+    fs = fsspec.filesystem(
+        protocol,
+        skip_instance_cache=True,
+        config_kwargs={
+            "connect_timeout": timeouts[0],
+            "read_timeout": timeouts[1],
+            "retries": {"max_attempts": 1},
+        },
+    )
+    fs.retries = 1  # s3fs's own retry loop (5 by default) multiplies the time
     return fs
 
 
@@ -84,9 +92,11 @@ def read_manifest(root: str) -> dict:
         with open_url(url) as f:
             data = f.read()
     except FileNotFoundError:
-        raise FormatError(f"{url}: not found (not a shard set, or still being built: "
-                          "manifest.json is written last)") from None
-    except Exception as e:                               # network: timeouts, refused, 5xx
+        raise FormatError(
+            f"{url}: not found (not a shard set, or still being built: "
+            "manifest.json is written last)"
+        ) from None
+    except Exception as e:  # network: timeouts, refused, 5xx
         raise FormatError(f"{url}: cannot be read from {endpoint()}: {e}") from None
     manifest = parse_manifest(data, url)
     if not manifest["shards"]:
@@ -111,9 +121,9 @@ class ShardCache:
         path = self.dir / f"{digest[:32]}-{shard['name']}"
         try:
             f = open(path, "rb", buffering=1 << 20)
-            os.utime(path)                               # LRU: mark as recently used
+            os.utime(path)  # LRU: mark as recently used
             return f
-        except FileNotFoundError:                        # a miss, or evicted just now
+        except FileNotFoundError:  # a miss, or evicted just now
             pass
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -136,7 +146,7 @@ class ShardCache:
         for p in self.dir.glob("*.tar"):
             try:
                 st = p.stat()
-            except FileNotFoundError:                    # evicted by another worker
+            except FileNotFoundError:  # evicted by another worker
                 continue
             files.append((st.st_mtime, st.st_size, p))
         total = sum(size for _, size, _ in files)
@@ -144,7 +154,7 @@ class ShardCache:
             if total <= self.limit:
                 break
             if p != keep:
-                p.unlink(missing_ok=True)                # open readers keep their file
+                p.unlink(missing_ok=True)  # open readers keep their file
                 total -= size
 
 
@@ -155,14 +165,26 @@ class ShardStore:
     holds its own fsspec/s3fs client.
     """
 
-    def __init__(self, root: str, shards: list[dict], *, retries: int = 5, backoff: float = 0.5,
-                 cache_dir: str | None = None, cache_limit_gb: float = 50.0,
-                 timeouts: tuple[float, float] = S3_TIMEOUTS, budget: float = 60.0):
+    def __init__(
+        self,
+        root: str,
+        shards: list[dict],
+        *,
+        retries: int = 5,
+        backoff: float = 0.5,
+        cache_dir: str | None = None,
+        cache_limit_gb: float = 50.0,
+        timeouts: tuple[float, float] = S3_TIMEOUTS,
+        budget: float = 60.0,
+    ):
         self.root, self.shards, self.retries, self.backoff = root, shards, retries, backoff
         self.budget = budget
         self.fs = filesystem(root, timeouts) if is_url(root) else None
-        self.cache = (ShardCache(cache_dir, int(cache_limit_gb * 2**30))
-                      if cache_dir and is_url(root) else None)
+        self.cache = (
+            ShardCache(cache_dir, int(cache_limit_gb * 2**30))
+            if cache_dir and is_url(root)
+            else None
+        )
 
     def url(self, index: int) -> str:
         return join(self.root, self.shards[index]["name"])
@@ -176,28 +198,32 @@ class ShardStore:
         """Yield (sample index, raw sample) for the ``wanted`` samples of shard ``index``, in tar
         order. Raises CorruptShard (prefixed with the URL) or ShardReadError."""
         url, attempt, last = self.url(index), 0, max(wanted)
-        remaining = set(wanted)                          # a retry skips what was delivered
-        since = time.monotonic()                         # start of the current failing stretch
+        remaining = set(wanted)  # a retry skips what was delivered
+        since = time.monotonic()  # start of the current failing stretch
         while True:
             try:
                 with self._open(index) as f:
                     for i, sample in tar_samples(f, remaining.__contains__, last):
                         yield i, sample
                         remaining.discard(i)
-                        attempt, since = 0, time.monotonic()     # progress: a fresh budget
+                        attempt, since = 0, time.monotonic()  # progress: a fresh budget
                 return
             except CorruptShard as e:
                 raise CorruptShard(f"{url}: {e}") from None
             except PERMANENT as e:
                 raise ShardReadError(f"{url}: {e.strerror or e}") from e
-            except Exception as e:                       # transient: retry with backoff
+            except Exception as e:  # transient: retry with backoff
                 attempt += 1
-                delay, spent = min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF), time.monotonic() - since
+                delay, spent = (
+                    min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF),
+                    time.monotonic() - since,
+                )
                 if attempt > self.retries or spent + delay > self.budget:
                     where = f" at {endpoint()}" if self.fs is not None else ""
                     raise ShardReadError(
                         f"{url}: still failing after {attempt} attempts in {spent:.0f} s "
                         f"(data.s3_retries={self.retries}, data.s3_retry_seconds={self.budget:g})"
-                        f"{where}: {e!r}") from e
+                        f"{where}: {e!r}"
+                    ) from e
                 log.warning("%s: %r; retry %d/%d in %.1fs", url, e, attempt, self.retries, delay)
                 time.sleep(delay)

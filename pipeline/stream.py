@@ -8,6 +8,7 @@ Every sample's random draws come from an RNG seeded by (seed, epoch, its canonic
 its pad copy, refill pass) — not by rank or stream — so a stream restarted at a cursor reproduces
 the uninterrupted one exactly, and a sample is augmented alike at any world size.
 """
+
 from __future__ import annotations
 
 import random
@@ -23,8 +24,8 @@ from pipeline.epochplan import Entry, EpochPlan, mix_seed
 from pipeline.shardio import ShardStore
 from preprocess.shardformat import CorruptShard
 
-STAGES = ("shard", "meta", "audio", "image")   # error counts: samples skipped per stage
-MIN_RATE_SAMPLES = 100                         # the error rate is judged on ≥ this many samples
+STAGES = ("shard", "meta", "audio", "image")  # error counts: samples skipped per stage
+MIN_RATE_SAMPLES = 100  # the error rate is judged on ≥ this many samples
 
 
 class DataError(RuntimeError):
@@ -35,8 +36,10 @@ def check_error_rate(errors: Counter, good: int, max_rate: float, last_error: st
     bad = sum(errors.values())
     if bad > max_rate * max(bad + good, MIN_RATE_SAMPLES):
         stages = ", ".join(f"{k} {v}" for k, v in errors.items() if v)
-        raise DataError(f"data: {bad} of {bad + good} samples failed ({stages}), more than "
-                        f"data.max_error_rate={max_rate:g}; last error: {last_error}")
+        raise DataError(
+            f"data: {bad} of {bad + good} samples failed ({stages}), more than "
+            f"data.max_error_rate={max_rate:g}; last error: {last_error}"
+        )
 
 
 class StreamReader:
@@ -72,7 +75,7 @@ class StreamReader:
             self._advance(shard)
         self.frontier = max(self.frontier, self.entries[i].read)
         for s in [s for s in self.open if self.last_read[s] <= self.frontier]:
-            while s in self.wanted:                      # a real reader has passed its end
+            while s in self.wanted:  # a real reader has passed its end
                 self._advance(s)
         if i in self.captured:
             return self.captured.pop(i)
@@ -91,18 +94,21 @@ class StreamReader:
             if pending:
                 return
         except StopIteration:
-            self.last_error = (f"{self.store.url(shard)}: ends before sample {min(pending)} "
-                               "(the manifest lists more)")
+            self.last_error = (
+                f"{self.store.url(shard)}: ends before sample {min(pending)} "
+                "(the manifest lists more)"
+            )
         except CorruptShard as e:
             self.last_error = str(e)
-        for entries in pending.values():                 # the rest of this shard is unreadable
+        for entries in pending.values():  # the rest of this shard is unreadable
             self.lost.update(entries)
         self.open.pop(shard).close()
         del self.wanted[shard]
 
 
-def stream_entries(store: ShardStore, entries: list[Entry], cursor: int,
-                   dead: set[tuple[int, int]]) -> Iterator[tuple[int, int, dict | None, str | None]]:
+def stream_entries(
+    store: ShardStore, entries: list[Entry], cursor: int, dead: set[tuple[int, int]]
+) -> Iterator[tuple[int, int, dict | None, str | None]]:
     """(cursor, entry, raw sample, loss message) from ``cursor`` on, wrapping into refill passes.
 
     ``raw`` is None when the entry's shard is unreadable there (``loss`` says why) or when its
@@ -140,12 +146,18 @@ class StreamSpec:
     timeouts: tuple[float, float]
     cache_dir: str | None
     cache_limit_gb: float
-    classes: int = 0        # multi-label set: labels become multi-hot [B, classes]
+    classes: int = 0  # multi-label set: labels become multi-hot [B, classes]
 
     def store(self) -> ShardStore:
-        return ShardStore(self.root, self.shards, retries=self.retries, budget=self.retry_seconds,
-                          timeouts=self.timeouts,
-                          cache_dir=self.cache_dir, cache_limit_gb=self.cache_limit_gb)
+        return ShardStore(
+            self.root,
+            self.shards,
+            retries=self.retries,
+            budget=self.retry_seconds,
+            timeouts=self.timeouts,
+            cache_dir=self.cache_dir,
+            cache_limit_gb=self.cache_limit_gb,
+        )
 
 
 @dataclass
@@ -162,8 +174,9 @@ class Tally:
         self.last_error = message
 
 
-def usable_samples(spec: StreamSpec, epoch: int, stream: int, cursor: int,
-                   tally: Tally) -> Iterator[tuple[int, str, tuple, bool]]:
+def usable_samples(
+    spec: StreamSpec, epoch: int, stream: int, cursor: int, tally: Tally
+) -> Iterator[tuple[int, str, tuple, bool]]:
     """(cursor after it, key, augmented item, is a refill) for each usable sample of a stream;
     failures are skipped and tallied, never replaced."""
     plan = spec.plan
@@ -174,16 +187,21 @@ def usable_samples(spec: StreamSpec, epoch: int, stream: int, cursor: int,
     for position, i, raw, loss in stream_entries(spec.store(), entries, cursor, dead):
         since_good += 1
         if since_good > n:
-            raise DataError(f"data: no usable sample in a whole pass of stream {stream} of rank "
-                            f"{spec.rank}; last error: {tally.last_error}")
+            raise DataError(
+                f"data: no usable sample in a whole pass of stream {stream} of rank "
+                f"{spec.rank}; last error: {tally.last_error}"
+            )
         if raw is None and loss is None:
-            continue                                     # failed in an earlier pass
+            continue  # failed in an earlier pass
         try:
             if raw is None:
                 raise SampleError("shard", loss)
-            e = entries[i]                               # draws depend on the sample, not the layout
-            rng = (random.Random(mix_seed(plan.seed, epoch, e.q, e.copy, position // n))
-                   if plan.shuffle else None)
+            e = entries[i]  # draws depend on the sample, not the layout
+            rng = (
+                random.Random(mix_seed(plan.seed, epoch, e.q, e.copy, position // n))
+                if plan.shuffle
+                else None
+            )
             item = spec.augment(raw, rng)
         except SampleError as err:
             dead.add(entries[i][:2])
@@ -211,8 +229,9 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def stream_batches(spec: StreamSpec, epoch: int, stream: int, cursor: int,
-                   batch_ids: list[int], shared: bool) -> Iterator[dict]:
+def stream_batches(
+    spec: StreamSpec, epoch: int, stream: int, cursor: int, batch_ids: list[int], shared: bool
+) -> Iterator[dict]:
     """Yield the batches ``batch_ids`` (this stream's, in order) starting at ``cursor``.
 
     Images are uint8 (the loader normalises them). Each batch carries ``_meta``: {batch, stream,
@@ -227,10 +246,21 @@ def stream_batches(spec: StreamSpec, epoch: int, stream: int, cursor: int,
         image, audio = spec.augment.collate(items, shared)
         labels = collate_labels([lab for *_, lab in items], spec.labels, spec.classes)
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        yield {"image": image, "audio": audio, "key": [key for _, key, _, _ in chunk], "label": labels,
-               "_meta": {"batch": j, "stream": stream, "cursor": chunk[-1][0],
-                         "errors": dict(tally.batch), "refilled": sum(r for *_, r in chunk),
-                         "last_error": tally.last_error,
-                         "rss_mb": rss_mb(), "rss_growth_mb": rss_mb() - start_rss,
-                         "cpu_s": usage.ru_utime + usage.ru_stime}}
+        yield {
+            "image": image,
+            "audio": audio,
+            "key": [key for _, key, _, _ in chunk],
+            "label": labels,
+            "_meta": {
+                "batch": j,
+                "stream": stream,
+                "cursor": chunk[-1][0],
+                "errors": dict(tally.batch),
+                "refilled": sum(r for *_, r in chunk),
+                "last_error": tally.last_error,
+                "rss_mb": rss_mb(),
+                "rss_growth_mb": rss_mb() - start_rss,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+            },
+        }
         tally.batch.clear()

@@ -13,6 +13,7 @@ which is created then if no process ever reached the server.
 NOTE: MLflow's own asynchronous logging (``log_batch(..., synchronous=False)``) is not used: it
 drops what it fails to send, and it offers no journal to resume from.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,11 +30,14 @@ from preprocess.urls import redact, redact_tree
 log = logging.getLogger("avfusion.tracking")
 
 DEFAULT_URI = "sqlite:///mlruns.db"
-BACKLOG_MAX = 10_000        # records held in memory before the training thread spills them to the journal
+BACKLOG_MAX = 10_000  # records held in memory before the training thread spills them to the journal
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
-CLOSE_WAIT_S = 10.0         # close() gives up once the server has not answered for this long
-CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+CLOSE_WAIT_S = 10.0  # close() gives up once the server has not answered for this long
+CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 def client_env() -> None:
@@ -53,8 +57,10 @@ def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
         return uri, {}
-    auth = {"MLFLOW_TRACKING_USERNAME": unquote(parts.username or ""),
-            "MLFLOW_TRACKING_PASSWORD": unquote(parts.password or "")}
+    auth = {
+        "MLFLOW_TRACKING_USERNAME": unquote(parts.username or ""),
+        "MLFLOW_TRACKING_PASSWORD": unquote(parts.password or ""),
+    }
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])), auth
 
 
@@ -88,10 +94,18 @@ class Tracker:
     Without ``output_dir`` the journal lives in memory only.
     """
 
-    def __init__(self, uri: str | None, experiment: str, run_name: str | None, enabled: bool = True,
-                 run_id: str | None = None, system_metrics: bool = True, output_dir: str | Path | None = None,
-                 tags: dict[str, str] | None = None):
-        self.enabled, self.tags = enabled, tags or {}    # tags: set when the run is created
+    def __init__(
+        self,
+        uri: str | None,
+        experiment: str,
+        run_name: str | None,
+        enabled: bool = True,
+        run_id: str | None = None,
+        system_metrics: bool = True,
+        output_dir: str | Path | None = None,
+        tags: dict[str, str] | None = None,
+    ):
+        self.enabled, self.tags = enabled, tags or {}  # tags: set when the run is created
         self.uri, auth = split_credentials(tracking_uri(uri))
         self.experiment, self.run_name = experiment, run_name
         self.system_metrics = system_metrics
@@ -100,24 +114,33 @@ class Tracker:
         if not enabled:
             return
         client_env()  # the sender retries itself
-        os.environ.update(auth)  # basic auth for MLflow from its environment, never in a URI we print
+        os.environ.update(
+            auth
+        )  # basic auth for MLflow from its environment, never in a URI we print
         self._pending = Pending(Path(output_dir) / PENDING_FILE if output_dir is not None else None)
         earlier = self._pending.summary() if self._pending else None
         self.run_id = run_id or self._pending.run.get("run_id")
         self.resumed = self.run_id is not None or earlier is not None
-        self._pending.set_run({"uri": self.uri, "experiment": experiment, "run_name": run_name,
-                               "run_id": self.run_id})
+        self._pending.set_run(
+            {"uri": self.uri, "experiment": experiment, "run_name": run_name, "run_id": self.run_id}
+        )
         if earlier:
-            log.warning("%s from an earlier process pending in %s; sending them to MLflow at %s",
-                        earlier, self._pending.path, self.uri)
+            log.warning(
+                "%s from an earlier process pending in %s; sending them to MLflow at %s",
+                earlier,
+                self._pending.path,
+                self.uri,
+            )
         self._backlog: list[dict] = [{"status": "RUNNING"}] if self.resumed else []
-        self._lock = threading.Lock()           # guards the backlog
-        self._journal_lock = threading.Lock()   # guards the journal
+        self._lock = threading.Lock()  # guards the backlog
+        self._journal_lock = threading.Lock()  # guards the journal
         self._wake = threading.Event()
         self._closing = self._in_call = self._hung = False
         self._last_answer = time.monotonic()
         self._client = self._monitor = None
-        self._thread = threading.Thread(target=self._send_loop, name="avfusion-tracking", daemon=True)
+        self._thread = threading.Thread(
+            target=self._send_loop, name="avfusion-tracking", daemon=True
+        )
         self._thread.start()
 
     # -- public API (training thread; never blocks on the network) --------------------------
@@ -140,22 +163,34 @@ class Tracker:
         if not self.enabled or self._closing:
             return
         self._put({"status": status})
-        if not self._in_call:  # the clock starts now, or at the sender's last answer if it is waiting on one
+        if (
+            not self._in_call
+        ):  # the clock starts now, or at the sender's last answer if it is waiting on one
             self._last_answer = time.monotonic()
         self._closing = True
         self._wake.set()
-        while (self._thread.is_alive() and not self._hung
-               and time.monotonic() - self._last_answer < CLOSE_WAIT_S):
+        while (
+            self._thread.is_alive()
+            and not self._hung
+            and time.monotonic() - self._last_answer < CLOSE_WAIT_S
+        ):
             self._thread.join(0.05)
         with self._journal_lock:
             self._pending.append(self._take())
             left = self._pending.summary() if self._pending else None
         if left and self._pending.path is not None:
-            log.warning("MLflow at %s did not take %s; kept in %s — sent on resume or by "
-                        "`avfusion runs sync %s`", self.uri, left, self._pending.path, self._pending.path.parent)
+            log.warning(
+                "MLflow at %s did not take %s; kept in %s — sent on resume or by "
+                "`avfusion runs sync %s`",
+                self.uri,
+                left,
+                self._pending.path,
+                self._pending.path.parent,
+            )
         elif left:
-            log.warning("MLflow at %s did not take %s; lost (no output_dir to keep them in)",
-                        self.uri, left)
+            log.warning(
+                "MLflow at %s did not take %s; lost (no output_dir to keep them in)", self.uri, left
+            )
 
     # -- internals -----------------------------------------------------------------------
     def _put(self, record: dict) -> None:
@@ -194,8 +229,13 @@ class Tracker:
             except Exception as e:  # noqa: BLE001 — any tracking failure must not stop training
                 self._last_answer = time.monotonic()
                 if not outage:
-                    log.warning("MLflow at %s unreachable (%s); training continues, logs are kept "
-                                "in %s and retried", self.uri, redact(first_line(e)), self._pending.path or "memory")
+                    log.warning(
+                        "MLflow at %s unreachable (%s); training continues, logs are kept "
+                        "in %s and retried",
+                        self.uri,
+                        redact(first_line(e)),
+                        self._pending.path or "memory",
+                    )
                 outage, self._hung = True, timed_out(e)
                 retry_at, delay = self._last_answer + delay, min(2 * delay, RETRY_MAX_S)
                 if self._closing:
@@ -227,13 +267,19 @@ class Tracker:
 
             self._client = MlflowClient(self.uri)
         if self.run_id is None:
-            self.run_id = create_run(self._client, self.uri, self.experiment, self.run_name, self.tags)
+            self.run_id = create_run(
+                self._client, self.uri, self.experiment, self.run_name, self.tags
+            )
             with self._journal_lock:
                 self._pending.set_run({**self._pending.run, "run_id": self.run_id})
             self._answered()
         if self.system_metrics and self._monitor is None and not self._closing:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10,
-                                                 resume_logging=self.resumed, tracking_uri=self.uri)
+            self._monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=10,
+                resume_logging=self.resumed,
+                tracking_uri=self.uri,
+            )
             self._monitor.start()

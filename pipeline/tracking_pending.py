@@ -14,6 +14,7 @@ leave the journal only after the server confirmed them, and a crash at any point
 that reached the journal. ``sync`` sends a journal into its run (creating the run when the
 training process never reached the server) — the ``avfusion runs sync OUTPUT_DIR`` command.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,11 @@ class Pending:
 
     def records(self) -> list[dict]:
         """The undelivered records in logging order (run headers left out)."""
-        return [r for r in self._read() if "run" not in r] if self.path is not None else list(self._memory)
+        return (
+            [r for r in self._read() if "run" not in r]
+            if self.path is not None
+            else list(self._memory)
+        )
 
     def set_run(self, run: dict) -> None:
         """The run the records belong to; recorded in the file once it exists."""
@@ -88,7 +93,10 @@ class Pending:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as f:
             cut = f.tell() > 0 and f.seek(-1, os.SEEK_END) is not None and f.read(1) != b"\n"
-            f.write(("\n" if cut else "").encode() + "".join(json.dumps(r) + "\n" for r in records).encode())
+            f.write(
+                ("\n" if cut else "").encode()
+                + "".join(json.dumps(r) + "\n" for r in records).encode()
+            )
 
     def _read(self) -> list[dict]:
         if self.path is None or not self.path.exists():
@@ -122,14 +130,21 @@ def artifact_location(uri: str) -> str | None:
     return (db.parent / f"{db.stem}-artifacts").as_uri()
 
 
-def create_run(client, uri: str, experiment: str, run_name: str | None, tags: dict[str, str] | None = None) -> str:
+def create_run(
+    client, uri: str, experiment: str, run_name: str | None, tags: dict[str, str] | None = None
+) -> str:
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        experiment, artifact_location=artifact_location(uri))
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(experiment, artifact_location=artifact_location(uri))
+    )
     return client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
 
 
-def deliver(client, run_id: str, records: list[dict], answered: Callable[[], None] = lambda: None) -> None:
+def deliver(
+    client, run_id: str, records: list[dict], answered: Callable[[], None] = lambda: None
+) -> None:
     """Send ``records`` to run ``run_id``: params, metrics, artifacts, then the last status.
 
     ``answered()`` is called after every request the server answered. A refused request is
@@ -140,13 +155,20 @@ def deliver(client, run_id: str, records: list[dict], answered: Callable[[], Non
     params = {k: v for r in records for k, v in r.get("params", {}).items()}
     metrics = [Metric(*r["metric"]) for r in records if "metric" in r]
     statuses = [r["status"] for r in records if "status" in r]
-    steps = [(f"params {i}..", lambda c=chunk: client.log_batch(run_id, params=c))
-             for i, chunk in _chunks([Param(k, v[:MAX_PARAM_CHARS]) for k, v in sorted(params.items())],
-                                     PARAMS_PER_BATCH)]
-    steps += [(f"metrics {i}..", lambda c=chunk: client.log_batch(run_id, metrics=c))
-              for i, chunk in _chunks(metrics, METRICS_PER_BATCH)]
-    steps += [(f"artifact {path}", lambda p=path, d=subdir: client.log_artifact(run_id, p, d))
-              for path, subdir in (r["artifact"] for r in records if "artifact" in r)]
+    steps = [
+        (f"params {i}..", lambda c=chunk: client.log_batch(run_id, params=c))
+        for i, chunk in _chunks(
+            [Param(k, v[:MAX_PARAM_CHARS]) for k, v in sorted(params.items())], PARAMS_PER_BATCH
+        )
+    ]
+    steps += [
+        (f"metrics {i}..", lambda c=chunk: client.log_batch(run_id, metrics=c))
+        for i, chunk in _chunks(metrics, METRICS_PER_BATCH)
+    ]
+    steps += [
+        (f"artifact {path}", lambda p=path, d=subdir: client.log_artifact(run_id, p, d))
+        for path, subdir in (r["artifact"] for r in records if "artifact" in r)
+    ]
     if statuses and statuses[-1] == "RUNNING":
         steps.append(("status", lambda: client.update_run(run_id, status="RUNNING")))
     elif statuses:
@@ -192,4 +214,4 @@ def first_line(e: BaseException) -> str:
 
 
 def _chunks(items: list, size: int):
-    return [(i, items[i:i + size]) for i in range(0, len(items), size)]
+    return [(i, items[i : i + size]) for i in range(0, len(items), size)]

@@ -1,9 +1,10 @@
 """Training entry point.
 
-    deepspeed [launcher args] --module pipeline.train --config configs/debug.yaml [key=value ...]
-    torchrun --nproc-per-node 2 -m pipeline.train --config configs/debug.yaml
-    avfusion train --config configs/debug.yaml            # single process
+deepspeed [launcher args] --module pipeline.train --config configs/debug.yaml [key=value ...]
+torchrun --nproc-per-node 2 -m pipeline.train --config configs/debug.yaml
+avfusion train --config configs/debug.yaml            # single process
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,20 +17,31 @@ from preprocess.errors import run_cli
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser or argparse.ArgumentParser(
+        prog="python -m pipeline.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. train.max_steps=20 data.batch_size=4")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.max_steps=20 data.batch_size=4",
+    )
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
+    )
     import torch.distributed as dist
 
     from pipeline.distributed import init_distributed
@@ -45,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="pretrain in this process (single rank)",
-                              description="Single-process shortcut for `python -m pipeline.train`; "
-                                          "use `deepspeed --module pipeline.train` for several ranks.")
+    p = subparsers.add_parser(
+        "train",
+        help="pretrain in this process (single rank)",
+        description="Single-process shortcut for `python -m pipeline.train`; "
+        "use `deepspeed --module pipeline.train` for several ranks.",
+    )
     build_parser(p).set_defaults(func=run)
 
 

@@ -5,6 +5,7 @@ nothing is read back. :meth:`TrainStep.totals` is the only host read: one all-re
 window (losses, a non-finite flag, data-wait seconds, data errors), done on log steps and before
 every checkpoint, where a non-finite loss on any rank stops every rank.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,8 +45,17 @@ class TrainStep:
     """Micro-steps of one rank: masks seeded by (seed, micro-step index, rank), inputs moved
     with ``non_blocking``, losses into :attr:`window`."""
 
-    def __init__(self, engine, *, seed: int, accum: int, rank: int, world_size: int,
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        engine,
+        *,
+        seed: int,
+        accum: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         self.engine, self.seed, self.accum = engine, seed, accum
         self.rank, self.world_size, self.device, self.dtype = rank, world_size, device, dtype
         self.window = Window(device)
@@ -55,7 +65,8 @@ class TrainStep:
         returns the model output. image ``[B, 3, S, S]``, audio ``[B, 1, F, T]``."""
         index = step * self.accum + micro
         gen = torch.Generator(device=self.device).manual_seed(
-            self.seed * 1_000_003 + index * self.world_size + self.rank)
+            self.seed * 1_000_003 + index * self.world_size + self.rank
+        )
         image = batch["image"].to(self.device, self.dtype, non_blocking=True)
         audio = batch["audio"].to(self.device, self.dtype, non_blocking=True)
         out = self.engine(image, audio, generator=gen)
@@ -68,15 +79,26 @@ class TrainStep:
         """[loss_image, loss_audio, non-finite ranks, data_s, errors] summed over ranks (one
         all-reduce, one host read). Raises NonFiniteLoss on every rank if any rank saw one."""
         w = self.window
-        local = torch.cat([w.losses, (~torch.isfinite(w.losses).all()).double().reshape(1),
-                           torch.tensor([w.data_s, errors], dtype=torch.float64, device=self.device)])
+        local = torch.cat(
+            [
+                w.losses,
+                (~torch.isfinite(w.losses).all()).double().reshape(1),
+                torch.tensor([w.data_s, errors], dtype=torch.float64, device=self.device),
+            ]
+        )
         totals = local.clone()
         dist.all_reduce(totals)  # nccl reduces device tensors only
         totals = totals.tolist()
         if totals[2]:
             lo, hi = w.steps
             image, audio, here = local[:3].tolist()
-            where = f"on rank {self.rank}; batch keys: {w.keys}" if here else f"on another rank than {self.rank}"
-            raise NonFiniteLoss(f"non-finite loss (image={image:.4g}, audio={audio:.4g}) at "
-                                f"{f'step {hi}' if lo == hi else f'steps {lo}–{hi}'} (epoch {epoch}) {where}")
+            where = (
+                f"on rank {self.rank}; batch keys: {w.keys}"
+                if here
+                else f"on another rank than {self.rank}"
+            )
+            raise NonFiniteLoss(
+                f"non-finite loss (image={image:.4g}, audio={audio:.4g}) at "
+                f"{f'step {hi}' if lo == hi else f'steps {lo}–{hi}'} (epoch {epoch}) {where}"
+            )
         return totals

@@ -9,6 +9,7 @@ each tar, a completion record ``.progress/shard-NNNNNN.tar.json`` {shard entry, 
 written) says where the next shard starts, so ``--resume`` keeps every recorded shard untouched,
 redoes exactly the rest, and the result is byte-identical to an uninterrupted build.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,7 @@ from preprocess.storage import TMP_MARK, Store
 from preprocess.urls import redact
 
 CONFIG_RECORD = f"{fmt.PROGRESS_DIR}/config.json"
-WORKER = "preprocess.samples:run_task"      # imported only by the worker processes
+WORKER = "preprocess.samples:run_task"  # imported only by the worker processes
 SHARD_FILE = re.compile(r"shard-\d{6}\.tar")
 
 
@@ -51,23 +52,23 @@ class BuildConfig:
     options: SampleOptions = SampleOptions()
     samples_per_shard: int = 1000
     workers: int = 1
-    timeout: float = 300.0          # per input, wall clock
-    decode_threads: int = 0         # per worker; 0: available cores / workers
+    timeout: float = 300.0  # per input, wall clock
+    decode_threads: int = 0  # per worker; 0: available cores / workers
     resume: bool = False
     part_index: int = 0
     num_parts: int = 1
-    shuffle: bool = True            # seeded input order + clip permutation per window
+    shuffle: bool = True  # seeded input order + clip permutation per window
     seed: int = 0
-    window: int = 256               # inputs whose clips are permuted together
-    force: bool = False             # replace a shard set (or unfinished build) at ``out``
-    classes: tuple[str, ...] | None = None   # fixed class list (--classes); None: sorted labels seen
+    window: int = 256  # inputs whose clips are permuted together
+    force: bool = False  # replace a shard set (or unfinished build) at ``out``
+    classes: tuple[str, ...] | None = None  # fixed class list (--classes); None: sorted labels seen
 
 
 @dataclass
 class Progress:
     shards: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
-    cursor: tuple[int, int] = (0, 0)      # (window, samples of it already written)
+    cursor: tuple[int, int] = (0, 0)  # (window, samples of it already written)
 
 
 def build(cfg: BuildConfig) -> dict | None:
@@ -76,10 +77,16 @@ def build(cfg: BuildConfig) -> dict | None:
     labels, multi = class_list([s.label for s in sources], cfg.classes)
     if cfg.shuffle:
         sources = shuffled(sources, cfg.seed, name=lambda s: s.path)
-    tasks = [Task(s.path, source_id(s.path), s.label,
-                  label_index(s.label, labels, multi, s.path) if s.label is not None else None,
-                  s.masks)
-             for s in select_part(sources, cfg.part_index, cfg.num_parts)]
+    tasks = [
+        Task(
+            s.path,
+            source_id(s.path),
+            s.label,
+            label_index(s.label, labels, multi, s.path) if s.label is not None else None,
+            s.masks,
+        )
+        for s in select_part(sources, cfg.part_index, cfg.num_parts)
+    ]
     record = _config_record(cfg, tasks)
     store = Store(cfg.out)
     store.check_writable()
@@ -87,13 +94,18 @@ def build(cfg: BuildConfig) -> dict | None:
     if progress is None:
         return None
     _run(store, cfg, tasks, progress)
-    manifest = make_manifest(cfg.options.preset_record(), progress.shards, len(progress.errors),
-                             labels, record)
+    manifest = make_manifest(
+        cfg.options.preset_record(), progress.shards, len(progress.errors), labels, record
+    )
     manifest["members"] = declared_members(any(t.masks for t in tasks), cfg.options.keep_waveform)
     if labels:
         failed = {e["source"] for e in progress.errors}
         done = [t.label_index for t in tasks if t.path not in failed and t.label_index is not None]
-        manifest.update(multi_label=multi, labelled_inputs=len(done), label_counts=label_counts(done, len(labels)))
+        manifest.update(
+            multi_label=multi,
+            labelled_inputs=len(done),
+            label_counts=label_counts(done, len(labels)),
+        )
     write_errors(store, progress.errors)
     write_manifest(store, manifest)
     store.remove(fmt.PROGRESS_DIR)
@@ -108,19 +120,21 @@ def _run(store: Store, cfg: BuildConfig, tasks: list[Task], progress: Progress) 
     start = spans[first].start if first < len(spans) else len(tasks)
     threads = cfg.decode_threads or max(1, available_cores() // cfg.workers)
     writer: ShardWriter | None = None
-    pending: list[dict] = []           # errors since the last completion record
+    pending: list[dict] = []  # errors since the last completion record
     clips, failed, t0 = 0, len(progress.errors), time.monotonic()
     bar = show_progress(total=len(tasks), initial=start, unit="videos", desc="shards build")
-    results = ordered_map(WORKER, (cfg.options, threads), tasks[start:], workers=cfg.workers,
-                          timeout=cfg.timeout)
+    results = ordered_map(
+        WORKER, (cfg.options, threads), tasks[start:], workers=cfg.workers, timeout=cfg.timeout
+    )
     try:
         with closing(results):
             for w in range(first, len(spans)):
                 offset = skip if w == first else 0
                 with WindowBuffer() as window:
                     # 1. decode the window's inputs (errors were recorded if it was begun)
-                    failed += _decode_window(window, spans[w], results, tasks,
-                                             None if offset else pending, bar)
+                    failed += _decode_window(
+                        window, spans[w], results, tasks, None if offset else pending, bar
+                    )
                     # 2. write its clips in the seeded order, committing full shards
                     for j, sample in enumerate(window.samples(seed, offset), start=offset + 1):
                         writer = writer or ShardWriter(store, len(progress.shards))
@@ -130,8 +144,12 @@ def _run(store: Store, cfg: BuildConfig, tasks: list[Task], progress: Progress) 
                             cursor = (w, j) if j < len(window) else (w + 1, 0)
                             _commit(store, writer, cursor, pending, progress)
                             writer = None
-                bar.set_postfix(clips=clips, clips_per_s=f"{clips / (time.monotonic() - t0):.1f}",
-                                failed=failed, refresh=False)
+                bar.set_postfix(
+                    clips=clips,
+                    clips_per_s=f"{clips / (time.monotonic() - t0):.1f}",
+                    failed=failed,
+                    refresh=False,
+                )
         if writer is not None:
             _commit(store, writer, (len(spans), 0), pending, progress)
         progress.errors.extend(pending)
@@ -143,8 +161,14 @@ def _run(store: Store, cfg: BuildConfig, tasks: list[Task], progress: Progress) 
         bar.close()
 
 
-def _decode_window(window: WindowBuffer, span: range, results, tasks: list[Task],
-                   errors: list[dict] | None, bar: tqdm) -> int:
+def _decode_window(
+    window: WindowBuffer,
+    span: range,
+    results,
+    tasks: list[Task],
+    errors: list[dict] | None,
+    bar: tqdm,
+) -> int:
     """Add the decoded samples of the inputs at ``span`` to ``window`` and their failures to
     ``errors`` (``None``: already recorded); returns the number of failed inputs."""
     failed = 0
@@ -152,8 +176,13 @@ def _decode_window(window: WindowBuffer, span: range, results, tasks: list[Task]
         if isinstance(result, Failure):
             failed += 1
             if errors is not None:
-                errors.append({"source": redact(tasks[pos].path), "stage": result.stage,
-                               "error": redact(result.error)})
+                errors.append(
+                    {
+                        "source": redact(tasks[pos].path),
+                        "stage": result.stage,
+                        "error": redact(result.error),
+                    }
+                )
         else:
             for sample in result:
                 window.add(sample)
@@ -161,8 +190,13 @@ def _decode_window(window: WindowBuffer, span: range, results, tasks: list[Task]
     return failed
 
 
-def _commit(store: Store, writer: ShardWriter, cursor: tuple[int, int], pending: list[dict],
-            progress: Progress) -> None:
+def _commit(
+    store: Store,
+    writer: ShardWriter,
+    cursor: tuple[int, int],
+    pending: list[dict],
+    progress: Progress,
+) -> None:
     """Close the shard, then write its completion record (the tar is durable before it)."""
     entry = writer.close()
     record = {"shard": entry, "cursor": list(cursor), "errors": list(pending)}
@@ -175,12 +209,19 @@ def _commit(store: Store, writer: ShardWriter, cursor: tuple[int, int], pending:
 
 def _config_record(cfg: BuildConfig, tasks: list[Task]) -> dict:
     """What determines the output bytes (execution settings such as workers excluded)."""
-    listing = "".join("\t".join(map(str, (t.path, t.label, *[t.masks] * bool(t.masks)))) + "\n"
-                      for t in tasks).encode()
-    return {"inputs": [redact(i) for i in cfg.inputs], "part_index": cfg.part_index, "num_parts": cfg.num_parts,
-            "num_sources": len(tasks), "sources_sha256": hashlib.sha256(listing).hexdigest(),
-            "samples_per_shard": cfg.samples_per_shard, "options": asdict(cfg.options),
-            "shuffle": {"seed": cfg.seed, "window": cfg.window} if cfg.shuffle else None}
+    listing = "".join(
+        "\t".join(map(str, (t.path, t.label, *[t.masks] * bool(t.masks)))) + "\n" for t in tasks
+    ).encode()
+    return {
+        "inputs": [redact(i) for i in cfg.inputs],
+        "part_index": cfg.part_index,
+        "num_parts": cfg.num_parts,
+        "num_sources": len(tasks),
+        "sources_sha256": hashlib.sha256(listing).hexdigest(),
+        "samples_per_shard": cfg.samples_per_shard,
+        "options": asdict(cfg.options),
+        "shuffle": {"seed": cfg.seed, "window": cfg.window} if cfg.shuffle else None,
+    }
 
 
 def _prepare(store: Store, record: dict, cfg: BuildConfig) -> Progress | None:
@@ -193,10 +234,14 @@ def _prepare(store: Store, record: dict, cfg: BuildConfig) -> Progress | None:
         _remove_set(store)
     if store.exists(fmt.MANIFEST):
         if not cfg.resume:
-            raise AvfusionError(f"{store.url}: already holds a shard set; choose an empty --out "
-                                f"(or --force to replace it)")
+            raise AvfusionError(
+                f"{store.url}: already holds a shard set; choose an empty --out "
+                f"(or --force to replace it)"
+            )
         if read_manifest(store)["created_by"]["config"] != record:
-            raise AvfusionError(f"{store.url}: holds a shard set built from other inputs or options")
+            raise AvfusionError(
+                f"{store.url}: holds a shard set built from other inputs or options"
+            )
         return None
     if not store.exists(CONFIG_RECORD):
         if not cfg.force:
@@ -204,13 +249,17 @@ def _prepare(store: Store, record: dict, cfg: BuildConfig) -> Progress | None:
         store.write_bytes(CONFIG_RECORD, json.dumps(record).encode())
         return Progress()
     if not cfg.resume:
-        raise AvfusionError(f"{store.url}: holds an unfinished build; pass --resume to finish it, "
-                            f"choose an empty --out, or --force to start again")
+        raise AvfusionError(
+            f"{store.url}: holds an unfinished build; pass --resume to finish it, "
+            f"choose an empty --out, or --force to start again"
+        )
     old = json.loads(store.read_bytes(CONFIG_RECORD))
     if old != record:
         keys = sorted(k for k in record if old.get(k) != record[k])
-        raise AvfusionError(f"{store.url}: --resume with other inputs or options than the "
-                            f"unfinished build (differs in: {', '.join(keys)})")
+        raise AvfusionError(
+            f"{store.url}: --resume with other inputs or options than the "
+            f"unfinished build (differs in: {', '.join(keys)})"
+        )
     return _load_records(store)
 
 
@@ -221,11 +270,11 @@ def _load_records(store: Store) -> Progress:
         rec = json.loads(store.read_bytes(name))
         shard = rec["shard"]
         if not store.exists(shard["name"]) or store.size(shard["name"]) != shard["bytes"]:
-            break                                          # crashed shard: redo from here
+            break  # crashed shard: redo from here
         progress.shards.append(shard)
         progress.errors.extend(rec["errors"])
         progress.cursor = tuple(rec["cursor"])
-    for name in store.list(fmt.PROGRESS_DIR):              # stale records after a redone shard
+    for name in store.list(fmt.PROGRESS_DIR):  # stale records after a redone shard
         if name.endswith(".tar.json") and name >= fmt.progress_record(len(progress.shards)):
             store.remove(name)
     store.remove_temporaries()

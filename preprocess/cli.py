@@ -3,6 +3,7 @@
 Handlers import their modules lazily so that ``avfusion --help`` stays fast. Unusable input is
 an :class:`AvfusionError` (``pipeline.cli`` prints it as one ``error:`` line, exit status 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,12 @@ def check_ranges(*checks: tuple[str, object, bool, str]) -> None:
 def register(subparsers) -> None:
     _add_synth(subparsers)
     shards = subparsers.add_parser(
-        "shards", help="build, verify, inspect and merge WebDataset shard sets",
+        "shards",
+        help="build, verify, inspect and merge WebDataset shard sets",
         description="Shard sets (docs/FORMAT.md): tar shards of log-mel + JPEG frames + "
-                    "metadata per clip, manifest.json, errors.jsonl. Local or s3:// "
-                    "(endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).")
+        "metadata per clip, manifest.json, errors.jsonl. Local or s3:// "
+        "(endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).",
+    )
     sub = shards.add_subparsers(dest="shards_command", metavar="ACTION", required=True)
     _add_build(sub)
     _add_verify(sub)
@@ -37,107 +40,183 @@ def register(subparsers) -> None:
 
 def _add_synth(subparsers) -> None:
     p = subparsers.add_parser(
-        "synth", help="write a synthetic labelled video corpus (MP4: H.264 + AAC)",
+        "synth",
+        help="write a synthetic labelled video corpus (MP4: H.264 + AAC)",
         description="Synthetic videos whose picture and sound share a learnable class pattern "
-                    "(a coloured shape that pulses with a class-specific tone rhythm, plus "
-                    "random distractors), and labels.csv (path,label) next to them.")
+        "(a coloured shape that pulses with a class-specific tone rhythm, plus "
+        "random distractors), and labels.csv (path,label) next to them.",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--videos", type=int, required=True, help="number of videos")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each video (default 10)")
     p.add_argument("--classes", type=int, default=4, help="number of classes (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=available_cores(),
-                   help="encoder processes (default: all available cores)")
-    p.add_argument("--masks", action="store_true",
-                   help="also write ground truth per video: NNNNN/NNNNN_<s>.png masks of the "
-                        "sounding object, one per second, and NNNNN/source.wav (clean track); "
-                        "labels.csv gains a 'masks' column")
-    p.add_argument("--two-sources", action="store_true",
-                   help="two sounding objects (two classes) per clip; label 'a;b'")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=available_cores(),
+        help="encoder processes (default: all available cores)",
+    )
+    p.add_argument(
+        "--masks",
+        action="store_true",
+        help="also write ground truth per video: NNNNN/NNNNN_<s>.png masks of the "
+        "sounding object, one per second, and NNNNN/source.wav (clean track); "
+        "labels.csv gains a 'masks' column",
+    )
+    p.add_argument(
+        "--two-sources",
+        action="store_true",
+        help="two sounding objects (two classes) per clip; label 'a;b'",
+    )
     p.set_defaults(func=_synth)
 
 
 def _add_build(sub) -> None:
     p = sub.add_parser(
-        "build", help="decode videos into a shard set",
+        "build",
+        help="decode videos into a shard set",
         description="Decode INPUTs (files, directories scanned recursively, .txt/.csv lists "
-                    "with a 'path' and an optional 'label' column; local or s3://) with PyAV "
-                    "and write shards to DEST. Inputs that yield no sample are listed in "
-                    "errors.jsonl. Clips are written in a seeded random order (each shard a "
-                    "random sample of the corpus). Output bytes depend only on the inputs and "
-                    "options. Exit status: 0 a set with samples was written, 1 no input yielded a "
-                    "sample, 2 unusable arguments or destination, 3 some inputs failed and "
-                    "--strict was given.")
+        "with a 'path' and an optional 'label' column; local or s3://) with PyAV "
+        "and write shards to DEST. Inputs that yield no sample are listed in "
+        "errors.jsonl. Clips are written in a seeded random order (each shard a "
+        "random sample of the corpus). Output bytes depend only on the inputs and "
+        "options. Exit status: 0 a set with samples was written, 1 no input yielded a "
+        "sample, 2 unusable arguments or destination, 3 some inputs failed and "
+        "--strict was given.",
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
-    p.add_argument("--preset", default="deepavfusion",
-                   help="audio front end: deepavfusion (log10 mel) or audiomae (Kaldi fbank)")
+    p.add_argument(
+        "--preset",
+        default="deepavfusion",
+        help="audio front end: deepavfusion (log10 mel) or audiomae (Kaldi fbank)",
+    )
     p.add_argument("--clip-seconds", type=float, default=10.0, help="clip length (default 10)")
-    p.add_argument("--min-clip-seconds", type=float, default=2.0,
-                   help="shortest final partial clip kept (default 2)")
-    p.add_argument("--frame-rate", type=float, default=1.0, help="stored frames per second (default 1)")
+    p.add_argument(
+        "--min-clip-seconds",
+        type=float,
+        default=2.0,
+        help="shortest final partial clip kept (default 2)",
+    )
+    p.add_argument(
+        "--frame-rate", type=float, default=1.0, help="stored frames per second (default 1)"
+    )
     p.add_argument("--frame-size", type=int, default=256, help="frame short side (default 256)")
-    p.add_argument("--keep-waveform", action="store_true",
-                   help="also store the clip's mono waveform as <key>.flac (for separation)")
-    p.add_argument("--samples-per-shard", type=int, default=1000,
-                   help="samples per tar shard (default 1000)")
-    p.add_argument("--workers", type=int, default=available_cores(),
-                   help="decoder processes (default: all available cores)")
-    p.add_argument("--decode-threads", type=int, default=0,
-                   help="video decoder threads per worker (default 0: available cores / workers)")
-    p.add_argument("--timeout", type=float, default=300.0,
-                   help="wall-clock seconds per video before its worker is killed (default 300)")
-    p.add_argument("--resume", action="store_true",
-                   help="finish an interrupted build: redo only shards without a completion record")
-    p.add_argument("--force", action="store_true",
-                   help="replace the shard set or unfinished build at DEST (its shard files, "
-                        "manifest, errors and progress records are removed first)")
-    p.add_argument("--strict", action="store_true",
-                   help="exit with status 3 when any input failed (the set is still written)")
-    p.add_argument("--no-shuffle", dest="shuffle", action="store_false",
-                   help="write clips in input order (sorted paths, then clip order)")
+    p.add_argument(
+        "--keep-waveform",
+        action="store_true",
+        help="also store the clip's mono waveform as <key>.flac (for separation)",
+    )
+    p.add_argument(
+        "--samples-per-shard", type=int, default=1000, help="samples per tar shard (default 1000)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=available_cores(),
+        help="decoder processes (default: all available cores)",
+    )
+    p.add_argument(
+        "--decode-threads",
+        type=int,
+        default=0,
+        help="video decoder threads per worker (default 0: available cores / workers)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="wall-clock seconds per video before its worker is killed (default 300)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted build: redo only shards without a completion record",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the shard set or unfinished build at DEST (its shard files, "
+        "manifest, errors and progress records are removed first)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 3 when any input failed (the set is still written)",
+    )
+    p.add_argument(
+        "--no-shuffle",
+        dest="shuffle",
+        action="store_false",
+        help="write clips in input order (sorted paths, then clip order)",
+    )
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
-    p.add_argument("--shuffle-window", type=int, default=256, metavar="N",
-                   help="inputs whose clips are permuted together (default 256; their decoded "
-                        "samples wait in a local temporary file)")
-    p.add_argument("--part-index", type=int, default=None,
-                   help="build only this slice of the (shuffled) inputs (default: "
-                        "$JOB_COMPLETION_INDEX when --num-parts > 1)")
+    p.add_argument(
+        "--shuffle-window",
+        type=int,
+        default=256,
+        metavar="N",
+        help="inputs whose clips are permuted together (default 256; their decoded "
+        "samples wait in a local temporary file)",
+    )
+    p.add_argument(
+        "--part-index",
+        type=int,
+        default=None,
+        help="build only this slice of the (shuffled) inputs (default: "
+        "$JOB_COMPLETION_INDEX when --num-parts > 1)",
+    )
     p.add_argument("--num-parts", type=int, default=1, help="number of slices (default 1)")
-    p.add_argument("--classes", default=None, metavar="FILE",
-                   help="class list (one name per line or first CSV column) fixing label_index, so "
-                        "that train and test sets agree (default: the sorted labels seen)")
+    p.add_argument(
+        "--classes",
+        default=None,
+        metavar="FILE",
+        help="class list (one name per line or first CSV column) fixing label_index, so "
+        "that train and test sets agree (default: the sorted labels seen)",
+    )
     p.set_defaults(func=_build)
 
 
 def _add_verify(sub) -> None:
-    p = sub.add_parser("verify", help="check a shard set completely (exit 1 on any mismatch)",
-                       description="Check counts, sizes and sha256 of every shard, that every "
-                                   "sample decodes, and that mel shapes/dtype and frame sizes "
-                                   "match the preset in the manifest.")
+    p = sub.add_parser(
+        "verify",
+        help="check a shard set completely (exit 1 on any mismatch)",
+        description="Check counts, sizes and sha256 of every shard, that every "
+        "sample decodes, and that mel shapes/dtype and frame sizes "
+        "match the preset in the manifest.",
+    )
     p.add_argument("dest", metavar="DEST")
     p.set_defaults(func=_verify)
 
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="show a shard set's metadata or one sample",
-                       description="Print the manifest summary, or one sample's metadata; "
-                                   "--png draws its frames above its spectrogram (time in seconds, "
-                                   "mel bins, colour bar).")
+    p = sub.add_parser(
+        "inspect",
+        help="show a shard set's metadata or one sample",
+        description="Print the manifest summary, or one sample's metadata; "
+        "--png draws its frames above its spectrogram (time in seconds, "
+        "mel bins, colour bar).",
+    )
     p.add_argument("dest", metavar="DEST")
-    p.add_argument("--sample", metavar="KEY",
-                   help="sample key, or an input's file name, path or source id for its first clip "
-                        "(default: the first sample)")
+    p.add_argument(
+        "--sample",
+        metavar="KEY",
+        help="sample key, or an input's file name, path or source id for its first clip "
+        "(default: the first sample)",
+    )
     p.add_argument("--png", metavar="FILE", help="write a picture of the sample to FILE")
     p.set_defaults(func=_inspect)
 
 
 def _add_merge(sub) -> None:
     p = sub.add_parser(
-        "merge", help="combine separately built shard sets into one",
+        "merge",
+        help="combine separately built shard sets into one",
         description="Copy the shards of each PART (in the order given) into DEST, renumbered, "
-                    "with one manifest: counts and checksums kept, errors.jsonl concatenated, "
-                    "label maps reconciled (label_index rewritten where they differ).")
+        "with one manifest: counts and checksums kept, errors.jsonl concatenated, "
+        "label maps reconciled (label_index rewritten where they differ).",
+    )
     p.add_argument("parts", nargs="+", metavar="PART")
     p.add_argument("--out", required=True, metavar="DEST")
     p.set_defaults(func=_merge)
@@ -145,22 +224,46 @@ def _add_merge(sub) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from preprocess.synth import synth
-    check_ranges(("--videos", args.videos, args.videos >= 1, "an integer >= 1"),
-                 ("--seconds", args.seconds, args.seconds >= 1, "seconds >= 1"),
-                 ("--classes", args.classes, args.classes >= 1, "an integer >= 1"),
-                 ("--workers", args.workers, args.workers >= 1, "an integer >= 1"))
-    check_ranges(("--classes", args.classes, args.classes >= 2 or not args.two_sources,
-                  "an integer >= 2 with --two-sources"))
-    synth(args.out, args.videos, args.seconds, args.classes, args.seed, args.workers,
-          masks=args.masks, two_sources=args.two_sources)
+
+    check_ranges(
+        ("--videos", args.videos, args.videos >= 1, "an integer >= 1"),
+        ("--seconds", args.seconds, args.seconds >= 1, "seconds >= 1"),
+        ("--classes", args.classes, args.classes >= 1, "an integer >= 1"),
+        ("--workers", args.workers, args.workers >= 1, "an integer >= 1"),
+    )
+    check_ranges(
+        (
+            "--classes",
+            args.classes,
+            args.classes >= 2 or not args.two_sources,
+            "an integer >= 2 with --two-sources",
+        )
+    )
+    synth(
+        args.out,
+        args.videos,
+        args.seconds,
+        args.classes,
+        args.seed,
+        args.workers,
+        masks=args.masks,
+        two_sources=args.two_sources,
+    )
     return 0
 
 
 def _build(args: argparse.Namespace) -> int:
     from preprocess.build import BuildConfig, build
     from preprocess.options import SampleOptions
-    opts = SampleOptions(args.preset, args.clip_seconds, args.min_clip_seconds,
-                         args.frame_rate, args.frame_size, keep_waveform=args.keep_waveform)
+
+    opts = SampleOptions(
+        args.preset,
+        args.clip_seconds,
+        args.min_clip_seconds,
+        args.frame_rate,
+        args.frame_size,
+        keep_waveform=args.keep_waveform,
+    )
     part = args.part_index
     if part is None:
         part = int(os.environ.get("JOB_COMPLETION_INDEX", "0")) if args.num_parts > 1 else 0
@@ -168,26 +271,53 @@ def _build(args: argparse.Namespace) -> int:
     if problems:
         raise AvfusionError(problems[0])
     check_ranges(
-        ("--samples-per-shard", args.samples_per_shard, args.samples_per_shard >= 1, "an integer >= 1"),
+        (
+            "--samples-per-shard",
+            args.samples_per_shard,
+            args.samples_per_shard >= 1,
+            "an integer >= 1",
+        ),
         ("--workers", args.workers, args.workers >= 1, "an integer >= 1"),
         ("--timeout", args.timeout, args.timeout > 0, "seconds > 0"),
         ("--decode-threads", args.decode_threads, args.decode_threads >= 0, "an integer >= 0"),
         ("--num-parts", args.num_parts, args.num_parts >= 1, "an integer >= 1"),
         ("--shuffle-window", args.shuffle_window, args.shuffle_window >= 1, "an integer >= 1"),
-        ("--part-index", part, 0 <= part < args.num_parts,
-         f"an integer in [0, --num-parts {args.num_parts})"))
+        (
+            "--part-index",
+            part,
+            0 <= part < args.num_parts,
+            f"an integer in [0, --num-parts {args.num_parts})",
+        ),
+    )
     if args.resume and args.force:
         raise AvfusionError("--resume and --force exclude each other")
-    manifest = build(BuildConfig(
-        tuple(args.inputs), args.out, opts, samples_per_shard=args.samples_per_shard,
-        workers=args.workers, timeout=args.timeout, decode_threads=args.decode_threads,
-        resume=args.resume, part_index=part, num_parts=args.num_parts, shuffle=args.shuffle,
-        seed=args.seed, window=args.shuffle_window, force=args.force, classes=_classes(args.classes)))
+    manifest = build(
+        BuildConfig(
+            tuple(args.inputs),
+            args.out,
+            opts,
+            samples_per_shard=args.samples_per_shard,
+            workers=args.workers,
+            timeout=args.timeout,
+            decode_threads=args.decode_threads,
+            resume=args.resume,
+            part_index=part,
+            num_parts=args.num_parts,
+            shuffle=args.shuffle,
+            seed=args.seed,
+            window=args.shuffle_window,
+            force=args.force,
+            classes=_classes(args.classes),
+        )
+    )
     if manifest is None:
         print(f"{args.out}: already complete", file=sys.stderr)
         return 0
-    print(f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards, "
-          f"{manifest['num_failed']} inputs failed (errors.jsonl)", file=sys.stderr)
+    print(
+        f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards, "
+        f"{manifest['num_failed']} inputs failed (errors.jsonl)",
+        file=sys.stderr,
+    )
     if not manifest["num_samples"]:
         print(f"error: no input yielded a sample (see {args.out}/errors.jsonl)", file=sys.stderr)
         return 1
@@ -200,6 +330,7 @@ def _classes(path: str | None) -> tuple[str, ...] | None:
     import fsspec
 
     from preprocess.labels import read_class_file
+
     try:
         with fsspec.open(path, "rt", encoding="utf-8-sig") as f:
             return tuple(read_class_file(path, f.read()))
@@ -209,6 +340,7 @@ def _classes(path: str | None) -> tuple[str, ...] | None:
 
 def _verify(args: argparse.Namespace) -> int:
     from preprocess.verify import verify
+
     problems, summary = verify(args.dest)
     for line in problems[:50]:
         print(f"MISMATCH {line}")
@@ -218,13 +350,18 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from preprocess.preview import inspect
+
     print(inspect(args.dest, args.sample, args.png))
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
     from preprocess.merge import merge
+
     manifest = merge(args.parts, args.out)
-    print(f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards "
-          f"from {len(args.parts)} parts", file=sys.stderr)
+    print(
+        f"{args.out}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards "
+        f"from {len(args.parts)} parts",
+        file=sys.stderr,
+    )
     return 0

@@ -5,15 +5,17 @@ span is the overlap of the decoded audio and video spans; it is cut into ``clip_
 pieces and a final partial piece is kept when it lasts at least ``min_clip_seconds``, so a
 span of length L yields ``floor(L / C) + (L mod C >= min)`` clips.
 """
+
 from __future__ import annotations
 
 import math
 
-EPS = 1e-6      # a boundary within a microsecond counts as reached
+EPS = 1e-6  # a boundary within a microsecond counts as reached
 
 
-def clip_spans(start: float, end: float, clip_seconds: float,
-               min_clip_seconds: float) -> list[tuple[float, float]]:
+def clip_spans(
+    start: float, end: float, clip_seconds: float, min_clip_seconds: float
+) -> list[tuple[float, float]]:
     """``[(clip_start, duration)]`` covering ``[start, end)``."""
     spans = []
     k = 0
@@ -32,8 +34,9 @@ def frame_offsets(duration: float, frame_rate: float) -> list[float]:
     return [(i + 0.5) / frame_rate for i in range(n)]
 
 
-def frame_targets(start: float, end: float, clip_seconds: float, min_clip_seconds: float,
-                  frame_rate: float) -> list[tuple[float, float, float, tuple[int, int]]]:
+def frame_targets(
+    start: float, end: float, clip_seconds: float, min_clip_seconds: float, frame_rate: float
+) -> list[tuple[float, float, float, tuple[int, int]]]:
     """``[(time, clip_lo, clip_hi, (clip_index, frame_index))]`` in time order.
 
     ``end`` may be an upper bound (the audio end while the video end is still unknown): the

@@ -5,6 +5,7 @@ where the clips start and converts only the frames it keeps — a decoded frame 
 reference until the next one shows which of the two is nearer a frame target. Every failure
 is a ``MediaError`` whose ``stage`` and one-line message go to ``errors.jsonl``.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,8 @@ import numpy as np
 
 from preprocess.shardformat import is_url
 
-Target = tuple[float, float, float, tuple[int, int]]      # (time, clip_lo, clip_hi, key)
-MAX_GAP_SECONDS = 60.0      # larger audio timestamp jumps are treated as corrupt
+Target = tuple[float, float, float, tuple[int, int]]  # (time, clip_lo, clip_hi, key)
+MAX_GAP_SECONDS = 60.0  # larger audio timestamp jumps are treated as corrupt
 
 
 class MediaError(Exception):
@@ -32,9 +33,9 @@ class MediaError(Exception):
 
 @dataclass
 class Audio:
-    wave: np.ndarray        # [n] float32, channel mean, native rate
+    wave: np.ndarray  # [n] float32, channel mean, native rate
     rate: int
-    start: float            # decoded time of wave[0], seconds
+    start: float  # decoded time of wave[0], seconds
 
     @property
     def end(self) -> float:
@@ -43,9 +44,9 @@ class Audio:
 
 @dataclass
 class Video:
-    start: float            # first decoded frame time
-    end: float              # last frame time + its duration
-    picks: dict[tuple[int, int], tuple[float, bytes]]   # target key → (frame time, encoded)
+    start: float  # first decoded frame time
+    end: float  # last frame time + its duration
+    picks: dict[tuple[int, int], tuple[float, bytes]]  # target key → (frame time, encoded)
 
 
 class MediaFile:
@@ -81,7 +82,9 @@ def pick_streams(container) -> tuple[av.VideoStream, av.AudioStream]:
     audio = next(iter(container.streams.audio), None)
     if video is None:
         has_cover = any(s.disposition & cover for s in container.streams.video)
-        raise MediaError("streams", "no video stream" + (" (only a cover picture)" if has_cover else ""))
+        raise MediaError(
+            "streams", "no video stream" + (" (only a cover picture)" if has_cover else "")
+        )
     if audio is None:
         raise MediaError("streams", "no audio stream")
     return video, audio
@@ -97,8 +100,9 @@ def decode_audio(media: MediaFile) -> Audio:
             for frame in container.decode(stream):
                 mono.add(frame)
         except av.FFmpegError as e:
-            raise MediaError("decode", f"corrupt audio stream at {mono.position:.2f} s "
-                                       f"({_ffmpeg_reason(e)})") from None
+            raise MediaError(
+                "decode", f"corrupt audio stream at {mono.position:.2f} s ({_ffmpeg_reason(e)})"
+            ) from None
     return mono.finish()
 
 
@@ -116,7 +120,7 @@ class _MonoAssembler:
     def __init__(self):
         self.chunks: list[np.ndarray] = []
         self.fifo: av.AudioFifo | None = None
-        self.rate, self.start, self.count = 0, 0.0, 0      # count: samples placed so far
+        self.rate, self.start, self.count = 0, 0.0, 0  # count: samples placed so far
 
     @property
     def position(self) -> float:
@@ -126,8 +130,10 @@ class _MonoAssembler:
         if not self.rate:
             self.rate, self.start = frame.sample_rate, float(frame.time or 0.0)
         elif frame.sample_rate != self.rate:
-            raise MediaError("decode", f"audio sample rate changes mid-stream "
-                                       f"({self.rate} -> {frame.sample_rate} Hz)")
+            raise MediaError(
+                "decode",
+                f"audio sample rate changes mid-stream ({self.rate} -> {frame.sample_rate} Hz)",
+            )
         elif frame.time is not None:
             gap = round((float(frame.time) - self.start) * self.rate) - self.count
             if abs(gap) > self.rate // 100:
@@ -136,15 +142,20 @@ class _MonoAssembler:
                     self._append(_mono(frame)[-gap:])
                     return
                 if gap > MAX_GAP_SECONDS * self.rate:
-                    raise MediaError("decode", f"audio timestamps jump by {gap / self.rate:.1f} s "
-                                               f"at {self.position:.2f} s")
+                    raise MediaError(
+                        "decode",
+                        f"audio timestamps jump by {gap / self.rate:.1f} s "
+                        f"at {self.position:.2f} s",
+                    )
                 self._append(np.zeros(gap, np.float32))
-        if self.fifo is not None and (self.fifo.samples >= self.BATCH_SECONDS * self.rate
-                                      or self.fifo.format.name != frame.format.name
-                                      or self.fifo.layout.name != frame.layout.name):
+        if self.fifo is not None and (
+            self.fifo.samples >= self.BATCH_SECONDS * self.rate
+            or self.fifo.format.name != frame.format.name
+            or self.fifo.layout.name != frame.layout.name
+        ):
             self._flush()
         self.fifo = self.fifo or av.AudioFifo()
-        frame.pts = None                   # placement is handled here, not by the fifo
+        frame.pts = None  # placement is handled here, not by the fifo
         self.fifo.write(frame)
         self.count += frame.samples
 
@@ -164,9 +175,13 @@ class _MonoAssembler:
         self.fifo = None
 
 
-def decode_video(media: MediaFile, make_targets: Callable[[float], list[Target]],
-                 stop_at: float, encode: Callable[[av.VideoFrame, float], bytes],
-                 threads: int = 1) -> Video:
+def decode_video(
+    media: MediaFile,
+    make_targets: Callable[[float], list[Target]],
+    stop_at: float,
+    encode: Callable[[av.VideoFrame, float], bytes],
+    threads: int = 1,
+) -> Video:
     """Decode the video stream, picking for every target the nearest frame inside its clip.
 
     ``make_targets(first_frame_time)`` gives the targets; decoding stops once frames reach
@@ -182,14 +197,17 @@ def decode_video(media: MediaFile, make_targets: Callable[[float], list[Target]]
         stream.codec_context.thread_count = threads
         step = 1.0 / float(stream.guessed_rate or 25)
         sar = float(stream.sample_aspect_ratio or 1)
-        tb = float(stream.time_base)         # float seconds: Fraction maths per frame is slow
+        tb = float(stream.time_base)  # float seconds: Fraction maths per frame is slow
         try:
             for frame in container.decode(stream):
-                t = frame.pts * tb if frame.pts is not None else (
-                    0.0 if prev_time is None else prev_time + step)
+                t = (
+                    frame.pts * tb
+                    if frame.pts is not None
+                    else (0.0 if prev_time is None else prev_time + step)
+                )
                 if picker is None:
                     start, picker = t, _Picker(make_targets(t), lambda f: encode(f, sar))
-                elif t < prev_time:           # out-of-order timestamp: cannot be placed
+                elif t < prev_time:  # out-of-order timestamp: cannot be placed
                     continue
                 duration = frame.duration * tb if frame.duration else step
                 end, prev_time = max(end, t + duration), t
@@ -197,8 +215,9 @@ def decode_video(media: MediaFile, make_targets: Callable[[float], list[Target]]
                 if t >= stop_at:
                     break
         except av.FFmpegError as e:
-            raise MediaError("decode", f"corrupt video stream at {prev_time or 0.0:.2f} s "
-                                       f"({_ffmpeg_reason(e)})") from None
+            raise MediaError(
+                "decode", f"corrupt video stream at {prev_time or 0.0:.2f} s ({_ffmpeg_reason(e)})"
+            ) from None
     if picker is None:
         raise MediaError("decode", "video stream has no decodable frames")
     picker.finish()
@@ -213,7 +232,7 @@ class _Picker:
         self.j = 0
         self.prev: tuple[float, av.VideoFrame] | None = None
         self.picks: dict[tuple[int, int], tuple[float, bytes]] = {}
-        self._last: tuple[float, bytes] | None = None     # one frame may serve several targets
+        self._last: tuple[float, bytes] | None = None  # one frame may serve several targets
 
     def feed(self, t: float, frame: av.VideoFrame) -> None:
         while self.j < len(self.targets) and t >= self.targets[self.j][0]:

@@ -7,6 +7,7 @@
   Frames past the last mask get none.
 - ``<key>.flac``: the clip's mono waveform at the preset rate (16-bit FLAC, lossless).
 """
+
 from __future__ import annotations
 
 import io
@@ -90,7 +91,9 @@ def declared_members(has_masks: bool, keep_waveform: bool) -> list[str]:
     return [name for name, on in zip(MEMBERS, (has_masks, keep_waveform), strict=True) if on]
 
 
-def check_members(files: dict[str, bytes], meta: dict, declared: list[str]) -> tuple[list[str], int]:
+def check_members(
+    files: dict[str, bytes], meta: dict, declared: list[str]
+) -> tuple[list[str], int]:
     """(problems, number of optional members) of one sample's mask / flac members."""
     masks = {n: d for n, d in files.items() if n.endswith(".mask.png")}
     problems = []
@@ -103,11 +106,13 @@ def check_members(files: dict[str, bytes], meta: dict, declared: list[str]) -> t
         try:
             mask = read_mask(data)
             size = Image.open(io.BytesIO(files[frame_ext(i)])).size
-        except Exception as e:                             # PIL raises many kinds
+        except Exception as e:  # PIL raises many kinds
             problems.append(f"{mask_ext(i)}: undecodable ({type(e).__name__})")
             continue
         if (mask.shape[1], mask.shape[0]) != size:
-            problems.append(f"{mask_ext(i)}: {mask.shape[1]}x{mask.shape[0]}, frame is {size[0]}x{size[1]}")
+            problems.append(
+                f"{mask_ext(i)}: {mask.shape[1]}x{mask.shape[0]}, frame is {size[0]}x{size[1]}"
+            )
     if len(masks) != sum(mask_ext(i) in masks for i in range(meta.get("n_frames", 0))):
         problems.append(f"mask members without a frame: {sorted(masks)}")
     if WAVE_EXT in files:
@@ -117,6 +122,8 @@ def check_members(files: dict[str, bytes], meta: dict, declared: list[str]) -> t
             return problems + [f"{WAVE_EXT}: undecodable ({e})"], len(masks) + 1
         want = round(meta["clip_seconds"] * meta["sample_rate"])
         if rate != meta["sample_rate"] or abs(len(wave) - want) > 1:
-            problems.append(f"{WAVE_EXT}: {len(wave)} samples at {rate} Hz, expected {want} at "
-                            f"{meta['sample_rate']} Hz")
+            problems.append(
+                f"{WAVE_EXT}: {len(wave)} samples at {rate} Hz, expected {want} at "
+                f"{meta['sample_rate']} Hz"
+            )
     return problems, len(masks) + (WAVE_EXT in files)

@@ -8,6 +8,7 @@ file or key and what was expected); 70 an internal error (a bug: one line naming
 ``AVFUSION_DEBUG=1`` or ``avfusion --debug`` shows the traceback); 130 interrupted. Commands may
 add their own (``shards build``: 1 nothing usable, 3 some inputs failed with ``--strict``).
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,10 @@ def error_line(e: BaseException) -> str:
     text = text if len(text) <= 400 else text[:397] + "..."
     if isinstance(e, EXPECTED):
         return text if text.startswith("error: ") else f"error: {text}"
-    return (f"error: internal error ({type(e).__name__}: {text}); "
-            "rerun with AVFUSION_DEBUG=1 for the traceback")
+    return (
+        f"error: internal error ({type(e).__name__}: {text}); "
+        "rerun with AVFUSION_DEBUG=1 for the traceback"
+    )
 
 
 def run_cli(func: Callable[..., int | None], *args, quiet: bool = False) -> int:

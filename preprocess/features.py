@@ -3,6 +3,7 @@
 Audio parameters come from ``preprocess.shardformat.AudioFrontend`` (one place for them). Transforms
 are built once per process and reused for every clip.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,11 @@ from PIL import Image
 
 from preprocess.shardformat import AudioFrontend
 
-_ROTATE = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180,
-           3: Image.Transpose.ROTATE_270}      # counter-clockwise quarter turns
+_ROTATE = {
+    1: Image.Transpose.ROTATE_90,
+    2: Image.Transpose.ROTATE_180,
+    3: Image.Transpose.ROTATE_270,
+}  # counter-clockwise quarter turns
 
 
 def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -31,9 +35,19 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 @lru_cache(maxsize=4)
 def _melspec(fe: AudioFrontend) -> torchaudio.transforms.MelSpectrogram:
     return torchaudio.transforms.MelSpectrogram(
-        sample_rate=fe.sample_rate, n_fft=fe.n_fft, win_length=fe.win_length,
-        hop_length=fe.hop_length, f_min=fe.f_min, f_max=fe.f_max, n_mels=fe.n_mels,
-        power=2.0, center=True, pad_mode="reflect", norm=None, mel_scale="htk")
+        sample_rate=fe.sample_rate,
+        n_fft=fe.n_fft,
+        win_length=fe.win_length,
+        hop_length=fe.hop_length,
+        f_min=fe.f_min,
+        f_max=fe.f_max,
+        n_mels=fe.n_mels,
+        power=2.0,
+        center=True,
+        pad_mode="reflect",
+        norm=None,
+        mel_scale="htk",
+    )
 
 
 def log_mel(wave: np.ndarray, fe: AudioFrontend) -> np.ndarray:
@@ -49,12 +63,20 @@ def log_mel(wave: np.ndarray, fe: AudioFrontend) -> np.ndarray:
             mel = torch.log10(_melspec(fe)(x) + fe.log_offset)
         elif fe.kind == "kaldi_fbank":
             from torchaudio.compliance import kaldi
+
             mel = kaldi.fbank(
-                (x - x.mean())[None], htk_compat=True, sample_frequency=fe.sample_rate,
-                use_energy=False, window_type="hanning", num_mel_bins=fe.n_mels, dither=0.0,
+                (x - x.mean())[None],
+                htk_compat=True,
+                sample_frequency=fe.sample_rate,
+                use_energy=False,
+                window_type="hanning",
+                num_mel_bins=fe.n_mels,
+                dither=0.0,
                 frame_length=1000.0 * fe.win_length / fe.sample_rate,
                 frame_shift=1000.0 * fe.hop_length / fe.sample_rate,
-                low_freq=fe.f_min, high_freq=fe.f_max).T
+                low_freq=fe.f_min,
+                high_freq=fe.f_max,
+            ).T
         else:
             raise ValueError(f"audio front end {fe.name!r}: unknown kind {fe.kind!r}")
     return mel.to(torch.float16).numpy()

@@ -6,6 +6,7 @@ each may be local or an fsspec URL (``s3://bucket/key``). Lists hold one path or
 (or ``url``) column and an optional ``label`` column; relative entries are resolved against the
 list's own location.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,9 +31,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Source:
-    path: str                      # as given / discovered: local path or URL
+    path: str  # as given / discovered: local path or URL
     label: str | None = None
-    masks: str | None = None       # folder of per-second mask PNGs (CSV ``masks`` column)
+    masks: str | None = None  # folder of per-second mask PNGs (CSV ``masks`` column)
 
 
 def collect_sources(inputs: list[str]) -> list[Source]:
@@ -43,8 +44,9 @@ def collect_sources(inputs: list[str]) -> list[Source]:
             old = found.setdefault(src.path, src)
             if old.label != src.label and src.label is not None:
                 if old.label is not None:
-                    raise AvfusionError(f"{src.path}: listed with two labels "
-                                     f"({old.label!r} and {src.label!r})")
+                    raise AvfusionError(
+                        f"{src.path}: listed with two labels ({old.label!r} and {src.label!r})"
+                    )
                 found[src.path] = src
     if not found:
         raise AvfusionError(f"no inputs found in {' '.join(inputs)}")
@@ -59,12 +61,14 @@ def label_names(sources: list[Source]) -> list[str]:
 def select_part(sources: list[Source], index: int, num_parts: int) -> list[Source]:
     """Contiguous block ``index`` of ``num_parts`` of the ordered sources (Indexed Job slice)."""
     n = len(sources)
-    return sources[index * n // num_parts:(index + 1) * n // num_parts]
+    return sources[index * n // num_parts : (index + 1) * n // num_parts]
 
 
 def source_id(path: str) -> str:
     """``<readable stem>-<hash of the path>``: unique per path, no dots (WebDataset keys)."""
-    stem = posixpath.basename(path.split("?", 1)[0].rstrip("/")).rsplit(".", 1)[0]   # no query: no signatures
+    stem = posixpath.basename(path.split("?", 1)[0].rstrip("/")).rsplit(".", 1)[
+        0
+    ]  # no query: no signatures
     stem = re.sub(r"[^A-Za-z0-9-]+", "-", stem).strip("-")[:48] or "src"
     return f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
 
@@ -89,9 +93,11 @@ def _scan(fs, arg: str, root: str) -> list[str]:
         paths = [fs.unstrip_protocol(p) for p in fs.find(root)]
     else:
         paths = _walk(arg)
-    return [_normalise(p) for p in paths
-            if not posixpath.basename(p).startswith(".")
-            and not p.lower().endswith(SKIP_SUFFIXES)]
+    return [
+        _normalise(p)
+        for p in paths
+        if not posixpath.basename(p).startswith(".") and not p.lower().endswith(SKIP_SUFFIXES)
+    ]
 
 
 def _walk(root: str) -> list[str]:
@@ -107,12 +113,16 @@ def _walk(root: str) -> list[str]:
             path = os.path.join(folder, name)
             real = os.path.realpath(path)
             if real in seen:
-                log.warning("%s: symlinked folder skipped: %s is scanned already (a symlink loop "
-                            "or a second link to it)", path, real)
+                log.warning(
+                    "%s: symlinked folder skipped: %s is scanned already (a symlink loop "
+                    "or a second link to it)",
+                    path,
+                    real,
+                )
             else:
                 seen.add(real)
                 kept.append(name)
-        subfolders[:] = kept                  # os.walk descends only into these
+        subfolders[:] = kept  # os.walk descends only into these
     return paths
 
 
@@ -129,15 +139,24 @@ def _read_list(arg: str, text: str) -> list[Source]:
         fields = [f.strip() for f in reader.fieldnames or []]
         col = next((c for c in ("path", "url") if c in fields), None)
         if col is None:
-            raise AvfusionError(f"{arg}: expected a CSV header with a 'path' column "
-                             f"(got: {', '.join(fields) or 'nothing'})")
-        rows = [((r.get(col) or "").strip(), (r.get("label") or "").strip() or None,
-                 (r.get("masks") or "").strip() or None)
-                for r in ({k.strip(): v for k, v in r.items() if k} for r in reader)]
+            raise AvfusionError(
+                f"{arg}: expected a CSV header with a 'path' column "
+                f"(got: {', '.join(fields) or 'nothing'})"
+            )
+        rows = [
+            (
+                (r.get(col) or "").strip(),
+                (r.get("label") or "").strip() or None,
+                (r.get("masks") or "").strip() or None,
+            )
+            for r in ({k.strip(): v for k, v in r.items() if k} for r in reader)
+        ]
         rows = [r for r in rows if r[0]]
     base = posixpath.dirname(arg) if is_url(arg) else os.path.dirname(arg)
-    return [Source(_resolve(base, r[0]), *r[1:2], *[_resolve(base, m) for m in r[2:] if m])
-            for r in rows]
+    return [
+        Source(_resolve(base, r[0]), *r[1:2], *[_resolve(base, m) for m in r[2:] if m])
+        for r in rows
+    ]
 
 
 def _resolve(base: str, entry: str) -> str:

@@ -8,6 +8,7 @@ class in that list — a list of positions in multi-label sets. The manifest rec
 ``multi_label``, ``labelled_inputs`` and ``label_counts`` (labelled source inputs per class;
 failed inputs excluded) — class frequencies are ``label_counts / labelled_inputs``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,7 +27,9 @@ def split_label(label: str) -> list[str]:
 
 def read_class_file(path: str, text: str) -> list[str]:
     """Class names in file order; errors (:class:`AvfusionError`) name the file."""
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and r[0].strip() and not r[0].startswith("#")]
+    rows = [
+        r for r in csv.reader(io.StringIO(text)) if r and r[0].strip() and not r[0].startswith("#")
+    ]
     names = [r[0].strip() for r in rows]
     if names and names[0].lower() in HEADERS:
         names = names[1:]
@@ -37,7 +40,9 @@ def read_class_file(path: str, text: str) -> list[str]:
         if name in seen:
             raise AvfusionError(f"{path}: class {name!r} is listed twice")
         if SEPARATOR in name:
-            raise AvfusionError(f"{path}: class {name!r} contains the label separator {SEPARATOR!r}")
+            raise AvfusionError(
+                f"{path}: class {name!r} contains the label separator {SEPARATOR!r}"
+            )
         seen.add(name)
     return names
 
@@ -55,8 +60,10 @@ def label_index(label: str, classes: list[str], multi: bool, source: str) -> int
     positions = []
     for name in split_label(label):
         if name not in index:
-            raise AvfusionError(f"{source}: class {name!r} is not in the class list "
-                             f"({len(classes)} classes: {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})")
+            raise AvfusionError(
+                f"{source}: class {name!r} is not in the class list "
+                f"({len(classes)} classes: {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})"
+            )
         positions.append(index[name])
     if not positions:
         raise AvfusionError(f"{source}: empty label {label!r}")
@@ -67,7 +74,7 @@ def label_counts(indices: list[int | tuple[int, ...] | None], num_classes: int) 
     """Labelled inputs per class (an input counts once for each of its classes)."""
     counts = [0] * num_classes
     for idx in indices:
-        for c in (idx if isinstance(idx, tuple) else () if idx is None else (idx,)):
+        for c in idx if isinstance(idx, tuple) else () if idx is None else (idx,):
             counts[c] += 1
     return counts
 

@@ -9,6 +9,7 @@ maps are reconciled: the merged ``labels`` is the sorted union, and ``label_inde
 rewritten in the samples of parts whose map differs (their checksums then change, and the
 new ones are recorded). ``errors.jsonl`` files are concatenated.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ def merge(parts: list[str], out: str) -> dict:
     manifests = [read_manifest(s) for s in stores]
     for part, m in zip(parts[1:], manifests[1:], strict=True):
         if m["preset"] != manifests[0]["preset"]:
-            raise AvfusionError(f"{part}: preset differs from {parts[0]}'s; only sets built "
-                             f"with the same preset and clip/frame options can be merged")
+            raise AvfusionError(
+                f"{part}: preset differs from {parts[0]}'s; only sets built "
+                f"with the same preset and clip/frame options can be merged"
+            )
     labels = sorted(set().union(*(m.get("labels", []) for m in manifests)))
     dest = Store(out)
     dest.check_writable()
@@ -42,8 +45,9 @@ def merge(parts: list[str], out: str) -> dict:
     shards: list[dict] = []
     errors: list[dict] = []
     keys: set[str] = set()
-    with progress(total=sum(len(m["shards"]) for m in manifests), unit="shards",
-                  desc="shards merge") as bar:
+    with progress(
+        total=sum(len(m["shards"]) for m in manifests), unit="shards", desc="shards merge"
+    ) as bar:
         for part, store, m in zip(parts, stores, manifests, strict=True):
             remap = [labels.index(name) for name in m.get("labels", [])]
             for entry in m["shards"]:
@@ -51,30 +55,40 @@ def merge(parts: list[str], out: str) -> dict:
                 bar.update()
             errors += read_errors(store)
     write_errors(dest, errors)
-    manifest = make_manifest(manifests[0]["preset"], shards, len(errors), labels,
-                             {"merged_from": list(parts),
-                              "parts": [m["created_by"]["config"] for m in manifests]})
+    manifest = make_manifest(
+        manifests[0]["preset"],
+        shards,
+        len(errors),
+        labels,
+        {"merged_from": list(parts), "parts": [m["created_by"]["config"] for m in manifests]},
+    )
     if labels:
         counts = [0] * len(labels)
         for m in manifests:
             for name, n in zip(m.get("labels", []), m.get("label_counts") or [], strict=False):
                 counts[labels.index(name)] += n
-        manifest.update(multi_label=any(m.get("multi_label") for m in manifests), label_counts=counts,
-                        labelled_inputs=sum(m.get("labelled_inputs", 0) for m in manifests))
+        manifest.update(
+            multi_label=any(m.get("multi_label") for m in manifests),
+            label_counts=counts,
+            labelled_inputs=sum(m.get("labelled_inputs", 0) for m in manifests),
+        )
     write_manifest(dest, manifest)
     return manifest
 
 
-def _copy_shard(src: Store, entry: dict, dest: Store, index: int, remap: list[int],
-                keys: set[str], part: str) -> dict:
+def _copy_shard(
+    src: Store, entry: dict, dest: Store, index: int, remap: list[int], keys: set[str], part: str
+) -> dict:
     relabel = remap != list(range(len(remap)))
     writer = ShardWriter(dest, index)
     try:
         with src.open_read(entry["name"]) as f:
             for key, members in fmt.read_samples(f):
                 if key in keys:
-                    raise AvfusionError(f"{part}/{entry['name']}: sample {key} is also in an "
-                                     f"earlier part (were the parts built from overlapping inputs?)")
+                    raise AvfusionError(
+                        f"{part}/{entry['name']}: sample {key} is also in an "
+                        f"earlier part (were the parts built from overlapping inputs?)"
+                    )
                 keys.add(key)
                 writer.add(_relabel((key, members), remap) if relabel else (key, members))
     except BaseException:
@@ -82,9 +96,12 @@ def _copy_shard(src: Store, entry: dict, dest: Store, index: int, remap: list[in
         raise
     copied = writer.close()
     if copied["num_samples"] != entry["num_samples"] or (
-            not relabel and copied["sha256"] != entry["sha256"]):
-        raise AvfusionError(f"{part}/{entry['name']}: content differs from the part's "
-                         f"manifest (run `avfusion shards verify {part}`)")
+        not relabel and copied["sha256"] != entry["sha256"]
+    ):
+        raise AvfusionError(
+            f"{part}/{entry['name']}: content differs from the part's "
+            f"manifest (run `avfusion shards verify {part}`)"
+        )
     return copied
 
 

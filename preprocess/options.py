@@ -1,5 +1,6 @@
 """What a build worker is told: the sample options and one input (no heavy imports, so the
 parent process of a build never loads torch or PyAV)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -17,7 +18,7 @@ class SampleOptions:
     frame_rate: float = 1.0
     frame_size: int = 256
     jpeg_quality: int = fmt.JPEG_QUALITY
-    keep_waveform: bool = False     # <key>.flac: the clip's mono waveform (separation)
+    keep_waveform: bool = False  # <key>.flac: the clip's mono waveform (separation)
 
     def problems(self) -> list[str]:
         """Unusable values, one line each (empty when all is well)."""
@@ -29,10 +30,14 @@ class SampleOptions:
         if not self.clip_seconds > 0:
             out.append(f"--clip-seconds must be > 0 (got {self.clip_seconds})")
         if not 0 < self.min_clip_seconds <= self.clip_seconds:
-            out.append(f"--min-clip-seconds must be in (0, --clip-seconds] (got {self.min_clip_seconds})")
+            out.append(
+                f"--min-clip-seconds must be in (0, --clip-seconds] (got {self.min_clip_seconds})"
+            )
         if not self.frame_rate > 0 or self.min_clip_seconds * self.frame_rate < 0.5:
-            out.append(f"--frame-rate must give every clip a frame: frame_rate * min_clip_seconds "
-                       f">= 0.5 (got {self.frame_rate})")
+            out.append(
+                f"--frame-rate must give every clip a frame: frame_rate * min_clip_seconds "
+                f">= 0.5 (got {self.frame_rate})"
+            )
         if not 16 <= self.frame_size <= 4096:
             out.append(f"--frame-size must be in [16, 4096] (got {self.frame_size})")
         return out
@@ -40,7 +45,7 @@ class SampleOptions:
     def preset_record(self) -> dict:
         """The manifest's ``preset`` entry (docs/FORMAT.md)."""
         record = asdict(self)
-        del record["preset"], record["keep_waveform"]     # declared in the manifest's members
+        del record["preset"], record["keep_waveform"]  # declared in the manifest's members
         return {"audio": fmt.get_frontend(self.preset).as_dict(), **record}
 
 
@@ -50,4 +55,4 @@ class Task:
     source_id: str
     label: str | None = None
     label_index: int | None = None
-    masks: str | None = None        # folder of per-second mask PNGs
+    masks: str | None = None  # folder of per-second mask PNGs

@@ -8,6 +8,7 @@ in flight or waiting to be yielded, so memory stays flat. Workers are forked fro
 loop of the parent is ever forked, and the parent never imports that (heavy) module — the
 function is named as ``"package.module:function"``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,22 +46,24 @@ def _resolve(target: str, args: tuple) -> Callable[[Any], Any]:
 
 def _worker_main(conn: Connection, target: str, args: tuple) -> None:
     import torch
-    torch.set_num_threads(1)           # one core per worker process
+
+    torch.set_num_threads(1)  # one core per worker process
     fn = _resolve(target, args)
     while True:
         try:
             msg = conn.recv()
-        except (EOFError, OSError):      # the parent is gone
+        except (EOFError, OSError):  # the parent is gone
             return
         if msg is None:
             return
         index, item = msg
         try:
             result = fn(item)
-        except Exception as e:           # isolate any bug to its one input
+        except Exception as e:  # isolate any bug to its one input
             tb = traceback.extract_tb(e.__traceback__)[-1]
-            result = Failure("internal", f"{type(e).__name__}: {e} ({os.path.basename(tb.filename)}"
-                                         f":{tb.lineno})")
+            result = Failure(
+                "internal", f"{type(e).__name__}: {e} ({os.path.basename(tb.filename)}:{tb.lineno})"
+            )
         try:
             conn.send((index, result))
         except (BrokenPipeError, OSError):
@@ -93,8 +96,15 @@ class _Worker:
         self.conn.close()
 
 
-def ordered_map(target: str, args: tuple, items: Sequence[Any], *, workers: int,
-                timeout: float, window: int | None = None) -> Iterator[tuple[int, Any]]:
+def ordered_map(
+    target: str,
+    args: tuple,
+    items: Sequence[Any],
+    *,
+    workers: int,
+    timeout: float,
+    window: int | None = None,
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(index, target(*args, item) or Failure)`` for every item, in index order."""
     if not items:
         return
@@ -107,19 +117,23 @@ def ordered_map(target: str, args: tuple, items: Sequence[Any], *, workers: int,
     next_submit = next_yield = 0
     try:
         while next_yield < len(items):
-            for i, w in enumerate(pool):                      # 1. keep idle workers busy
-                if w.item is None and next_submit < len(items) and next_submit - next_yield < window:
+            for i, w in enumerate(pool):  # 1. keep idle workers busy
+                if (
+                    w.item is None
+                    and next_submit < len(items)
+                    and next_submit - next_yield < window
+                ):
                     pool[i] = _submit(w, ctx, fn, next_submit, items[next_submit], timeout)
                     next_submit += 1
             busy = [w for w in pool if w.item is not None]
-            if busy:                                          # 2. collect results
+            if busy:  # 2. collect results
                 wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
                 ready = wait([w.conn for w in busy], timeout=wait_s)
                 for i, w in enumerate(pool):
                     if w.item is not None and (w.conn in ready or time.monotonic() > w.deadline):
                         index = w.item
                         done[index], pool[i] = _collect(w, ctx, fn, timeout)
-            while next_yield in done:                         # 3. yield in order
+            while next_yield in done:  # 3. yield in order
                 yield next_yield, done.pop(next_yield)
                 next_yield += 1
     finally:
@@ -127,8 +141,9 @@ def ordered_map(target: str, args: tuple, items: Sequence[Any], *, workers: int,
             w.stop(kill=w.item is not None)
 
 
-def _submit(w: _Worker, ctx, fn: tuple[str, tuple], index: int, item: Any,
-            timeout: float) -> _Worker:
+def _submit(
+    w: _Worker, ctx, fn: tuple[str, tuple], index: int, item: Any, timeout: float
+) -> _Worker:
     """Hand ``item`` to ``w``; a worker that died while idle is replaced once."""
     for attempt in range(2):
         try:
@@ -137,8 +152,9 @@ def _submit(w: _Worker, ctx, fn: tuple[str, tuple], index: int, item: Any,
         except OSError:
             w.stop(kill=True)
             if attempt:
-                raise AvfusionError(f"build worker processes die at start-up "
-                                 f"(exit code {w.proc.exitcode})") from None
+                raise AvfusionError(
+                    f"build worker processes die at start-up (exit code {w.proc.exitcode})"
+                ) from None
             w = _Worker(ctx, fn)
     return w
 
@@ -153,9 +169,11 @@ def _collect(w: _Worker, ctx, fn: tuple[str, tuple], timeout: float) -> tuple[An
         except (EOFError, OSError):
             pass
     if w.proc.is_alive() and time.monotonic() <= w.deadline:
-        w.proc.join(timeout=1.0)           # pipe closed: the process is exiting
+        w.proc.join(timeout=1.0)  # pipe closed: the process is exiting
     if w.proc.is_alive():
-        failure = Failure("timeout", f"no result within {timeout:g} s (decoder wedged?); worker killed")
+        failure = Failure(
+            "timeout", f"no result within {timeout:g} s (decoder wedged?); worker killed"
+        )
     else:
         failure = Failure("worker", f"worker process died (exit code {w.proc.exitcode})")
     w.stop(kill=True)

@@ -1,4 +1,5 @@
 """``avfusion shards inspect``: a shard set's metadata, one sample, and a picture of it."""
+
 from __future__ import annotations
 
 import difflib
@@ -14,7 +15,7 @@ from preprocess.errors import AvfusionError
 from preprocess.shards import read_manifest
 from preprocess.storage import Store
 
-ROW_HEIGHT = 128        # frame thumbnails in the picture (pixels, before the figure scales them)
+ROW_HEIGHT = 128  # frame thumbnails in the picture (pixels, before the figure scales them)
 DPI = 100
 COLOUR_LABELS = {"melspec": "log10 mel power", "kaldi_fbank": "log mel energy (Kaldi fbank)"}
 
@@ -46,7 +47,8 @@ def find_sample(store: Store, manifest: dict, key: str | None) -> fmt.Sample:
                 meta = json.loads(dict(sample[1])[fmt.META_EXT])
                 source = posixpath.basename(meta["source"])
                 if key in (meta["source_id"], meta["source"], source) and (
-                        match is None or meta["clip_index"] < match_clip):
+                    match is None or meta["clip_index"] < match_clip
+                ):
                     match, match_clip = sample, meta["clip_index"]
                 names += [sample[0], source]
     if match is not None:
@@ -55,8 +57,10 @@ def find_sample(store: Store, manifest: dict, key: str | None) -> fmt.Sample:
         raise AvfusionError(f"{store.url}: the set has no samples")
     names = list(dict.fromkeys(names))
     closest = difflib.get_close_matches(key, names, n=3, cutoff=0.4) or names[:3]
-    raise AvfusionError(f"{store.url}: no sample with key {key!r} (expected a sample key, an input's "
-                        f"file name or source id); closest: {', '.join(closest)}")
+    raise AvfusionError(
+        f"{store.url}: no sample with key {key!r} (expected a sample key, an input's "
+        f"file name or source id); closest: {', '.join(closest)}"
+    )
 
 
 def figure(sample: fmt.Sample, audio: dict):
@@ -68,14 +72,21 @@ def figure(sample: fmt.Sample, audio: dict):
     key, members = sample
     files = dict(members)
     meta = json.loads(files[fmt.META_EXT])
-    frames = [Image.open(io.BytesIO(files[fmt.frame_ext(i)])).convert("RGB") for i in range(meta["n_frames"])]
-    frames = [f.resize((max(1, round(f.width * ROW_HEIGHT / f.height)), ROW_HEIGHT)) for f in frames]
+    frames = [
+        Image.open(io.BytesIO(files[fmt.frame_ext(i)])).convert("RGB")
+        for i in range(meta["n_frames"])
+    ]
+    frames = [
+        f.resize((max(1, round(f.width * ROW_HEIGHT / f.height)), ROW_HEIGHT)) for f in frames
+    ]
     mel = np.load(io.BytesIO(files[fmt.MEL_EXT])).astype(np.float32)
     fig = Figure(figsize=(10, 6), layout="constrained")
     top, bottom = fig.subplots(2, 1, height_ratios=(1, 2))
     label = f" [{meta['label']}]" if "label" in meta else ""
-    fig.suptitle(f"{key}: {posixpath.basename(meta['source'])}{label}, clip {meta['clip_index']} "
-                 f"from {meta['clip_start']:g} s")
+    fig.suptitle(
+        f"{key}: {posixpath.basename(meta['source'])}{label}, clip {meta['clip_index']} "
+        f"from {meta['clip_start']:g} s"
+    )
     # 1. frames side by side, ticks at their centres labelled with their times
     top.imshow(np.concatenate([np.asarray(f) for f in frames], axis=1))
     centres = np.cumsum([f.width for f in frames]) - np.array([f.width for f in frames]) / 2
@@ -84,8 +95,15 @@ def figure(sample: fmt.Sample, audio: dict):
     top.set_xlabel("frame time (s)")
     # 2. spectrogram on the clip's time axis, colour scale clipped to the 1st-99.9th percentiles
     lo, hi = np.percentile(mel, [1, 99.9])
-    image = bottom.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=lo, vmax=max(hi, lo + 1e-6),
-                          extent=(0, mel.shape[1] / meta["mel_fps"], 0, mel.shape[0]))
+    image = bottom.imshow(
+        mel,
+        origin="lower",
+        aspect="auto",
+        cmap="magma",
+        vmin=lo,
+        vmax=max(hi, lo + 1e-6),
+        extent=(0, mel.shape[1] / meta["mel_fps"], 0, mel.shape[0]),
+    )
     bottom.set_xlabel("time (s)")
     bottom.set_ylabel("mel bin")
     bottom.set_title(f"{audio['name']} audio front end ({audio['n_mels']} mels)", fontsize="medium")
@@ -97,14 +115,17 @@ def _summary(url: str, m: dict) -> str:
     audio = m["preset"]["audio"]
     preset = {k: v for k, v in m["preset"].items() if k != "audio"}
     labels = m.get("labels", [])
-    return "\n".join([
-        f"{url}: {m['format']} v{m['format_version']}, {m['num_samples']} samples in "
-        f"{len(m['shards'])} shards ({sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB), "
-        f"{m['num_failed']} failed inputs",
-        f"audio: {audio['name']} ({audio['kind']}, {audio['n_mels']} mels, "
-        f"{audio['sample_rate'] / audio['hop_length']:g} frames/s); {json.dumps(preset)}",
-        f"labels ({len(labels)}): {', '.join(labels[:20])}{' ...' if len(labels) > 20 else ''}",
-        f"created: {m['created_by'].get('created')} by avfusion {m['created_by'].get('version')}"])
+    return "\n".join(
+        [
+            f"{url}: {m['format']} v{m['format_version']}, {m['num_samples']} samples in "
+            f"{len(m['shards'])} shards ({sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB), "
+            f"{m['num_failed']} failed inputs",
+            f"audio: {audio['name']} ({audio['kind']}, {audio['n_mels']} mels, "
+            f"{audio['sample_rate'] / audio['hop_length']:g} frames/s); {json.dumps(preset)}",
+            f"labels ({len(labels)}): {', '.join(labels[:20])}{' ...' if len(labels) > 20 else ''}",
+            f"created: {m['created_by'].get('created')} by avfusion {m['created_by'].get('version')}",
+        ]
+    )
 
 
 def _describe(sample: fmt.Sample) -> str:
@@ -112,9 +133,12 @@ def _describe(sample: fmt.Sample) -> str:
     files = dict(members)
     mel = np.load(io.BytesIO(files[fmt.MEL_EXT]))
     sizes = [Image.open(io.BytesIO(data)).size for ext, data in members if ext.endswith(".jpg")]
-    return "\n".join([
-        f"sample {key}: {json.dumps(json.loads(files[fmt.META_EXT]))}",
-        f"mel: {mel.dtype}{list(mel.shape)} min {mel.min():.2f} max {mel.max():.2f} "
-        f"mean {mel.astype(np.float32).mean():.2f}",
-        f"frames: {len(sizes)} JPEG {', '.join(f'{w}x{h}' for w, h in sizes[:3])}"
-        f"{' ...' if len(sizes) > 3 else ''}; bytes {sum(len(d) for _, d in members)}"])
+    return "\n".join(
+        [
+            f"sample {key}: {json.dumps(json.loads(files[fmt.META_EXT]))}",
+            f"mel: {mel.dtype}{list(mel.shape)} min {mel.min():.2f} max {mel.max():.2f} "
+            f"mean {mel.astype(np.float32).mean():.2f}",
+            f"frames: {len(sizes)} JPEG {', '.join(f'{w}x{h}' for w, h in sizes[:3])}"
+            f"{' ...' if len(sizes) > 3 else ''}; bytes {sum(len(d) for _, d in members)}",
+        ]
+    )

@@ -7,6 +7,7 @@ On a terminal: tqdm's redrawn bar. Otherwise (stderr is a pipe or a file): one p
 
 Pure Python on top of tqdm, so every layer (preprocess, pipeline, benchmarks) may use it.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,15 @@ def log_interval() -> float:
     return value
 
 
-def progress(iterable=None, *, total: int | None = None, desc: str, unit: str = "it", initial: int = 0,
-             file=None) -> tqdm:
+def progress(
+    iterable=None,
+    *,
+    total: int | None = None,
+    desc: str,
+    unit: str = "it",
+    initial: int = 0,
+    file=None,
+) -> tqdm:
     """A tqdm bar on a terminal, else a :class:`LineProgress` that logs a line every few seconds."""
     file = file or sys.stderr
     if file.isatty():
@@ -61,6 +69,16 @@ def progress(iterable=None, *, total: int | None = None, desc: str, unit: str = 
     fmt = LINE_FORMAT if total is not None else LINE_FORMAT_NO_TOTAL
     # " videos": the formats put no space before {unit}; rate_noinv_fmt (always "videos/s", never
     # "s/ videos") appends it as is
-    return LineProgress(iterable, total=total, desc=desc, unit=" " + unit, initial=initial, file=file,
-                        mininterval=log_interval(), maxinterval=float("inf"), bar_format=fmt,
-                        dynamic_ncols=False, ascii=True)
+    return LineProgress(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=" " + unit,
+        initial=initial,
+        file=file,
+        mininterval=log_interval(),
+        maxinterval=float("inf"),
+        bar_format=fmt,
+        dynamic_ncols=False,
+        ascii=True,
+    )

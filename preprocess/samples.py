@@ -4,6 +4,7 @@ Steps: decode audio (channel mean, native rate) → resample to the preset rate 
 picking and encoding the frames nearest the frame targets → clip layout on the decoded
 audio/video overlap → per clip: log-mel of the whole clip, JPEG frames, metadata.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,22 +37,34 @@ def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[fmt.
     wave = resample(audio.wave, audio.rate, fe.sample_rate)
 
     def targets(video_start: float):
-        return frame_targets(max(video_start, audio.start), audio.end, opts.clip_seconds,
-                             opts.min_clip_seconds, opts.frame_rate)
+        return frame_targets(
+            max(video_start, audio.start),
+            audio.end,
+            opts.clip_seconds,
+            opts.min_clip_seconds,
+            opts.frame_rate,
+        )
 
     video = decode_video(
-        media, targets, stop_at=audio.end, threads=threads,
-        encode=lambda f, sar: encode_frame(f, opts.frame_size, opts.jpeg_quality, sar))
+        media,
+        targets,
+        stop_at=audio.end,
+        threads=threads,
+        encode=lambda f, sar: encode_frame(f, opts.frame_size, opts.jpeg_quality, sar),
+    )
     start, end = max(audio.start, video.start), min(audio.end, video.end)
     samples = []
     for k, (clip_start, duration) in enumerate(
-            clip_spans(start, end, opts.clip_seconds, opts.min_clip_seconds)):
+        clip_spans(start, end, opts.clip_seconds, opts.min_clip_seconds)
+    ):
         i0 = round((clip_start - audio.start) * fe.sample_rate)
-        clip = wave[i0:i0 + round(duration * fe.sample_rate)]
+        clip = wave[i0 : i0 + round(duration * fe.sample_rate)]
         seconds = len(clip) / fe.sample_rate
-        picks = [video.picks.get((k, i)) for i in range(len(frame_offsets(seconds, opts.frame_rate)))]
+        picks = [
+            video.picks.get((k, i)) for i in range(len(frame_offsets(seconds, opts.frame_rate)))
+        ]
         frames = [p for p in picks if p is not None and p[0] - clip_start < seconds]
-        if frames:     # NOTE: a clip without any video frame inside it (a gap) is skipped
+        if frames:  # NOTE: a clip without any video frame inside it (a gap) is skipped
             sample = _sample(task, k, clip_start, seconds, frames, log_mel(clip, fe), fe)
             sample[1].extend(dense_members(task, opts, frames, clip, fe.sample_rate))
             samples.append(sample)
@@ -60,13 +73,26 @@ def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[fmt.
     return samples
 
 
-def _sample(task: Task, k: int, clip_start: float, seconds: float,
-            frames: list[tuple[float, bytes]], mel, fe) -> fmt.Sample:
-    meta = {"source": redact(task.path), "source_id": task.source_id, "clip_index": k,
-            "clip_start": round(clip_start, 6), "clip_seconds": seconds,
-            "frame_times": [round(t - clip_start, 6) for t, _ in frames],
-            "sample_rate": fe.sample_rate, "mel_fps": fe.frames_per_second,
-            "n_frames": len(frames)}
+def _sample(
+    task: Task,
+    k: int,
+    clip_start: float,
+    seconds: float,
+    frames: list[tuple[float, bytes]],
+    mel,
+    fe,
+) -> fmt.Sample:
+    meta = {
+        "source": redact(task.path),
+        "source_id": task.source_id,
+        "clip_index": k,
+        "clip_start": round(clip_start, 6),
+        "clip_seconds": seconds,
+        "frame_times": [round(t - clip_start, 6) for t, _ in frames],
+        "sample_rate": fe.sample_rate,
+        "mel_fps": fe.frames_per_second,
+        "n_frames": len(frames),
+    }
     if task.label is not None:
         meta.update(label=task.label, label_index=task.label_index)
     members = [(fmt.META_EXT, json.dumps(meta).encode()), (fmt.MEL_EXT, npy_bytes(mel))]
@@ -74,13 +100,16 @@ def _sample(task: Task, k: int, clip_start: float, seconds: float,
     return f"{task.source_id}_{k}", members
 
 
-def dense_members(task: Task, opts: SampleOptions, frames: list[tuple[float, bytes]],
-                  clip, rate: int) -> list[tuple[str, bytes]]:
+def dense_members(
+    task: Task, opts: SampleOptions, frames: list[tuple[float, bytes]], clip, rate: int
+) -> list[tuple[str, bytes]]:
     """The optional ``fNN.mask.png`` and ``flac`` members (docs/FORMAT.md)."""
     members = mask_members(mask_files(task.masks), frames) if task.masks else []
     return members + ([(fmt.WAVE_EXT, flac_bytes(clip, rate))] if opts.keep_waveform else [])
 
 
 def _short(overlap: float, opts: SampleOptions) -> MediaError:
-    return MediaError("overlap", f"audio-video overlap {overlap:.2f} s is shorter than "
-                                 f"{opts.min_clip_seconds:g} s")
+    return MediaError(
+        "overlap",
+        f"audio-video overlap {overlap:.2f} s is shorter than {opts.min_clip_seconds:g} s",
+    )

@@ -15,6 +15,7 @@ NOTE: webdataset's ``tar_file_iterator`` (stdlib ``tarfile`` in stream mode) cos
 12-member sample — more than decoding the sample — and ``tarfile`` silently ends a stream at a
 damaged header; so the headers are parsed here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,21 +30,21 @@ from preprocess.errors import AvfusionError
 FORMAT_NAME = "avfusion-shards"
 FORMAT_VERSION = 1
 
-MANIFEST = "manifest.json"          # written last: its presence marks a complete set
-ERRORS = "errors.jsonl"             # one line per failed input {source, stage, error}
+MANIFEST = "manifest.json"  # written last: its presence marks a complete set
+ERRORS = "errors.jsonl"  # one line per failed input {source, stage, error}
 SHARD_NAME = "shard-{index:06d}.tar"
-PROGRESS_DIR = ".progress"          # resume records of an unfinished build; removed when complete
+PROGRESS_DIR = ".progress"  # resume records of an unfinished build; removed when complete
 
-MEL_EXT = "mel.npy"                 # float16 [n_mels, T] log-mel of the whole clip
-META_EXT = "json"                   # {source, clip_start, clip_seconds, frame_times, ...}
-FRAME_EXT = "f{index:02d}.jpg"      # frames in time order, short side = frame_size
-JPEG_QUALITY = 90                   # stored frames (the preset records it)
+MEL_EXT = "mel.npy"  # float16 [n_mels, T] log-mel of the whole clip
+META_EXT = "json"  # {source, clip_start, clip_seconds, frame_times, ...}
+FRAME_EXT = "f{index:02d}.jpg"  # frames in time order, short side = frame_size
+JPEG_QUALITY = 90  # stored frames (the preset records it)
 # Optional members (dense tasks), declared in the manifest's ``members``:
 MASK_EXT = "f{index:02d}.mask.png"  # 8-bit grey mask of frame fNN (255 = the sounding object)
-WAVE_EXT = "flac"                   # the clip's mono waveform at the preset rate
+WAVE_EXT = "flac"  # the clip's mono waveform at the preset rate
 MEMBERS = ("mask", "flac")
 
-Sample = tuple[str, list[tuple[str, bytes]]]     # key, [(extension, bytes)] in tar order
+Sample = tuple[str, list[tuple[str, bytes]]]  # key, [(extension, bytes)] in tar order
 
 
 class FormatError(AvfusionError, ValueError):
@@ -80,6 +81,7 @@ def is_url(path: str) -> bool:
 # Feature presets (REFERENCE.md §6): what the builder stores and the model is specified with
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class AudioFrontend:
     """How a waveform becomes the stored log-mel and the model's audio input.
@@ -89,7 +91,7 @@ class AudioFrontend:
     """
 
     name: str
-    kind: str                      # "melspec" (torchaudio MelSpectrogram) | "kaldi_fbank"
+    kind: str  # "melspec" (torchaudio MelSpectrogram) | "kaldi_fbank"
     sample_rate: int = 16000
     n_fft: int = 800
     win_length: int = 800
@@ -97,12 +99,12 @@ class AudioFrontend:
     n_mels: int = 128
     f_min: float = 0.0
     f_max: float = 8000.0
-    log_offset: float = 1e-7       # log10(S + offset) for melspec
-    window_seconds: float = 3.0    # training/eval audio window fed to the model
-    window_frames: int = 192       # frames kept from the window (the last one is dropped)
-    norm_mean: float | None = None # (x - mean) / (2 * std) when set (AudioMAE statistics)
+    log_offset: float = 1e-7  # log10(S + offset) for melspec
+    window_seconds: float = 3.0  # training/eval audio window fed to the model
+    window_frames: int = 192  # frames kept from the window (the last one is dropped)
+    norm_mean: float | None = None  # (x - mean) / (2 * std) when set (AudioMAE statistics)
     norm_std: float | None = None
-    time_major: bool = False       # AudioMAE layout [1, T, F]
+    time_major: bool = False  # AudioMAE layout [1, T, F]
 
     @property
     def frames_per_second(self) -> float:
@@ -111,7 +113,7 @@ class AudioFrontend:
     def clip_frames(self, seconds: float) -> int:
         """Stored log-mel frames for a clip of ``seconds`` (whole-clip transform)."""
         n = int(round(seconds * self.sample_rate))
-        if self.kind == "melspec":      # center=True: 1 + n // hop
+        if self.kind == "melspec":  # center=True: 1 + n // hop
             return 1 + n // self.hop_length
         return max(0, 1 + (n - self.win_length) // self.hop_length)  # kaldi snip_edges
 
@@ -126,8 +128,16 @@ FRONTENDS: dict[str, AudioFrontend] = {
     # REFERENCE.md §6.6: Kaldi fbank 25 ms / 10 ms, 128 bins, AudioSet statistics,
     # 1024 frames (10.24 s), [1, time, freq]; Kaldi defaults low_freq 20 Hz, high_freq Nyquist.
     "audiomae": AudioFrontend(
-        name="audiomae", kind="kaldi_fbank", n_fft=400, win_length=400, hop_length=160, f_min=20.0,
-        window_seconds=10.24, window_frames=1024, norm_mean=-4.2677393, norm_std=4.5689974,
+        name="audiomae",
+        kind="kaldi_fbank",
+        n_fft=400,
+        win_length=400,
+        hop_length=160,
+        f_min=20.0,
+        window_seconds=10.24,
+        window_frames=1024,
+        norm_mean=-4.2677393,
+        norm_std=4.5689974,
         time_major=True,
     ),
 }
@@ -137,14 +147,16 @@ def get_frontend(name: str) -> AudioFrontend:
     try:
         return FRONTENDS[name]
     except KeyError:
-        raise FormatError(f"unknown audio preset {name!r} (known: {', '.join(FRONTENDS)})") from None
+        raise FormatError(
+            f"unknown audio preset {name!r} (known: {', '.join(FRONTENDS)})"
+        ) from None
 
 
 @dataclass(frozen=True)
 class ImageSpec:
     """Image side of the data spec (REFERENCE.md §6.4)."""
 
-    size: int = 224                               # model input side
+    size: int = 224  # model input side
     crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop scale
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -159,26 +171,39 @@ class ImageSpec:
 # Manifest and checksums
 # --------------------------------------------------------------------------------------------
 
+
 def parse_manifest(data: bytes, where: str) -> dict:
     """``manifest.json`` bytes → the checked manifest; :class:`FormatError` naming ``where``."""
     try:
         manifest = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{where}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or (manifest.get("format"), manifest.get("format_version")) \
-            != (FORMAT_NAME, FORMAT_VERSION):
-        got = manifest if not isinstance(manifest, dict) else (
-            f"{manifest.get('format')!r} version {manifest.get('format_version')!r}")
-        raise FormatError(f"{where}: expected format {FORMAT_NAME!r} version {FORMAT_VERSION}, "
-                          f"got {got}")
+    if not isinstance(manifest, dict) or (
+        manifest.get("format"),
+        manifest.get("format_version"),
+    ) != (FORMAT_NAME, FORMAT_VERSION):
+        got = (
+            manifest
+            if not isinstance(manifest, dict)
+            else (f"{manifest.get('format')!r} version {manifest.get('format_version')!r}")
+        )
+        raise FormatError(
+            f"{where}: expected format {FORMAT_NAME!r} version {FORMAT_VERSION}, got {got}"
+        )
     shards = manifest.get("shards")
     if not isinstance(shards, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("name"), str)
-            and isinstance(s.get("num_samples"), int) and s["num_samples"] >= 0 for s in shards):
+        isinstance(s, dict)
+        and isinstance(s.get("name"), str)
+        and isinstance(s.get("num_samples"), int)
+        and s["num_samples"] >= 0
+        for s in shards
+    ):
         raise FormatError(f"{where}: 'shards' must be a list of {{name, num_samples, ...}}")
     if sum(s["num_samples"] for s in shards) != manifest.get("num_samples"):
-        raise FormatError(f"{where}: num_samples {manifest.get('num_samples')} differs from the "
-                          "sum over its shards")
+        raise FormatError(
+            f"{where}: num_samples {manifest.get('num_samples')} differs from the "
+            "sum over its shards"
+        )
     return manifest
 
 
@@ -254,7 +279,7 @@ def _skip(f: BinaryIO, n: int) -> None:
 
 
 def _octal(field: bytes | bytearray) -> int:
-    if field[0] & 0x80:                                  # GNU base-256 (sizes ≥ 8 GiB)
+    if field[0] & 0x80:  # GNU base-256 (sizes ≥ 8 GiB)
         return int.from_bytes(bytes([field[0] & 0x7F]) + bytes(field[1:]), "big")
     text = bytes(field).split(b"\0", 1)[0].strip()
     try:
@@ -269,7 +294,7 @@ def _pax_path(data: bytearray) -> str | None:
     while pos < len(data):
         space = data.index(b" ", pos)
         length = int(data[pos:space])
-        key, _, value = bytes(data[space + 1:pos + length - 1]).partition(b"=")
+        key, _, value = bytes(data[space + 1 : pos + length - 1]).partition(b"=")
         if key == b"path":
             return value.decode("utf-8")
         pos += length
@@ -280,19 +305,19 @@ def tar_members(f: BinaryIO) -> Iterator[tuple[str, int]]:
     """Yield (name, size) of each regular file; the caller reads or skips ``size`` bytes (+pad)."""
     long_name = None
     while True:
-        hdr = _read_exact(f, BLOCK)                      # EOF before the end marker: truncated
+        hdr = _read_exact(f, BLOCK)  # EOF before the end marker: truncated
         if not any(hdr):
-            return                                       # end-of-archive marker
+            return  # end-of-archive marker
         if _octal(hdr[148:156]) != sum(hdr[:148]) + 256 + sum(hdr[156:]):
             raise CorruptShard("header checksum mismatch")
         size, kind = _octal(hdr[124:136]), hdr[156:157]
         padded = -size % BLOCK
-        if kind in (b"L", b"x"):                         # GNU long name / pax header
+        if kind in (b"L", b"x"):  # GNU long name / pax header
             data = _read_exact(f, size + padded)[:size]
             long_name = data.rstrip(b"\0").decode("utf-8") if kind == b"L" else _pax_path(data)
             continue
         name = long_name or bytes(hdr[:100]).split(b"\0", 1)[0].decode("utf-8")
-        if hdr[257:263] == b"ustar\x00" and hdr[345] and not long_name:   # POSIX prefix field
+        if hdr[257:263] == b"ustar\x00" and hdr[345] and not long_name:  # POSIX prefix field
             name = bytes(hdr[345:500]).split(b"\0", 1)[0].decode("utf-8") + "/" + name
         long_name = None
         if kind in (b"0", b"\0"):
@@ -302,8 +327,9 @@ def tar_members(f: BinaryIO) -> Iterator[tuple[str, int]]:
             _skip(f, size + padded)
 
 
-def tar_samples(f: BinaryIO, wanted: Callable[[int], bool],
-                last: int | None = None) -> Iterator[tuple[int, dict]]:
+def tar_samples(
+    f: BinaryIO, wanted: Callable[[int], bool], last: int | None = None
+) -> Iterator[tuple[int, dict]]:
     """Yield (index, sample) for samples with ``wanted(index)``; stop after sample ``last``.
 
     A sample is ``{"__key__": key, ext: bytearray, ...}`` (extensions lower-cased, tar order).

@@ -3,6 +3,7 @@
 Tars are byte-reproducible: members in a fixed order with zeroed owner, mode 0444 and
 mtime 0. ``sha256`` and size are computed while writing (no second read, also on S3).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,12 @@ class ShardWriter:
     def close(self) -> dict:
         self._tar.close()
         self._ctx.__exit__(None, None, None)
-        return {"name": self.name, "num_samples": self.num_samples, "bytes": self._out.bytes,
-                "sha256": self._out.sha.hexdigest()}
+        return {
+            "name": self.name,
+            "num_samples": self.num_samples,
+            "bytes": self._out.bytes,
+            "sha256": self._out.sha.hexdigest(),
+        }
 
     def abort(self) -> None:
         """Drop the partial shard (temporary file removed, multipart upload aborted)."""
@@ -51,7 +56,7 @@ class _Reader:
 
     def read(self, n: int = -1) -> bytes:
         end = len(self.data) if n < 0 else self.pos + n
-        chunk, self.pos = self.data[self.pos:end], min(end, len(self.data))
+        chunk, self.pos = self.data[self.pos : end], min(end, len(self.data))
         return chunk
 
 
@@ -65,14 +70,25 @@ def read_errors(store: Store) -> list[dict]:
     return [json.loads(line) for line in store.read_bytes(fmt.ERRORS).decode().splitlines() if line]
 
 
-def make_manifest(preset: dict, shards: list[dict], num_failed: int, labels: list[str],
-                  config: dict) -> dict:
+def make_manifest(
+    preset: dict, shards: list[dict], num_failed: int, labels: list[str], config: dict
+) -> dict:
     from importlib.metadata import version
-    return {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, "preset": preset,
-            "num_samples": sum(s["num_samples"] for s in shards), "shards": shards,
-            "num_failed": num_failed, "labels": labels,
-            "created_by": {"version": version("avfusion"), "config": config,
-                           "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}}
+
+    return {
+        "format": fmt.FORMAT_NAME,
+        "format_version": fmt.FORMAT_VERSION,
+        "preset": preset,
+        "num_samples": sum(s["num_samples"] for s in shards),
+        "shards": shards,
+        "num_failed": num_failed,
+        "labels": labels,
+        "created_by": {
+            "version": version("avfusion"),
+            "config": config,
+            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    }
 
 
 def write_manifest(store: Store, manifest: dict) -> None:
@@ -85,8 +101,10 @@ def read_manifest(store: Store) -> dict:
     try:
         data = store.read_bytes(fmt.MANIFEST)
     except FileNotFoundError:
-        raise fmt.FormatError(f"{store.url}: no {fmt.MANIFEST} (not a shard set, "
-                              f"or an unfinished build: use --resume)") from None
+        raise fmt.FormatError(
+            f"{store.url}: no {fmt.MANIFEST} (not a shard set, "
+            f"or an unfinished build: use --resume)"
+        ) from None
     except OSError as e:
         raise fmt.FormatError(f"{store.url}/{fmt.MANIFEST}: unreadable ({e})") from None
     return fmt.parse_manifest(data, f"{store.url}/{fmt.MANIFEST}")

@@ -9,6 +9,7 @@ long videos), and the order depends only on the seed, the inputs and the options
 worker timing. A window's decoded samples wait in a local temporary file (memory stays flat;
 disk holds one window: ``window × clips per input × sample size``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,7 +42,7 @@ class WindowBuffer:
 
     def __init__(self):
         self._file = tempfile.TemporaryFile(prefix="avfusion-window-")
-        self._index: list[tuple[str, list[tuple[str, int, int]]]] = []   # key, [(ext, offset, size)]
+        self._index: list[tuple[str, list[tuple[str, int, int]]]] = []  # key, [(ext, offset, size)]
 
     def __enter__(self) -> WindowBuffer:
         return self

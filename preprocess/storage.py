@@ -8,6 +8,7 @@ connect/read timeouts ``AVFUSION_S3_CONNECT_TIMEOUT``/``AVFUSION_S3_READ_TIMEOUT
 and botocore's ``standard`` retries with backoff, ``AWS_MAX_ATTEMPTS`` attempts (4): a stalled
 or refused endpoint fails a call within about a minute.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ class Store:
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **_s3_options(self.url))
         self.local = isinstance(self.fs, LocalFileSystem)
         if not self.local:
-            self.fs.retries = 1                # s3fs's own retry loop would multiply botocore's
+            self.fs.retries = 1  # s3fs's own retry loop would multiply botocore's
 
     def path(self, name: str) -> str:
         return posixpath.join(self.root, name) if not self.local else os.path.join(self.root, name)
@@ -55,7 +56,7 @@ class Store:
         if not self.fs.exists(base):
             return []
         root = self.root.rstrip("/")
-        return sorted(p[len(root) + 1:] for p in self.fs.find(base))
+        return sorted(p[len(root) + 1 :] for p in self.fs.find(base))
 
     def remove(self, name: str) -> None:
         """Delete a file, or a folder with everything under it."""
@@ -98,8 +99,9 @@ class Store:
         of interrupted writes."""
         content = [n for n in self.list() if TMP_MARK not in posixpath.basename(n)]
         if content:
-            raise AvfusionError(f"{self.url}: not empty ({len(content)} files, e.g. {content[0]}); "
-                                f"{hint}")
+            raise AvfusionError(
+                f"{self.url}: not empty ({len(content)} files, e.g. {content[0]}); {hint}"
+            )
 
     def remove_temporaries(self) -> None:
         """Delete leftovers of writes interrupted by a crash (local sets only have them)."""
@@ -123,10 +125,13 @@ def _s3_options(url: str) -> dict:
     if not url.startswith(("s3://", "s3a://")):
         return {}
     env = os.environ.get
-    return {"config_kwargs": {
-        "connect_timeout": float(env("AVFUSION_S3_CONNECT_TIMEOUT", "5")),
-        "read_timeout": float(env("AVFUSION_S3_READ_TIMEOUT", "10")),
-        "retries": {"max_attempts": int(env("AWS_MAX_ATTEMPTS", "4")), "mode": "standard"}}}
+    return {
+        "config_kwargs": {
+            "connect_timeout": float(env("AVFUSION_S3_CONNECT_TIMEOUT", "5")),
+            "read_timeout": float(env("AVFUSION_S3_READ_TIMEOUT", "10")),
+            "retries": {"max_attempts": int(env("AWS_MAX_ATTEMPTS", "4")), "mode": "standard"},
+        }
+    }
 
 
 def _reason(e: BaseException) -> str:

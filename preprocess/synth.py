@@ -15,6 +15,7 @@ frames at the default frame rate — and ``NNNNN/source.wav``, the clean soundin
 ``two_sources=True`` puts a second sounding object (another class, its own shape, tone and
 rhythm) into every clip; the label is then ``"a;b"`` (sorted class names).
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -32,7 +33,7 @@ from preprocess.progress import progress
 
 WIDTH, HEIGHT, FPS = 320, 240, 10
 SAMPLE_RATE = 22050
-AUDIO_FRAME = 1024                       # AAC frame size
+AUDIO_FRAME = 1024  # AAC frame size
 
 
 def class_name(k: int) -> str:
@@ -41,24 +42,47 @@ def class_name(k: int) -> str:
 
 def class_pattern(k: int, classes: int) -> dict:
     """The class's visual and sound signature."""
-    return {"hue": k / classes, "shape": k % 3,                   # circle, square, diamond
-            "tone_hz": 300.0 * 2 ** (2.5 * k / max(classes - 1, 1)),
-            "beeps_per_s": 1.0 + (k % 3) * 0.75}
+    return {
+        "hue": k / classes,
+        "shape": k % 3,  # circle, square, diamond
+        "tone_hz": 300.0 * 2 ** (2.5 * k / max(classes - 1, 1)),
+        "beeps_per_s": 1.0 + (k % 3) * 0.75,
+    }
 
 
-def synth(out: str, videos: int, seconds: float, classes: int, seed: int, workers: int,
-          masks: bool = False, two_sources: bool = False) -> None:
+def synth(
+    out: str,
+    videos: int,
+    seconds: float,
+    classes: int,
+    seed: int,
+    workers: int,
+    masks: bool = False,
+    two_sources: bool = False,
+) -> None:
     """Write ``videos`` clips (class = index mod ``classes``) and ``labels.csv`` (written last)."""
     if two_sources and classes < 2:
         raise ValueError("two sounding objects need at least 2 classes")
     os.makedirs(out, exist_ok=True)
-    jobs = [(os.path.join(out, f"{i:05d}.mp4"), _sounding_classes(i, classes, seed, two_sources),
-             classes, seconds, (seed, i), masks) for i in range(videos)]
+    jobs = [
+        (
+            os.path.join(out, f"{i:05d}.mp4"),
+            _sounding_classes(i, classes, seed, two_sources),
+            classes,
+            seconds,
+            (seed, i),
+            masks,
+        )
+        for i in range(videos)
+    ]
     with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
         for _ in progress(pool.map(_write_video, jobs), total=videos, unit="videos", desc="synth"):
             pass
-    rows = "".join(f"{os.path.basename(j[0])},{';'.join(sorted(map(class_name, j[1])))}"
-                   f"{',' + mask_dir(j[0]) if masks else ''}\n" for j in jobs)
+    rows = "".join(
+        f"{os.path.basename(j[0])},{';'.join(sorted(map(class_name, j[1])))}"
+        f"{',' + mask_dir(j[0]) if masks else ''}\n"
+        for j in jobs
+    )
     header = "path,label,masks\n" if masks else "path,label\n"
     _atomic_write(os.path.join(out, "labels.csv"), (header + rows).encode())
 
@@ -84,23 +108,27 @@ def _write_video(job: tuple) -> None:
     phase = rng.uniform(0, 1)
     # NOTE: the second object draws from its own stream, so one-object clips stay byte-identical.
     extra = np.random.default_rng((*seed, 1))
-    sources = [(pattern, phase)] + [(class_pattern(k, classes), extra.uniform(0, 1)) for k in ks[1:]]
+    sources = [(pattern, phase)] + [
+        (class_pattern(k, classes), extra.uniform(0, 1)) for k in ks[1:]
+    ]
     truth = []
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=FPS, options={"preset": "veryfast", "crf": "26"})
+        video = container.add_stream(
+            "libx264", rate=FPS, options={"preset": "veryfast", "crf": "26"}
+        )
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         video.codec_context.thread_count = 1
         audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         for i, (rgb, mask) in enumerate(_frames(rng, sources, extra, round(seconds * FPS))):
-            if i % FPS == FPS // 2:          # the frame at s + 0.5 s
+            if i % FPS == FPS // 2:  # the frame at s + 0.5 s
                 truth.append(mask)
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
             container.mux(video.encode(frame))
         wave, clean = _sound(rng, sources, seconds)
         for i in range(0, len(wave), AUDIO_FRAME):
-            chunk = wave[i:i + AUDIO_FRAME]
+            chunk = wave[i : i + AUDIO_FRAME]
             frame = av.AudioFrame.from_ndarray(chunk[None], format="flt", layout="mono")
             frame.sample_rate, frame.pts = SAMPLE_RATE, i
             container.mux(audio.encode(frame))
@@ -133,28 +161,39 @@ def _beeping(t: np.ndarray, pattern: dict, phase: float) -> np.ndarray:
     return ((t * pattern["beeps_per_s"] + phase) % 1.0 < 0.4).astype(np.float32)
 
 
-def _sound(rng: np.random.Generator, sources: list[tuple[dict, float]],
-           seconds: float) -> tuple[np.ndarray, np.ndarray]:
+def _sound(
+    rng: np.random.Generator, sources: list[tuple[dict, float]], seconds: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(the clip's sound, its clean sounding-object track): float32 ``[samples]`` each."""
     t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    tone = sum(0.4 * np.sin(2 * np.pi * p["tone_hz"] * t) * _beeping(t, p, phase)
-               for p, phase in sources)
+    tone = sum(
+        0.4 * np.sin(2 * np.pi * p["tone_hz"] * t) * _beeping(t, p, phase) for p, phase in sources
+    )
     distractor = 0.08 * np.sin(2 * np.pi * rng.uniform(150, 3000) * t + rng.uniform(0, 6.3))
     noise = rng.uniform(0.01, 0.05) * rng.standard_normal(len(t))
-    return (np.clip(tone + distractor + noise, -1, 1).astype(np.float32),
-            np.clip(tone, -1, 1).astype(np.float32))
+    return (
+        np.clip(tone + distractor + noise, -1, 1).astype(np.float32),
+        np.clip(tone, -1, 1).astype(np.float32),
+    )
 
 
-def _frames(rng: np.random.Generator, sources: list[tuple[dict, float]],
-            extra: np.random.Generator, n: int):
+def _frames(
+    rng: np.random.Generator, sources: list[tuple[dict, float]], extra: np.random.Generator, n: int
+):
     """(``[H, W, 3]`` uint8 frame, ``[H, W]`` bool sounding-object mask): background, 2 grey
     distractors, then the pulsing class shape(s) on top."""
     coarse = rng.uniform(20, 110, size=(HEIGHT // 40, WIDTH // 40, 3))
     background = np.kron(coarse, np.ones((40, 40, 1))).astype(np.uint8)
     paths = rng.uniform([30, 30, -40, -40], [WIDTH - 30, HEIGHT - 30, 40, 40], size=(3, 4))
     greys = rng.uniform(120, 220, size=2)
-    paths = np.concatenate([paths, extra.uniform([30, 30, -40, -40], [WIDTH - 30, HEIGHT - 30, 40, 40],
-                                                 size=(len(sources) - 1, 4))])
+    paths = np.concatenate(
+        [
+            paths,
+            extra.uniform(
+                [30, 30, -40, -40], [WIDTH - 30, HEIGHT - 30, 40, 40], size=(len(sources) - 1, 4)
+            ),
+        ]
+    )
     shape = sources[0][0]["shape"]
     for i in range(n):
         t = i / FPS
@@ -173,8 +212,15 @@ def _frames(rng: np.random.Generator, sources: list[tuple[dict, float]],
         yield frame, mask
 
 
-def _draw(frame: np.ndarray, x: float, y: float, r: float, shape: int, colour,
-          mask: np.ndarray | None = None) -> None:
+def _draw(
+    frame: np.ndarray,
+    x: float,
+    y: float,
+    r: float,
+    shape: int,
+    colour,
+    mask: np.ndarray | None = None,
+) -> None:
     """Fill a circle / square / diamond of radius ``r`` centred at (x, y), clipped to the frame
     (and mark it in ``mask`` when given)."""
     x0, x1 = max(0, int(x - 1.3 * r)), min(WIDTH, int(x + 1.3 * r) + 1)

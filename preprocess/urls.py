@@ -6,6 +6,7 @@ values of query parameters that authorise a request (pre-signed S3/GCS/Azure URL
 become ``***``. The URL keeps its scheme, host, path and other parameters, so it still says
 which store or server was meant. Text around URLs (error messages, YAML) is kept as is.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,12 @@ MASK = "***"
 # Azure SAS (sig), CloudFront (Signature, Policy, Key-Pair-Id), bearer-style token/key/password.
 SECRET_PARAM = re.compile(
     r"signature|credential|token|secret|passw(or)?d|api[-_]?key|access[-_]?key|^sig$|^key$"
-    r"|^auth$|^policy$|^key-pair-id$", re.I)
-URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*[^\s'\"<>`.,:;!?)\]}]")   # not prose punctuation
+    r"|^auth$|^policy$|^key-pair-id$",
+    re.I,
+)
+URL = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*[^\s'\"<>`.,:;!?)\]}]"
+)  # not prose punctuation
 USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 
 

@@ -1,4 +1,5 @@
 """``avfusion shards verify``: a complete check of a shard set against its manifest."""
+
 from __future__ import annotations
 
 import io
@@ -26,24 +27,35 @@ def verify(url: str, threads: int = 4) -> tuple[list[str], str]:
     check = _SampleCheck(manifest)
     with ThreadPoolExecutor(threads) as pool:
         results = pool.map(lambda e: _verify_shard(store, e, check), manifest["shards"])
-        for shard_problems, shard_keys in progress(results, total=len(manifest["shards"]),
-                                                   unit="shards", desc="shards verify"):
+        for shard_problems, shard_keys in progress(
+            results, total=len(manifest["shards"]), unit="shards", desc="shards verify"
+        ):
             problems += shard_problems
-            problems += [f"{k}: key appears twice in the set" for k in keys.intersection(shard_keys)]
+            problems += [
+                f"{k}: key appears twice in the set" for k in keys.intersection(shard_keys)
+            ]
             keys.update(shard_keys)
     total = sum(s["num_samples"] for s in manifest["shards"])
     if not total:
         problems.append(f"{fmt.MANIFEST}: the set holds no samples (the loader cannot read it)")
     if total != manifest["num_samples"] or len(keys) != total:
-        problems.append(f"{fmt.MANIFEST}: num_samples {manifest['num_samples']}, shard entries sum "
-                        f"to {total}, {len(keys)} distinct samples found")
+        problems.append(
+            f"{fmt.MANIFEST}: num_samples {manifest['num_samples']}, shard entries sum "
+            f"to {total}, {len(keys)} distinct samples found"
+        )
     errors = read_errors(store)
-    if len(errors) != manifest["num_failed"] or any(set(e) < {"source", "stage", "error"} for e in errors):
-        problems.append(f"{fmt.ERRORS}: {len(errors)} lines, manifest num_failed "
-                        f"{manifest['num_failed']} (each line needs source, stage, error)")
+    if len(errors) != manifest["num_failed"] or any(
+        set(e) < {"source", "stage", "error"} for e in errors
+    ):
+        problems.append(
+            f"{fmt.ERRORS}: {len(errors)} lines, manifest num_failed "
+            f"{manifest['num_failed']} (each line needs source, stage, error)"
+        )
     state = "FAILED" if problems else "OK"
-    return problems, (f"{state}: {url}: {len(keys)} samples in {len(manifest['shards'])} shards, "
-                      f"{manifest['num_failed']} failed inputs, {len(problems)} problems")
+    return problems, (
+        f"{state}: {url}: {len(keys)} samples in {len(manifest['shards'])} shards, "
+        f"{manifest['num_failed']} failed inputs, {len(problems)} problems"
+    )
 
 
 def _verify_shard(store: Store, entry: dict, check: _SampleCheck) -> tuple[list[str], list[str]]:
@@ -55,11 +67,13 @@ def _verify_shard(store: Store, entry: dict, check: _SampleCheck) -> tuple[list[
                 keys.append(sample[0])
                 problems += [f"{name}: {sample[0]}: {p}" for p in check(sample)]
             reader.drain()
-    except (fmt.CorruptShard, OSError, ValueError) as e:     # I/O error, malformed tar
+    except (fmt.CorruptShard, OSError, ValueError) as e:  # I/O error, malformed tar
         return [f"{name}: unreadable ({type(e).__name__}: {e})"], keys
-    for what, got, want in (("bytes", reader.bytes, entry["bytes"]),
-                            ("sha256", reader.sha.hexdigest(), entry["sha256"]),
-                            ("num_samples", len(keys), entry["num_samples"])):
+    for what, got, want in (
+        ("bytes", reader.bytes, entry["bytes"]),
+        ("sha256", reader.sha.hexdigest(), entry["sha256"]),
+        ("num_samples", len(keys), entry["num_samples"]),
+    ):
         if got != want:
             problems.append(f"{name}: {what} {got}, manifest says {want}")
     return problems, keys
@@ -85,7 +99,9 @@ class _SampleCheck:
         except (KeyError, TypeError, ValueError) as e:
             return [f"missing or undecodable json/mel or metadata field ({type(e).__name__}: {e})"]
 
-    def _problems(self, key: str, files: dict[str, bytes], meta: dict, mel: np.ndarray) -> list[str]:
+    def _problems(
+        self, key: str, files: dict[str, bytes], meta: dict, mel: np.ndarray
+    ) -> list[str]:
         out = []
         want = (self.fe.n_mels, self.fe.clip_frames(meta["clip_seconds"]))
         if mel.dtype != np.float16 or mel.shape != want or not np.isfinite(mel).all():
@@ -96,14 +112,24 @@ class _SampleCheck:
         frames = [files.get(fmt.frame_ext(i)) for i in range(meta.get("n_frames", -1))]
         dense_problems, optional = check_members(files, meta, self.members)
         out += dense_problems
-        if not frames or len(times) != len(frames) or len(files) != 2 + len(frames) + optional \
-                or None in frames:
-            out.append(f"n_frames {meta.get('n_frames')}, {len(times)} frame_times, "
-                       f"{len(files) - 2} other members")
+        if (
+            not frames
+            or len(times) != len(frames)
+            or len(files) != 2 + len(frames) + optional
+            or None in frames
+        ):
+            out.append(
+                f"n_frames {meta.get('n_frames')}, {len(times)} frame_times, "
+                f"{len(files) - 2} other members"
+            )
         if any(not 0 <= t < meta["clip_seconds"] for t in times):
             out.append(f"frame_times outside [0, {meta['clip_seconds']}): {times}")
-        out += [p for i, jpg in enumerate(frames) if jpg is not None
-                for p in self._jpeg(fmt.frame_ext(i), jpg)]
+        out += [
+            p
+            for i, jpg in enumerate(frames)
+            if jpg is not None
+            for p in self._jpeg(fmt.frame_ext(i), jpg)
+        ]
         problem = label_problem(meta, self.labels, self.multi_label)
         if problem:
             out.append(problem)
@@ -114,8 +140,10 @@ class _SampleCheck:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
                 size, kind = im.size, im.format
-        except Exception as e:                             # PIL raises many kinds
+        except Exception as e:  # PIL raises many kinds
             return [f"{name}: undecodable ({type(e).__name__})"]
         if kind != "JPEG" or min(size) != self.frame_size:
-            return [f"{name}: {kind} {size[0]}x{size[1]}, expected JPEG short side {self.frame_size}"]
+            return [
+                f"{name}: {kind} {size[0]}x{size[1]}, expected JPEG short side {self.frame_size}"
+            ]
         return []

@@ -1,4 +1,5 @@
 """Fixtures shared by all test packages."""
+
 from __future__ import annotations
 
 import pytest

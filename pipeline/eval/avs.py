@@ -7,6 +7,7 @@ audio tokens → BCE → AdamW with layer decay → evaluation on every masked f
 the model's sigmoid map and the centred Gaussian prior, each into a :class:`SegmentationMeter`
 → sums over ranks → metrics + ``baseline_`` twins → overlays (frame | truth | prediction).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -37,14 +38,22 @@ def train_avs(r: DenseRun, frozen: bool = False) -> DenseModel:
     head = AVSHead(r.mcfg.embed_dim, r.grid, tuple(acfg.channels)).to(info.device)
     r.encoder.requires_grad_(not frozen)
     model = DenseModel(r.encoder, head)
-    train_spec = DenseSpec(r.size, r.audio, masks=True, train=True, jitter_seconds=acfg.audio_jitter)
+    train_spec = DenseSpec(
+        r.size, r.audio, masks=True, train=True, jitter_seconds=acfg.audio_jitter
+    )
     n_train = check_members(cfg.data.train, train_spec)["num_samples"]
 
     def epoch_batches(epoch: int):
         items = itertools.chain.from_iterable(
-            dense_items(cfg.data.train, train_spec, info.rank, info.world_size,
-                        seed=cfg.train.seed * 7919 + epoch * acfg.oversample + k)
-            for k in range(acfg.oversample))
+            dense_items(
+                cfg.data.train,
+                train_spec,
+                info.rank,
+                info.world_size,
+                seed=cfg.train.seed * 7919 + epoch * acfg.oversample + k,
+            )
+            for k in range(acfg.oversample)
+        )
         return batches(items, cfg.data.batch_size)
 
     def loss_fn(m: nn.Module, batch: dict) -> Tensor:
@@ -64,6 +73,11 @@ def avs_logits(m: nn.Module, r: DenseRun, layers: list[int], batch: dict) -> Ten
 
 
 def _evaluate(r: DenseRun, model: DenseModel, layers: list[int]) -> dict:
-    return r.score_masked_frames(lambda batch: torch.sigmoid(avs_logits(model, r, layers, batch)).cpu(),
-                                 SegmentationMeter, r.cfg.avs.prior_sigma, r.cfg.avs.artifacts,
-                                 overlay_grid, "avs_overlays.png")
+    return r.score_masked_frames(
+        lambda batch: torch.sigmoid(avs_logits(model, r, layers, batch)).cpu(),
+        SegmentationMeter,
+        r.cfg.avs.prior_sigma,
+        r.cfg.avs.artifacts,
+        overlay_grid,
+        "avs_overlays.png",
+    )

@@ -10,6 +10,7 @@ Evaluation (every ``eval.every_epochs`` single-clip; at the end ``eval.clips`` �
 views averaged per video) reports every head (image, audio, fusion, all) and writes
 ``predictions.jsonl`` plus a confusion matrix (single-label) or a per-class AP table (multi-label).
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,14 +49,25 @@ def run(cfg: EvalConfig, info: D.DistInfo) -> dict:
     enc = load_encoder(cfg.encoder)
     loaders = _Loaders(cfg, info, enc.config)
     train_manifest = loaders.train.manifest
-    classes, multi = check_label_sets(train_manifest, loaders.test_manifest, cfg.data.train, cfg.data.test)
+    classes, multi = check_label_sets(
+        train_manifest, loaders.test_manifest, cfg.data.train, cfg.data.test
+    )
     c = cfg.classification
-    freq = class_frequencies(train_manifest, cfg.data.train) if (
-        c.bias_init == "class_freq" or _divides(cfg)) else None
-    model = AVClassifier(enc.encoder, len(classes), batchnorm=c.batchnorm, frozen=cfg.task == "linear",
-                         bias=frequency_bias(freq) if c.bias_init == "class_freq" else None)
-    groups = layer_decay_groups(model, len(enc.encoder.image.blocks), cfg.optim.weight_decay,
-                                cfg.optim.layer_decay)
+    freq = (
+        class_frequencies(train_manifest, cfg.data.train)
+        if (c.bias_init == "class_freq" or _divides(cfg))
+        else None
+    )
+    model = AVClassifier(
+        enc.encoder,
+        len(classes),
+        batchnorm=c.batchnorm,
+        frozen=cfg.task == "linear",
+        bias=frequency_bias(freq) if c.bias_init == "class_freq" else None,
+    )
+    groups = layer_decay_groups(
+        model, len(enc.encoder.image.blocks), cfg.optim.weight_decay, cfg.optim.layer_decay
+    )
     tags = {"avfusion.task": cfg.task, "avfusion.encoder": enc.source}
     if enc.pretrain_run_id:
         tags["avfusion.pretrain_run_id"] = enc.pretrain_run_id
@@ -63,8 +75,13 @@ def run(cfg: EvalConfig, info: D.DistInfo) -> dict:
     loss_fn = _Loss(cfg, len(classes), multi, freq)
 
     def step(engine, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        image, audio = batch["image"].to(info.device, loop.dtype), batch["audio"].to(info.device, loop.dtype)
-        target = soft_targets(batch["label"], len(classes), multi, c.label_smoothing).to(info.device)
+        image, audio = (
+            batch["image"].to(info.device, loop.dtype),
+            batch["audio"].to(info.device, loop.dtype),
+        )
+        target = soft_targets(batch["label"], len(classes), multi, c.label_smoothing).to(
+            info.device
+        )
         if c.mixup > 0:
             lam = mixup_lambdas(len(image), c.mixup, gen).to(info.device)
             image, audio, target = (mix(x, lam) for x in (image, audio, target))
@@ -83,6 +100,7 @@ def run(cfg: EvalConfig, info: D.DistInfo) -> dict:
 
 # -- data -----------------------------------------------------------------------------------
 
+
 class _Loaders:
     """The training loader and test loaders per evaluation view (built on demand)."""
 
@@ -94,37 +112,66 @@ class _Loaders:
         probe.close()
 
     def _build(self, shards: str, train: bool, view: EvalView | None = None):
-        return build_loader(self.cfg.data.loader(shards, train), audio=get_frontend(self.mcfg.audio_frontend),
-                            image=self.mcfg.image, rank=self.info.rank, world_size=self.info.world_size,
-                            seed=self.cfg.train.seed, train=train, labels=True, device=self.info.device, view=view)
+        return build_loader(
+            self.cfg.data.loader(shards, train),
+            audio=get_frontend(self.mcfg.audio_frontend),
+            image=self.mcfg.image,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            seed=self.cfg.train.seed,
+            train=train,
+            labels=True,
+            device=self.info.device,
+            view=view,
+        )
 
     def views(self, final: bool) -> list[EvalView]:
         e = self.cfg.eval
         if not final:
             return [EvalView()]
-        return [EvalView(k, e.clips, j, e.frames, e.random_vol_db) for k in range(e.clips) for j in range(e.frames)]
+        return [
+            EvalView(k, e.clips, j, e.frames, e.random_vol_db)
+            for k in range(e.clips)
+            for j in range(e.frames)
+        ]
 
     def test(self, view: EvalView):
         return self._build(self.cfg.data.test, train=False, view=view)
 
 
-def check_label_sets(train: dict, test: dict, train_root: str, test_root: str) -> tuple[list[str], bool]:
+def check_label_sets(
+    train: dict, test: dict, train_root: str, test_root: str
+) -> tuple[list[str], bool]:
     """The shared class list and multi-label flag; :class:`EvalInputError` naming the manifest and
     the first class that differs when the sets disagree, or when a set is unlabelled."""
     for root, m in ((train_root, train), (test_root, test)):
         if not m.get("labels"):
-            raise EvalInputError(f"{join(root, MANIFEST)}: no 'labels' — the shard set is unlabelled "
-                                 "(build it from a list with a 'label' column)")
+            raise EvalInputError(
+                f"{join(root, MANIFEST)}: no 'labels' — the shard set is unlabelled "
+                "(build it from a list with a 'label' column)"
+            )
     a, b = train["labels"], test["labels"]
     if a != b:
-        diff = next((f"class {i}: {x!r} in the train set, {y!r} in the test set"
-                     for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
-        diff = diff or (f"{len(a)} train classes, {len(b)} test classes "
-                        f"(first extra: {(a[len(b):] or b[len(a):])[0]!r})")
-        raise EvalInputError(f"{join(test_root, MANIFEST)}: class list differs from {join(train_root, MANIFEST)} "
-                             f"({diff}); build both with the same --classes file")
+        diff = next(
+            (
+                f"class {i}: {x!r} in the train set, {y!r} in the test set"
+                for i, (x, y) in enumerate(zip(a, b, strict=False))
+                if x != y
+            ),
+            None,
+        )
+        diff = diff or (
+            f"{len(a)} train classes, {len(b)} test classes "
+            f"(first extra: {(a[len(b) :] or b[len(a) :])[0]!r})"
+        )
+        raise EvalInputError(
+            f"{join(test_root, MANIFEST)}: class list differs from {join(train_root, MANIFEST)} "
+            f"({diff}); build both with the same --classes file"
+        )
     if bool(train.get("multi_label")) != bool(test.get("multi_label")):
-        raise EvalInputError(f"{join(test_root, MANIFEST)}: multi_label differs from the train set's")
+        raise EvalInputError(
+            f"{join(test_root, MANIFEST)}: multi_label differs from the train set's"
+        )
     return list(a), bool(train.get("multi_label"))
 
 
@@ -132,15 +179,20 @@ def class_frequencies(manifest: dict, root: str) -> torch.Tensor:
     """f = label_counts / labelled_inputs ``[C]`` of the training set."""
     counts, total = manifest.get("label_counts"), manifest.get("labelled_inputs")
     if not counts or not total:
-        raise EvalInputError(f"{join(root, MANIFEST)}: no label_counts (built before class counts were "
-                             "recorded); rebuild it, or set classification.bias_init=zero and "
-                             "classification.class_freq_division=false")
+        raise EvalInputError(
+            f"{join(root, MANIFEST)}: no label_counts (built before class counts were "
+            "recorded); rebuild it, or set classification.bias_init=zero and "
+            "classification.class_freq_division=false"
+        )
     return torch.tensor(counts, dtype=torch.float64).div(total).float()
 
 
 # -- targets, mixup, loss ---------------------------------------------------------------------
 
-def soft_targets(labels: torch.Tensor, num_classes: int, multi: bool, smoothing: float) -> torch.Tensor:
+
+def soft_targets(
+    labels: torch.Tensor, num_classes: int, multi: bool, smoothing: float
+) -> torch.Tensor:
     """``[B, C]`` targets: one-hot (or the multi-hot rows) with label smoothing
     ``y·(1 − s) + s/C`` (timm's Mixup convention)."""
     hot = labels.float() if multi else F.one_hot(labels, num_classes).float()
@@ -196,6 +248,7 @@ class _Loss:
 
 # -- evaluation -------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def predict(model, loader, device: torch.device, dtype: torch.dtype) -> dict:
     """Logits of every batch: {"keys", "labels", head: ``[N, C]``} (CPU, float32)."""
@@ -215,17 +268,23 @@ def predict(model, loader, device: torch.device, dtype: torch.dtype) -> dict:
     return {k: (v if k == "keys" else torch.cat(v)) for k, v in out.items()}
 
 
-def _evaluate(loop: EvalLoop, loaders: _Loaders, classes: list[str], multi: bool, final: bool) -> dict:
+def _evaluate(
+    loop: EvalLoop, loaders: _Loaders, classes: list[str], multi: bool, final: bool
+) -> dict:
     """Metrics of every head on the test set (views averaged per video); reports on the final one."""
-    parts = [predict(loop.module, loaders.test(view), loop.info.device, loop.dtype)
-             for view in loaders.views(final)]
+    parts = [
+        predict(loop.module, loaders.test(view), loop.info.device, loop.dtype)
+        for view in loaders.views(final)
+    ]
     gathered = C.gather_objects(parts)
     if not loop.info.is_main:
         return {}
     rows = [p for rank_parts in gathered for p in rank_parts]
-    keys, scores, labels = M.average_views([k for p in rows for k in p["keys"]],
-                                           {h: torch.cat([p[h] for p in rows]) for h in ALL_HEADS},
-                                           torch.cat([p["labels"] for p in rows]))
+    keys, scores, labels = M.average_views(
+        [k for p in rows for k in p["keys"]],
+        {h: torch.cat([p[h] for p in rows]) for h in ALL_HEADS},
+        torch.cat([p["labels"] for p in rows]),
+    )
     result = {k: round(v, 3) for k, v in M.classification_metrics(scores, labels, multi).items()}
     result["videos"] = len(keys)
     if final:
@@ -233,14 +292,27 @@ def _evaluate(loop: EvalLoop, loaders: _Loaders, classes: list[str], multi: bool
     return result
 
 
-def _write_reports(loop: EvalLoop, keys: list[str], scores: torch.Tensor, labels: torch.Tensor,
-                   classes: list[str], multi: bool) -> None:
+def _write_reports(
+    loop: EvalLoop,
+    keys: list[str],
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    multi: bool,
+) -> None:
     out = Path(loop.cfg.train.output_dir)
-    files = [M.write_predictions(out / "predictions.jsonl", keys, scores, labels, classes, loop.cfg.eval.top_k, multi)]
+    files = [
+        M.write_predictions(
+            out / "predictions.jsonl", keys, scores, labels, classes, loop.cfg.eval.top_k, multi
+        )
+    ]
     if multi:
         files.append(M.write_class_ap(out / "class_ap.tsv", scores, labels, classes))
     else:
-        files.append(M.save_confusion_figure(out / "confusion.png",
-                                             M.confusion_matrix(scores, labels, len(classes)), classes))
+        files.append(
+            M.save_confusion_figure(
+                out / "confusion.png", M.confusion_matrix(scores, labels, len(classes)), classes
+            )
+        )
     for path in files:
         loop.log_artifact(path, "eval")

@@ -5,6 +5,7 @@ Field names shared with the pretraining tree (``data.batch_size``, ``train.effec
 ``train.load_universal``, ``optim.grad_clip``) mean the same, so :mod:`pipeline.distributed`'s
 DeepSpeed-config, accumulation and resume helpers take an ``EvalConfig`` as they take a ``Config``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,22 +19,22 @@ TASK_NAMES = ("linear", "finetune", "avs", "separation", "localization")
 
 @dataclass
 class EncoderConfig:
-    checkpoint: str | None = None         # training checkpoint dir | .safetensors export | official .pth
-    preset: str | None = None             # model preset; None: the training config's, else detected
-    init: str = "pretrained"              # pretrained | random (baseline: same architecture, no weights)
-    fusion_arch: str | None = None        # release fusion overrides for official files (see REFERENCE §8)
+    checkpoint: str | None = None  # training checkpoint dir | .safetensors export | official .pth
+    preset: str | None = None  # model preset; None: the training config's, else detected
+    init: str = "pretrained"  # pretrained | random (baseline: same architecture, no weights)
+    fusion_arch: str | None = None  # release fusion overrides for official files (see REFERENCE §8)
     fusion_mlp_ratio: float | None = None
     fusion_attn_ratio: float | None = None
-    trust_pickle: bool = False            # allow weights_only=False for a trusted official file
-    drop_path: float = 0.0                # stochastic depth in towers and fusion blocks (fine-tune 0.2)
+    trust_pickle: bool = False  # allow weights_only=False for a trusted official file
+    drop_path: float = 0.0  # stochastic depth in towers and fusion blocks (fine-tune 0.2)
 
 
 @dataclass
 class EvalDataConfig:
-    train: str = ""                       # labelled shard set (directory or s3://) to train heads on
-    test: str = ""                        # labelled shard set to evaluate on (same class list)
-    batch_size: int = 8                   # per-rank micro-batch (training)
-    test_batch_size: int | None = None    # None: batch_size
+    train: str = ""  # labelled shard set (directory or s3://) to train heads on
+    test: str = ""  # labelled shard set to evaluate on (same class list)
+    batch_size: int = 8  # per-rank micro-batch (training)
+    test_batch_size: int | None = None  # None: batch_size
     workers: int = 2
     shuffle_buffer: int = 256
     max_error_rate: float = 0.05
@@ -43,23 +44,29 @@ class EvalDataConfig:
 
     def loader(self, shards: str, train: bool) -> DataConfig:
         """The pretraining loader's config for ``shards`` (train: shuffled, ``drop``; test: ``pad``)."""
-        return DataConfig(shards=shards, batch_size=self.batch_size if train else
-                          (self.test_batch_size or self.batch_size), workers=self.workers,
-                          shuffle_buffer=self.shuffle_buffer, remainder="drop" if train else "pad",
-                          max_error_rate=self.max_error_rate, cache_dir=self.cache_dir,
-                          cache_limit_gb=self.cache_limit_gb, s3_retries=self.s3_retries)
+        return DataConfig(
+            shards=shards,
+            batch_size=self.batch_size if train else (self.test_batch_size or self.batch_size),
+            workers=self.workers,
+            shuffle_buffer=self.shuffle_buffer,
+            remainder="drop" if train else "pad",
+            max_error_rate=self.max_error_rate,
+            cache_dir=self.cache_dir,
+            cache_limit_gb=self.cache_limit_gb,
+            s3_retries=self.s3_retries,
+        )
 
 
 @dataclass
 class EvalOptimConfig:
-    name: str = "lars"                    # lars (linear probe) | adamw (fine-tune, dense tasks)
-    blr: float = 0.1                      # lr = blr * effective_batch / 256 unless lr is set
+    name: str = "lars"  # lars (linear probe) | adamw (fine-tune, dense tasks)
+    blr: float = 0.1  # lr = blr * effective_batch / 256 unless lr is set
     lr: float | None = None
-    momentum: float = 0.9                 # LARS
-    trust_coefficient: float = 0.001      # LARS
-    betas: tuple[float, float] = (0.9, 0.999)   # AdamW
+    momentum: float = 0.9  # LARS
+    trust_coefficient: float = 0.001  # LARS
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     weight_decay: float = 0.0
-    layer_decay: float = 1.0              # layer-wise LR decay (fine-tune 0.75); 1.0 disables it
+    layer_decay: float = 1.0  # layer-wise LR decay (fine-tune 0.75); 1.0 disables it
     epochs: int = 60
     warmup_epochs: float = 10.0
     grad_clip: float = 0.0
@@ -68,41 +75,43 @@ class EvalOptimConfig:
 @dataclass
 class EvalTrainConfig:
     output_dir: str = "runs/eval"
-    effective_batch_size: int | None = None   # None: batch_size * world_size (no accumulation)
-    precision: str = "fp32"               # fp32 | bf16 | fp16 (linear probe: fp32, no AMP)
+    effective_batch_size: int | None = None  # None: batch_size * world_size (no accumulation)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (linear probe: fp32, no AMP)
     zero_stage: int = 0
     seed: int = 0
-    max_steps: int | None = None          # stop early (tests, smoke runs)
+    max_steps: int | None = None  # stop early (tests, smoke runs)
     log_every: int = 10
-    save_every_steps: int = 0             # 0: only at epoch ends
+    save_every_steps: int = 0  # 0: only at epoch ends
     keep_last: int = 2
-    resume: str = "auto"                  # auto | never | path to a checkpoint directory
+    resume: str = "auto"  # auto | never | path to a checkpoint directory
     load_universal: bool = False
 
 
 @dataclass
 class EvalScheduleConfig:
-    every_epochs: int = 10                # evaluate on data.test every N epochs and at the end
-    clips: int = 1                        # final evaluation: clips per video (scores averaged per video)
-    frames: int = 1                       # final evaluation: frames per clip
-    random_vol_db: float = 0.0            # final evaluation: test-time RandomVol ±dB (release: 2 for dense)
-    top_k: int = 5                        # classes per video in predictions.jsonl
+    every_epochs: int = 10  # evaluate on data.test every N epochs and at the end
+    clips: int = 1  # final evaluation: clips per video (scores averaged per video)
+    frames: int = 1  # final evaluation: frames per clip
+    random_vol_db: float = 0.0  # final evaluation: test-time RandomVol ±dB (release: 2 for dense)
+    top_k: int = 5  # classes per video in predictions.jsonl
 
 
 @dataclass
 class ClassificationConfig:
-    loss: str = "auto"                    # auto (ce single-label, bce multi-label) | ce | bce
-    label_smoothing: float = 0.0          # fine-tune 0.1
-    mixup: float = 0.0                    # mixup α (fine-tune 1.0); 0 disables
-    class_freq_division: bool | None = None   # the release's loss / class frequencies (REFERENCE §8);
-                                              # None: on for finetune (as released), off for linear
-    bias_init: str = "zero"               # zero | class_freq (fine-tune: log((f+1e-3)/(1-f+1e-3)))
-    batchnorm: bool = True                # linear probe: BatchNorm1d(affine=False) before each head
+    loss: str = "auto"  # auto (ce single-label, bce multi-label) | ce | bce
+    label_smoothing: float = 0.0  # fine-tune 0.1
+    mixup: float = 0.0  # mixup α (fine-tune 1.0); 0 disables
+    class_freq_division: bool | None = (
+        None  # the release's loss / class frequencies (REFERENCE §8);
+    )
+    # None: on for finetune (as released), off for linear
+    bias_init: str = "zero"  # zero | class_freq (fine-tune: log((f+1e-3)/(1-f+1e-3)))
+    batchnorm: bool = True  # linear probe: BatchNorm1d(affine=False) before each head
 
 
 @dataclass
 class EvalConfig:
-    task: str = "linear"                  # linear | finetune | avs | separation | localization
+    task: str = "linear"  # linear | finetune | avs | separation | localization
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     optim: EvalOptimConfig = field(default_factory=EvalOptimConfig)
@@ -129,7 +138,9 @@ _CHOICES = {
 }
 
 
-def load_eval_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
+def load_eval_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> EvalConfig:
     """Read YAML at ``path``, apply ``a.b=value`` overrides, validate (errors name the key)."""
     cfg = from_dict(EvalConfig, raw_tree(path, overrides))
     validate(cfg)
@@ -147,28 +158,45 @@ def validate(cfg: EvalConfig) -> None:
     """Value checks that types cannot express; each error names its key."""
     for key, allowed in _CHOICES.items():
         if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(map(str, allowed))}")
-    for key in ("data.batch_size", "optim.epochs", "train.log_every", "eval.every_epochs", "eval.clips",
-                "eval.frames", "eval.top_k"):
+            raise ConfigError(
+                f"{key}: {_get(cfg, key)!r} is not one of {', '.join(map(str, allowed))}"
+            )
+    for key in (
+        "data.batch_size",
+        "optim.epochs",
+        "train.log_every",
+        "eval.every_epochs",
+        "eval.clips",
+        "eval.frames",
+        "eval.top_k",
+    ):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)}")
     if not 0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs:
-        raise ConfigError(f"optim.warmup_epochs: must be in [0, optim.epochs], got {cfg.optim.warmup_epochs}")
+        raise ConfigError(
+            f"optim.warmup_epochs: must be in [0, optim.epochs], got {cfg.optim.warmup_epochs}"
+        )
     if cfg.optim.name == "lars" and cfg.train.zero_stage != 0:
         # NOTE: ZeRO 1-3 hand the optimizer flattened partitions, so LARS's per-tensor norms
         # (and its "no adaptation for 1-D tensors" rule) would be wrong; the probe's 6 tensors
         # need no sharding anyway.
-        raise ConfigError(f"train.zero_stage: LARS needs whole tensors; use 0 with optim.name=lars "
-                          f"(got {cfg.train.zero_stage})")
+        raise ConfigError(
+            f"train.zero_stage: LARS needs whole tensors; use 0 with optim.name=lars "
+            f"(got {cfg.train.zero_stage})"
+        )
     if not 0 < cfg.optim.layer_decay <= 1:
         raise ConfigError(f"optim.layer_decay: must be in (0, 1], got {cfg.optim.layer_decay}")
     if not 0 <= cfg.encoder.drop_path < 1:
         raise ConfigError(f"encoder.drop_path: must be in [0, 1), got {cfg.encoder.drop_path}")
     if cfg.encoder.init == "pretrained" and not cfg.encoder.checkpoint:
-        raise ConfigError("encoder.checkpoint: required with encoder.init=pretrained "
-                          "(a training checkpoint directory, a .safetensors export or an official file)")
+        raise ConfigError(
+            "encoder.checkpoint: required with encoder.init=pretrained "
+            "(a training checkpoint directory, a .safetensors export or an official file)"
+        )
     if cfg.encoder.init == "random" and not (cfg.encoder.preset or cfg.encoder.checkpoint):
-        raise ConfigError("encoder.preset: required with encoder.init=random and no encoder.checkpoint")
+        raise ConfigError(
+            "encoder.preset: required with encoder.init=random and no encoder.checkpoint"
+        )
     for key in ("data.train", "data.test"):
         if not _get(cfg, key):
             raise ConfigError(f"{key}: empty — set it to a labelled shard set (directory or s3://)")

@@ -7,6 +7,7 @@ protocol: no crop, so the mask stays aligned) → mask: the same resize, nearest
 log-mel window centred on the frame time (+ jitter when training) → waveform window at the same
 place when asked (separation).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,13 +31,13 @@ from preprocess.shardformat import MEL_EXT, META_EXT, WAVE_EXT, frame_ext, mask_
 class DenseSpec:
     """What the task needs: masks (segmentation, localization) and/or waveforms (separation)."""
 
-    size: int                       # model image side
+    size: int  # model image side
     audio: AudioFrontend
     masks: bool = False
     waveform: bool = False
-    train: bool = False             # one random frame per sample (else every frame, or the centre one)
-    centre_frame: bool = False      # scoring: only the frame nearest the clip centre
-    jitter_seconds: float = 0.0     # training: audio window centre ± this (REFERENCE §8: 0.99 s)
+    train: bool = False  # one random frame per sample (else every frame, or the centre one)
+    centre_frame: bool = False  # scoring: only the frame nearest the clip centre
+    jitter_seconds: float = 0.0  # training: audio window centre ± this (REFERENCE §8: 0.99 s)
 
 
 def check_members(root: str, spec: DenseSpec) -> dict:
@@ -45,13 +46,16 @@ def check_members(root: str, spec: DenseSpec) -> dict:
     needed = [m for m, on in (("mask", spec.masks), ("flac", spec.waveform)) if on]
     missing = [m for m in needed if m not in manifest.get("members", [])]
     if missing:
-        raise ValueError(f"{join(root, 'manifest.json')}: the set has no {' or '.join(missing)} "
-                         f"members (build it from a list with a 'masks' column / with --keep-waveform)")
+        raise ValueError(
+            f"{join(root, 'manifest.json')}: the set has no {' or '.join(missing)} "
+            f"members (build it from a list with a 'masks' column / with --keep-waveform)"
+        )
     return manifest
 
 
-def dense_items(root: str, spec: DenseSpec, rank: int = 0, world_size: int = 1,
-                seed: int = 0) -> Iterator[dict]:
+def dense_items(
+    root: str, spec: DenseSpec, rank: int = 0, world_size: int = 1, seed: int = 0
+) -> Iterator[dict]:
     """Items ``{"key", "frame", "image" uint8 [3,S,S], "audio" float32 [1,F,T], "mask" bool [S,S]?,
     "wave" float32 [n]?}`` of this rank, in shard order."""
     manifest = check_members(root, spec)
@@ -79,10 +83,16 @@ def _items(raw: dict, spec: DenseSpec, rng: random.Random) -> Iterator[dict]:
     mel = parse_mel(raw[MEL_EXT]).float()
     wave = read_flac(bytes(raw[WAVE_EXT]))[0] if spec.waveform else None
     for i in frames:
-        centre = times[i] + (rng.uniform(-spec.jitter_seconds, spec.jitter_seconds) if spec.train else 0.0)
+        centre = times[i] + (
+            rng.uniform(-spec.jitter_seconds, spec.jitter_seconds) if spec.train else 0.0
+        )
         start = _window_start(centre, meta["clip_seconds"], spec.audio.window_seconds)
-        item = {"key": raw["__key__"], "frame": i, "image": _image(raw[frame_ext(i)], spec.size),
-                "audio": _mel_window(mel, start, spec.audio)[None]}
+        item = {
+            "key": raw["__key__"],
+            "frame": i,
+            "image": _image(raw[frame_ext(i)], spec.size),
+            "audio": _mel_window(mel, start, spec.audio)[None],
+        }
         if spec.masks:
             item["mask"] = _mask(raw[mask_ext(i)], spec.size)
         if wave is not None:
@@ -96,7 +106,7 @@ def _window_start(centre: float, duration: float, window: float) -> float:
 
 def _mel_window(mel: torch.Tensor, start: float, fe: AudioFrontend) -> torch.Tensor:
     s = min(round(start * fe.frames_per_second), max(0, mel.shape[1] - fe.window_frames))
-    x = mel[:, s:s + fe.window_frames]
+    x = mel[:, s : s + fe.window_frames]
     return x if x.shape[1] == fe.window_frames else pad_frames(x, fe.window_frames, fe)
 
 
@@ -105,15 +115,25 @@ def _wave_window(wave: np.ndarray, start: float, fe: AudioFrontend) -> torch.Ten
     n = round(fe.window_seconds * fe.sample_rate)
     s = round(start * fe.sample_rate)
     out = torch.zeros(n)
-    piece = torch.from_numpy(wave[s:s + n].copy())
-    out[:len(piece)] = piece
+    piece = torch.from_numpy(wave[s : s + n].copy())
+    out[: len(piece)] = piece
     return out
 
 
 def _image(jpeg: bytearray, size: int) -> torch.Tensor:
     img = decode_jpeg(torch.frombuffer(jpeg, dtype=torch.uint8), mode=ImageReadMode.RGB)
-    return NF.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+    return (
+        NF.interpolate(
+            img[None].float(),
+            size=(size, size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0]
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+    )
 
 
 def _mask(png: bytearray, size: int) -> torch.Tensor:
@@ -134,5 +154,9 @@ def batches(items: Iterator[dict], batch_size: int) -> Iterator[dict]:
 
 
 def _stack(items: list[dict]) -> dict:
-    return {k: [it[k] for it in items] if k in ("key", "frame") else torch.stack([it[k] for it in items])
-            for k in items[0]}
+    return {
+        k: [it[k] for it in items]
+        if k in ("key", "frame")
+        else torch.stack([it[k] for it in items])
+        for k in items[0]
+    }

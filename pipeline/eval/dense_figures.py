@@ -1,5 +1,6 @@
 """Pictures of the dense tasks, as PNG files for MLflow: mask overlays, heatmaps on frames,
 spectrogram panels."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,12 @@ def overlay_grid(rows: list[tuple], path: Path) -> Path:
     tiles = []
     for image, truth, prob in rows:
         frame = image.permute(1, 2, 0).numpy().astype(np.float32)
-        tiles.append(np.concatenate([frame, _tint(frame, truth.numpy(), GREEN),
-                                     _tint(frame, prob.numpy() > 0.5, RED)], 1))
+        tiles.append(
+            np.concatenate(
+                [frame, _tint(frame, truth.numpy(), GREEN), _tint(frame, prob.numpy() > 0.5, RED)],
+                1,
+            )
+        )
     return _save(np.concatenate(tiles, 0), path)
 
 
@@ -31,7 +36,9 @@ def heatmap_grid(rows: list[tuple], path: Path) -> Path:
         h = heat.numpy().astype(np.float32)
         h = (h - h.min()) / max(float(h.max() - h.min()), 1e-7)
         hot = np.stack([255 * h, 64 * (1 - h), 255 * (1 - h)], -1)
-        tiles.append(np.concatenate([frame, _tint(frame, truth.numpy(), GREEN), 0.5 * frame + 0.5 * hot], 1))
+        tiles.append(
+            np.concatenate([frame, _tint(frame, truth.numpy(), GREEN), 0.5 * frame + 0.5 * hot], 1)
+        )
     return _save(np.concatenate(tiles, 0), path)
 
 

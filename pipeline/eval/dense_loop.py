@@ -6,6 +6,7 @@ NOTE: a plain PyTorch loop (DDP across ranks, fp32), not the DeepSpeed engine of
 classification tasks: the dense heads are small and the dense tasks' loaders are per-frame
 iterators rather than the streaming loader, so ZeRO sharding is not used here.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,8 @@ from pipeline.eval.optim import apply_lr, layer_decay_groups, schedule
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "dense-{name}.pt"       # per trained model (the task's, a trained baseline's)
-RUN_RECORD = "dense-run.json"         # the MLflow run id, so a resumed evaluation logs into it
+CHECKPOINT = "dense-{name}.pt"  # per trained model (the task's, a trained baseline's)
+RUN_RECORD = "dense-run.json"  # the MLflow run id, so a resumed evaluation logs into it
 
 
 class DenseModel(nn.Module):
@@ -46,7 +47,7 @@ class DenseRun:
 
     def __init__(self, cfg: EvalConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
-        torch.manual_seed(cfg.train.seed)                  # head (and random-encoder) init
+        torch.manual_seed(cfg.train.seed)  # head (and random-encoder) init
         loaded: LoadedEncoder = load_encoder(cfg.encoder)
         self.encoder, self.mcfg = loaded.encoder.to(info.device), loaded.config
         self.audio: AudioFrontend = get_frontend(self.mcfg.audio_frontend)
@@ -54,16 +55,23 @@ class DenseRun:
         self.grid = self.size // self.mcfg.patch_size
         self.depth = len(self.encoder.image.blocks)
         std = torch.tensor(self.mcfg.image.std).view(1, 3, 1, 1)
-        self._scale, self._shift = 1 / (255 * std), torch.tensor(self.mcfg.image.mean).view(1, 3, 1, 1) / std
+        self._scale, self._shift = (
+            1 / (255 * std),
+            torch.tensor(self.mcfg.image.mean).view(1, 3, 1, 1) / std,
+        )
         self.out = Path(cfg.train.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         record = self.out / RUN_RECORD
         resumed = cfg.train.resume != "never" and record.exists()
-        self.tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
-                               enabled=cfg.tracking.enabled and info.is_main,
-                               run_id=json.loads(record.read_text())["mlflow_run_id"] if resumed else None,
-                               system_metrics=cfg.tracking.system_metrics,
-                               tags={"task": cfg.task, "encoder": loaded.source})
+        self.tracker = Tracker(
+            cfg.tracking.uri,
+            cfg.tracking.experiment,
+            cfg.tracking.run_name,
+            enabled=cfg.tracking.enabled and info.is_main,
+            run_id=json.loads(record.read_text())["mlflow_run_id"] if resumed else None,
+            system_metrics=cfg.tracking.system_metrics,
+            tags={"task": cfg.task, "encoder": loaded.source},
+        )
         self.tracker.log_params(asdict(cfg))
         if info.is_main:
             _atomic_write(record, json.dumps({"mlflow_run_id": self.tracker.run_id}).encode())
@@ -80,16 +88,25 @@ class DenseRun:
         x = batch["image"].float().mul(self._scale).sub(self._shift)
         return x.to(self.info.device)
 
-    def train(self, model: DenseModel, batches: Callable[[int], Iterator[dict]],
-              loss_fn: Callable[[nn.Module, dict], Tensor], steps_per_epoch: int,
-              name: str = "model") -> None:
+    def train(
+        self,
+        model: DenseModel,
+        batches: Callable[[int], Iterator[dict]],
+        loss_fn: Callable[[nn.Module, dict], Tensor],
+        steps_per_epoch: int,
+        name: str = "model",
+    ) -> None:
         """AdamW with layer decay, warm-up + cosine per iteration; a checkpoint after each epoch.
 
         Every rank takes a step only while all ranks still have a batch (equal step counts).
         """
         cfg, opt_cfg = self.cfg, self.cfg.optim
         world = self.info.world_size
-        lr = opt_cfg.lr if opt_cfg.lr is not None else opt_cfg.blr * cfg.data.batch_size * world / 256
+        lr = (
+            opt_cfg.lr
+            if opt_cfg.lr is not None
+            else opt_cfg.blr * cfg.data.batch_size * world / 256
+        )
         groups = layer_decay_groups(model, self.depth, opt_cfg.weight_decay, opt_cfg.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(opt_cfg.betas))
         sched = schedule(lr, opt_cfg.epochs, opt_cfg.warmup_epochs)
@@ -126,20 +143,35 @@ class DenseRun:
         return out
 
     @torch.no_grad()
-    def score_masked_frames(self, predict: Callable[[dict], Tensor], meter: type, sigma: float,
-                            shown_max: int, draw: Callable[[list[tuple], Path], Path], figure: str) -> dict:
+    def score_masked_frames(
+        self,
+        predict: Callable[[dict], Tensor],
+        meter: type,
+        sigma: float,
+        shown_max: int,
+        draw: Callable[[list[tuple], Path], Path],
+        figure: str,
+    ) -> dict:
         """Score ``predict(batch) → [B, S, S]`` and the centred prior (``sigma``) with ``meter`` on
         every masked frame of ``data.test``; sums over ranks; ``draw`` the first frames; finish."""
         cfg = self.cfg
         meters = {"model": meter(), "baseline": meter()}
         shown: list[tuple] = []
-        items = dense_items(cfg.data.test, DenseSpec(self.size, self.audio, masks=True), self.info.rank,
-                            self.info.world_size)
+        items = dense_items(
+            cfg.data.test,
+            DenseSpec(self.size, self.audio, masks=True),
+            self.info.rank,
+            self.info.world_size,
+        )
         for batch in batches(items, cfg.data.test_batch_size or cfg.data.batch_size):
             pred = predict(batch)
             meters["model"].update(pred, batch["mask"])
-            meters["baseline"].update(centred_prior(len(pred), self.size, self.size, sigma), batch["mask"])
-            shown += list(zip(batch["image"], batch["mask"], pred, strict=True))[:shown_max - len(shown)]
+            meters["baseline"].update(
+                centred_prior(len(pred), self.size, self.size, sigma), batch["mask"]
+            )
+            shown += list(zip(batch["image"], batch["mask"], pred, strict=True))[
+                : shown_max - len(shown)
+            ]
         for m in meters.values():
             m.sums = self.reduce(m.sums)
         metrics = meters["model"].result()
@@ -156,12 +188,16 @@ class DenseRun:
         self.tracker.close()
         return result
 
-    def _save_checkpoint(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                         epoch: int) -> None:
+    def _save_checkpoint(
+        self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int
+    ) -> None:
         """Rank 0 writes atomically (temp name + rename); all ranks wait for it."""
         if self.info.is_main:
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-            torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
+            torch.save(
+                {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                tmp,
+            )
             tmp.replace(path)
         dist.barrier()
 

@@ -13,6 +13,7 @@ definitions).
   ``mean(ciou_i >= t)`` for ``t`` in 0, 0.05, …, 1.
 All results are percentages.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,11 +29,13 @@ class SegmentationMeter:
     """Accumulates ``update(prob [N,H,W], gt [N,H,W] bool)``; ``result()`` → miou, jaccard_fg, fscore."""
 
     def __init__(self):
-        self.sums = torch.zeros(3 + len(F_THRESHOLDS), dtype=torch.float64)  # n, iou_fg, iou_bg, F[t]
+        self.sums = torch.zeros(
+            3 + len(F_THRESHOLDS), dtype=torch.float64
+        )  # n, iou_fg, iou_bg, F[t]
 
     def update(self, prob: Tensor, gt: Tensor) -> None:
         prob, gt = prob.detach().float().cpu().flatten(1), gt.cpu().bool().flatten(1)
-        keep = gt.any(1)                                  # background-only frames are skipped
+        keep = gt.any(1)  # background-only frames are skipped
         prob, gt = prob[keep], gt[keep]
         if not len(gt):
             return
@@ -46,9 +49,11 @@ class SegmentationMeter:
         n = float(self.sums[0])
         if n == 0:
             raise ValueError("segmentation: no frame with a foreground mask to score")
-        return {"miou": 100 * float(self.sums[1] + self.sums[2]) / (2 * n),
-                "jaccard_fg": 100 * float(self.sums[1]) / n,
-                "fscore": 100 * float(self.sums[3:].max()) / n}
+        return {
+            "miou": 100 * float(self.sums[1] + self.sums[2]) / (2 * n),
+            "jaccard_fg": 100 * float(self.sums[1]) / n,
+            "fscore": 100 * float(self.sums[3:].max()) / n,
+        }
 
 
 class LocalizationMeter:
@@ -68,8 +73,10 @@ class LocalizationMeter:
             raise ValueError("localization: no frame to score")
         success = self.sums[1:] / n
         half = int(torch.isclose(CIOU_THRESHOLDS, torch.tensor(0.5)).nonzero())
-        return {"ciou": 100 * float(success[half]),
-                "auc": 100 * float(torch.trapezoid(success, CIOU_THRESHOLDS.double()))}
+        return {
+            "ciou": 100 * float(success[half]),
+            "auc": 100 * float(torch.trapezoid(success, CIOU_THRESHOLDS.double())),
+        }
 
 
 def consensus_iou(heatmap: Tensor, gt: Tensor) -> Tensor:

@@ -8,6 +8,7 @@
 Only the ``encoder.*`` keys are loaded, strictly (official downstream behaviour); the release's
 fusion overrides (``encoder.fusion_*``) pick the architecture the file was trained with.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,17 +36,30 @@ from pipeline.eval.config import EncoderConfig
 class LoadedEncoder(NamedTuple):
     encoder: DeepAVFusion
     config: AVMAEConfig
-    pretrain_run_id: str | None           # MLflow run of the pretraining (training checkpoints only)
+    pretrain_run_id: str | None  # MLflow run of the pretraining (training checkpoints only)
     source: str
 
 
 def load_encoder(cfg: EncoderConfig) -> LoadedEncoder:
     """Build and (unless ``init=random``) strictly load the encoder ``cfg`` describes."""
-    state, model_cfg, run_id, source = _read_source(cfg) if cfg.checkpoint else (None, {}, None, "random")
+    state, model_cfg, run_id, source = (
+        _read_source(cfg) if cfg.checkpoint else (None, {}, None, "random")
+    )
     overrides = {k: v for k, v in model_cfg.items() if k != "preset"}
-    overrides.update({k: v for k, v in (("fusion_arch", cfg.fusion_arch), ("fusion_mlp_ratio", cfg.fusion_mlp_ratio),
-                                        ("fusion_attn_ratio", cfg.fusion_attn_ratio)) if v is not None})
-    preset = cfg.preset or model_cfg.get("preset") or (_detect_preset(state, source) if state else None)
+    overrides.update(
+        {
+            k: v
+            for k, v in (
+                ("fusion_arch", cfg.fusion_arch),
+                ("fusion_mlp_ratio", cfg.fusion_mlp_ratio),
+                ("fusion_attn_ratio", cfg.fusion_attn_ratio),
+            )
+            if v is not None
+        }
+    )
+    preset = (
+        cfg.preset or model_cfg.get("preset") or (_detect_preset(state, source) if state else None)
+    )
     if preset is None:
         raise CheckpointError(f"{source}: cannot tell the model preset; set encoder.preset")
     mcfg = get_model_config(preset, **overrides)
@@ -84,7 +98,12 @@ def _training_checkpoint(path: Path) -> tuple[dict, dict, str | None, str]:
     root = path / "checkpoints" if (path / "checkpoints" / "latest").is_file() else path
     tag_dir = resolve_tag_dir(root)
     state, client = consolidated_state_dict(tag_dir)
-    return state, _model_section(client.get("config") or {}), client.get("mlflow_run_id"), str(tag_dir)
+    return (
+        state,
+        _model_section(client.get("config") or {}),
+        client.get("mlflow_run_id"),
+        str(tag_dir),
+    )
 
 
 def _safetensors(path: Path) -> tuple[dict, dict, str | None, str]:
@@ -101,12 +120,15 @@ def _model_section(config: dict) -> dict:
     """The training config's architecture fields (``model.preset`` and overrides that exist)."""
     fields = {f.name for f in dataclasses.fields(AVMAEConfig)} | {"preset"}
     skip = {"image_mask_ratio", "audio_mask_ratio", "norm_pix_loss", "activation_checkpointing"}
-    return {k: v for k, v in (config.get("model") or {}).items() if k in fields - skip and v is not None}
+    return {
+        k: v for k, v in (config.get("model") or {}).items() if k in fields - skip and v is not None
+    }
 
 
 def _encoder_keys(state: dict) -> dict:
     """``encoder.*`` with the prefix stripped (a full AVMAE or prefixed encoder dict), else as is."""
     if any(k.startswith(ENCODER_PREFIX) for k in state):
-        return {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+        return {
+            k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)
+        }
     return state
-

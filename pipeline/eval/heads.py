@@ -4,6 +4,7 @@ Per modality (image, audio, fusion): token mean (fusion: all F tokens) → optio
 BatchNorm1d(D, affine=False, eps 1e-6) (linear probe) → Linear(D, C) (xavier weight; bias zero or
 from class frequencies). The prediction ("all") is the mean of the three logit sets.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,15 +28,24 @@ class AVClassifier(nn.Module):
     (linear probe); its parameters are not trainable, so only the heads (6 tensors) are.
     """
 
-    def __init__(self, encoder: DeepAVFusion, num_classes: int, batchnorm: bool, frozen: bool,
-                 bias: Tensor | None = None):
+    def __init__(
+        self,
+        encoder: DeepAVFusion,
+        num_classes: int,
+        batchnorm: bool,
+        frozen: bool,
+        bias: Tensor | None = None,
+    ):
         super().__init__()
         self.encoder, self.frozen = encoder, frozen
         dim = encoder.fusion_tokens.shape[-1]
         if frozen:
             encoder.requires_grad_(False)
-        self.norms = nn.ModuleDict({m: nn.BatchNorm1d(dim, affine=False, eps=1e-6) for m in HEADS}
-                                   ) if batchnorm else None
+        self.norms = (
+            nn.ModuleDict({m: nn.BatchNorm1d(dim, affine=False, eps=1e-6) for m in HEADS})
+            if batchnorm
+            else None
+        )
         self.heads = nn.ModuleDict({m: nn.Linear(dim, num_classes) for m in HEADS})
         for head in self.heads.values():
             nn.init.xavier_uniform_(head.weight)

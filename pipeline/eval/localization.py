@@ -12,6 +12,7 @@ Trained variants (the encoder stays frozen, only a small head learns on ``data.t
 - ``masks``: the AVS head (``avs.layers`` / ``avs.channels``) trained with BCE on the training
   masks; the heatmap is its sigmoid map. Supervised, so it is a ceiling rather than a VSL method.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,16 +51,28 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
     if variant == "masks":
         model = train_avs(r, frozen=True)
     else:
-        model = DenseModel(r.encoder, Projections(r.mcfg.embed_dim).to(info.device)
-                           if variant == "contrastive" else None)
+        model = DenseModel(
+            r.encoder,
+            Projections(r.mcfg.embed_dim).to(info.device) if variant == "contrastive" else None,
+        )
     if variant == "contrastive":
         spec = DenseSpec(r.size, r.audio, train=True)
         n = check_members(cfg.data.train, spec)["num_samples"]
-        r.train(model, lambda epoch: batches(dense_items(cfg.data.train, spec, info.rank, info.world_size,
-                                                         seed=cfg.train.seed * 7919 + epoch),
-                                             cfg.data.batch_size),
-                lambda m, batch: _contrastive_loss(r, getattr(m, "module", m), batch),
-                n // (cfg.data.batch_size * info.world_size))
+        r.train(
+            model,
+            lambda epoch: batches(
+                dense_items(
+                    cfg.data.train,
+                    spec,
+                    info.rank,
+                    info.world_size,
+                    seed=cfg.train.seed * 7919 + epoch,
+                ),
+                cfg.data.batch_size,
+            ),
+            lambda m, batch: _contrastive_loss(r, getattr(m, "module", m), batch),
+            n // (cfg.data.batch_size * info.world_size),
+        )
     return _evaluate(r, model)
 
 
@@ -74,7 +87,7 @@ def _tokens(r: DenseRun, batch: dict) -> tuple[Tensor, Tensor]:
 
 def _contrastive_loss(r: DenseRun, model: DenseModel, batch: dict) -> Tensor:
     patches, query = model.head(*_tokens(r, batch))
-    scores = torch.einsum("bnd,cd->bcn", patches, query).amax(-1) / TEMPERATURE   # [B img, B aud]
+    scores = torch.einsum("bnd,cd->bcn", patches, query).amax(-1) / TEMPERATURE  # [B img, B aud]
     target = torch.arange(len(scores), device=scores.device)
     return (F.cross_entropy(scores, target) + F.cross_entropy(scores.T, target)) / 2
 
@@ -83,17 +96,26 @@ def heatmap(r: DenseRun, model: DenseModel, batch: dict) -> Tensor:
     """``[B, S, S]`` similarity map at frame resolution."""
     if isinstance(model.head, AVSHead):
         with torch.no_grad():
-            return torch.sigmoid(avs_logits(model, r, [r.layer(i) for i in r.cfg.avs.layers], batch)).cpu()
+            return torch.sigmoid(
+                avs_logits(model, r, [r.layer(i) for i in r.cfg.avs.layers], batch)
+            ).cpu()
     patches, query = _tokens(r, batch)
     if model.head is not None:
         with torch.no_grad():
             patches, query = model.head(patches, query)
     sim = torch.einsum("bnd,bd->bn", F.normalize(patches, dim=-1), F.normalize(query, dim=-1))
     grid = sim.view(-1, 1, r.grid, r.grid)
-    return F.interpolate(grid, size=(r.size, r.size), mode="bilinear", align_corners=False)[:, 0].cpu()
+    return F.interpolate(grid, size=(r.size, r.size), mode="bilinear", align_corners=False)[
+        :, 0
+    ].cpu()
 
 
 def _evaluate(r: DenseRun, model: DenseModel) -> dict:
-    return r.score_masked_frames(lambda batch: heatmap(r, model, batch), LocalizationMeter,
-                                 r.cfg.localization.prior_sigma, r.cfg.localization.artifacts,
-                                 heatmap_grid, "localization_heatmaps.png")
+    return r.score_masked_frames(
+        lambda batch: heatmap(r, model, batch),
+        LocalizationMeter,
+        r.cfg.localization.prior_sigma,
+        r.cfg.localization.artifacts,
+        heatmap_grid,
+        "localization_heatmaps.png",
+    )

@@ -7,6 +7,7 @@
 - :func:`apply_lr`: warm-up + cosine base LR (pretraining's :class:`LRSchedule`, no tower ramp)
   times each group's ``lr_scale``.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,10 +21,23 @@ from pipeline.schedule import LRSchedule
 class LARS(torch.optim.Optimizer):
     """Layer-wise adaptive rate scaling; per-tensor norms, so it needs whole (unflattened) tensors."""
 
-    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
-                 trust_coefficient: float = 0.001):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                      trust_coefficient=trust_coefficient))
+    def __init__(
+        self,
+        params,
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                trust_coefficient=trust_coefficient,
+            ),
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -37,8 +51,11 @@ class LARS(torch.optim.Optimizer):
                     update = update.add(p, alpha=group["weight_decay"])
                     p_norm, u_norm = torch.norm(p), torch.norm(update)
                     one = torch.ones_like(p_norm)
-                    ratio = torch.where(p_norm > 0, torch.where(u_norm > 0, group["trust_coefficient"]
-                                                                * p_norm / u_norm, one), one)
+                    ratio = torch.where(
+                        p_norm > 0,
+                        torch.where(u_norm > 0, group["trust_coefficient"] * p_norm / u_norm, one),
+                        one,
+                    )
                     update = update.mul(ratio)
                 state = self.state[p]
                 if "mu" not in state:
@@ -51,7 +68,10 @@ class LARS(torch.optim.Optimizer):
 
 _LAYER_PATTERNS = (
     (re.compile(r"^(fusion_tokens|(image|audio)\.(patch_embed|pos_embed)\b)"), lambda m, depth: 0),
-    (re.compile(r"^((image|audio)\.blocks|fusion_blocks)\.(\d+)\."), lambda m, depth: int(m.group(3)) + 1),
+    (
+        re.compile(r"^((image|audio)\.blocks|fusion_blocks)\.(\d+)\."),
+        lambda m, depth: int(m.group(3)) + 1,
+    ),
     (re.compile(r"^((image|audio)\.norm|fusion_norm)\."), lambda m, depth: depth + 1),
 )
 
@@ -62,7 +82,7 @@ def layer_id(name: str, depth: int, encoder_prefix: str = "encoder.") -> int:
     outside the encoder (heads, decoders) depth + 1."""
     if not name.startswith(encoder_prefix):
         return depth + 1
-    local = name[len(encoder_prefix):]
+    local = name[len(encoder_prefix) :]
     for pattern, layer in _LAYER_PATTERNS:
         match = pattern.match(local)
         if match:
@@ -70,8 +90,13 @@ def layer_id(name: str, depth: int, encoder_prefix: str = "encoder.") -> int:
     raise ValueError(f"layer_id: encoder parameter {name!r} has no layer-decay id")
 
 
-def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, layer_decay: float,
-                       encoder_prefix: str = "encoder.") -> list[dict]:
+def layer_decay_groups(
+    model: nn.Module,
+    depth: int,
+    weight_decay: float,
+    layer_decay: float,
+    encoder_prefix: str = "encoder.",
+) -> list[dict]:
     """Parameter groups (trainable parameters only) keyed by (layer id, decay):
     ``lr_scale`` = layer_decay^(depth + 1 − id), ``weight_decay`` on ≥ 2-D tensors, 0 on 1-D."""
     groups: dict[tuple[int, bool], dict] = {}
@@ -79,9 +104,15 @@ def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, layer_
         if not p.requires_grad:
             continue
         lid, decay = layer_id(name, depth, encoder_prefix), p.ndim > 1
-        group = groups.setdefault((lid, decay), {
-            "params": [], "name": f"layer{lid}/{'decay' if decay else 'no_decay'}",
-            "weight_decay": weight_decay if decay else 0.0, "lr_scale": layer_decay ** (depth + 1 - lid)})
+        group = groups.setdefault(
+            (lid, decay),
+            {
+                "params": [],
+                "name": f"layer{lid}/{'decay' if decay else 'no_decay'}",
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": layer_decay ** (depth + 1 - lid),
+            },
+        )
         group["params"].append(p)
     return [groups[k] for k in sorted(groups)]
 

@@ -12,6 +12,7 @@ Scoring (centre frame of each test clip, pairs (i, i+1) within a batch): each so
 averaged; pairs with a near-silent reference (mean power < ``separation.silence``) are skipped.
 Baselines: the mixture as both estimates; the audio-only head.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,34 +40,57 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
     layers = [r.layer(i) for i in cfg.separation.layers]
     grid = r.mcfg.audio_grid
     blank = copy.deepcopy(r.encoder)
-    models = {name: DenseModel(enc, SeparationHead(r.mcfg.embed_dim, grid, tuple(cfg.separation.channels),
-                                                   visual=name == "model").to(info.device))
-              for name, enc in (("model", r.encoder), ("audio_only", blank))}
+    models = {
+        name: DenseModel(
+            enc,
+            SeparationHead(
+                r.mcfg.embed_dim, grid, tuple(cfg.separation.channels), visual=name == "model"
+            ).to(info.device),
+        )
+        for name, enc in (("model", r.encoder), ("audio_only", blank))
+    }
     spec = DenseSpec(r.size, r.audio, waveform=True, train=True)
     n = check_members(cfg.data.train, spec)["num_samples"]
     for name, model in models.items():
-        r.train(model, lambda epoch: batches(dense_items(cfg.data.train, spec, info.rank, info.world_size,
-                                                         seed=cfg.train.seed * 7919 + epoch), cfg.data.batch_size),
-                lambda m, batch, name=name: _loss(r, m, layers, batch, visual=name == "model"),
-                n // (cfg.data.batch_size * info.world_size), name=name)
+        r.train(
+            model,
+            lambda epoch: batches(
+                dense_items(
+                    cfg.data.train,
+                    spec,
+                    info.rank,
+                    info.world_size,
+                    seed=cfg.train.seed * 7919 + epoch,
+                ),
+                cfg.data.batch_size,
+            ),
+            lambda m, batch, name=name: _loss(r, m, layers, batch, visual=name == "model"),
+            n // (cfg.data.batch_size * info.world_size),
+            name=name,
+        )
     return _evaluate(r, models, layers)
 
 
-def _mask_logits(r: DenseRun, m: nn.Module, layers: list[int], image: Tensor, mixture: Tensor,
-                 visual: bool) -> Tensor:
+def _mask_logits(
+    r: DenseRun, m: nn.Module, layers: list[int], image: Tensor, mixture: Tensor, visual: bool
+) -> Tensor:
     """``[B, n_mels, window_frames]`` mask logits for the source shown in ``image``."""
     m = getattr(m, "module", m)
     if not visual:
         image = torch.zeros_like(image)
     out = m.encoder(image, model_input(mixture, r.audio), return_layers=True)
     head = m.head
-    return head([out.layers[i][1] for i in layers], out.image if head.film is not None else None)[:, 0]
+    return head([out.layers[i][1] for i in layers], out.image if head.film is not None else None)[
+        :, 0
+    ]
 
 
 def _loss(r: DenseRun, m: nn.Module, layers: list[int], batch: dict, visual: bool) -> Tensor:
     wave = batch["wave"].to(r.info.device)
     mixture = mix(wave, wave.roll(1, 0))
-    target, weight = ratio_target(model_input(wave, r.audio)[:, 0], model_input(mixture, r.audio)[:, 0])
+    target, weight = ratio_target(
+        model_input(wave, r.audio)[:, 0], model_input(mixture, r.audio)[:, 0]
+    )
     logits = _mask_logits(r, m, layers, r.image(batch), mixture, visual)
     return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
 
@@ -75,7 +99,7 @@ def _loss(r: DenseRun, m: nn.Module, layers: list[int], batch: dict, visual: boo
 def _evaluate(r: DenseRun, models: dict[str, DenseModel], layers: list[int]) -> dict:
     cfg = r.cfg
     spec = DenseSpec(r.size, r.audio, waveform=True, centre_frame=True)
-    sums = torch.zeros(3, 1 + len(METRICS), dtype=torch.float64)   # model, mixture, audio-only
+    sums = torch.zeros(3, 1 + len(METRICS), dtype=torch.float64)  # model, mixture, audio-only
     shown = []
     bs = max(2, cfg.data.test_batch_size or cfg.data.batch_size)
     for batch in batches(dense_items(cfg.data.test, spec, r.info.rank, r.info.world_size), bs):
@@ -85,17 +109,27 @@ def _evaluate(r: DenseRun, models: dict[str, DenseModel], layers: list[int]) -> 
         partner = wave.roll(-1, 0)
         mixture = mix(wave, partner)
         image = r.image(batch)
-        est = {name: [separate(torch.sigmoid(_mask_logits(r, m, layers, img, mixture, name == "model")),
-                               mixture, r.audio) for img in (image, image.roll(-1, 0))]
-               for name, m in models.items()}
+        est = {
+            name: [
+                separate(
+                    torch.sigmoid(_mask_logits(r, m, layers, img, mixture, name == "model")),
+                    mixture,
+                    r.audio,
+                )
+                for img in (image, image.roll(-1, 0))
+            ]
+            for name, m in models.items()
+        }
         for i in range(len(wave)):
             refs = torch.stack([wave[i], partner[i]]).cpu().numpy()
-            if (refs ** 2).mean(1).min() < cfg.separation.silence:
+            if (refs**2).mean(1).min() < cfg.separation.silence:
                 continue
             for row, pair in enumerate((est["model"], [mixture, mixture], est["audio_only"])):
                 sums[row] += _bss(refs, torch.stack([pair[0][i], pair[1][i]]).cpu().numpy())
             if len(shown) < cfg.separation.artifacts:
-                shown.append(tuple(_log_spec(x, r) for x in (mixture[i], est["model"][0][i], wave[i])))
+                shown.append(
+                    tuple(_log_spec(x, r) for x in (mixture[i], est["model"][0][i], wave[i]))
+                )
     sums = r.reduce(sums)
     if sums[0, 0] == 0:
         raise ValueError("separation: no test pair with two non-silent references to score")
@@ -103,7 +137,11 @@ def _evaluate(r: DenseRun, models: dict[str, DenseModel], layers: list[int]) -> 
     metrics = dict(zip(METRICS, means[0], strict=True))
     metrics.update({f"baseline_{k}": v for k, v in zip(METRICS, means[1], strict=True)})
     metrics.update({f"baseline_audio_only_{k}": v for k, v in zip(METRICS, means[2], strict=True)})
-    figures = [spectrogram_grid(shown, r.out / "separation_spectrograms.png")] if r.info.is_main and shown else []
+    figures = (
+        [spectrogram_grid(shown, r.out / "separation_spectrograms.png")]
+        if r.info.is_main and shown
+        else []
+    )
     return r.finish(metrics, figures)
 
 
@@ -115,7 +153,9 @@ def _bss(refs: np.ndarray, ests: np.ndarray) -> Tensor:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"mir_eval\.separation\.", category=FutureWarning)
-        sdr, sir, sar, _ = mir_eval.separation.bss_eval_sources(refs, ests, compute_permutation=False)
+        sdr, sir, sar, _ = mir_eval.separation.bss_eval_sources(
+            refs, ests, compute_permutation=False
+        )
     return torch.tensor([1.0, sdr.mean(), sir.mean(), sar.mean()], dtype=torch.float64)
 
 

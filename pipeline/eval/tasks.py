@@ -2,6 +2,7 @@
 
 Entries import their module on first call, so `avfusion eval` loads only the task it runs.
 """
+
 from __future__ import annotations
 
 import importlib

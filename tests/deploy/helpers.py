@@ -1,4 +1,5 @@
 """Shared by the deploy tests: the render entry point and where things sit in rendered pods."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ def containers(doc: dict) -> list[dict]:
         elif isinstance(node, list):
             for item in node:
                 walk(item)
+
     walk(doc)
     return found
 

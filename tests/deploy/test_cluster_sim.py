@@ -8,6 +8,7 @@ simulated: volumes are directories (a claim is one directory shared by all pods)
 names resolve to 127.0.0.1, fixed ports become free ports, sqlite stands in for PostgreSQL, and
 the S3 store is a real `rclone serve s3` process. Nodes are CPU nodes (DS_ACCELERATOR=cpu).
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,7 +44,7 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120)
             urllib.request.urlopen(url, timeout=1)
             return
         except urllib.error.HTTPError:
-            return                                      # answering, even if with an error status
+            return  # answering, even if with an error status
         except OSError:
             assert proc.poll() is None, f"{what} exited during start-up"
             time.sleep(0.3)
@@ -55,23 +56,61 @@ def cluster(tmp_path_factory):
     """A real S3 server, and the rendered manifests of a 2-part shard build from a video list on
     it and of a 2-node × 1-process JobSet run of configs/debug.yaml on the built shards."""
     root = tmp_path_factory.mktemp("cluster")
-    (root / "s3" / BUCKET).mkdir(parents=True)           # the bucket is a directory rclone serves
+    (root / "s3" / BUCKET).mkdir(parents=True)  # the bucket is a directory rclone serves
     s3_port = free_port()
-    s3 = subprocess.Popen([str(Path(sys.executable).with_name("rclone")), "serve", "s3",
-                           "--addr", f"127.0.0.1:{s3_port}", "--auth-key", ",".join(S3_KEYS.values()),
-                           str(root / "s3")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s3 = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("rclone")),
+            "serve",
+            "s3",
+            "--addr",
+            f"127.0.0.1:{s3_port}",
+            "--auth-key",
+            ",".join(S3_KEYS.values()),
+            str(root / "s3"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_http(f"http://127.0.0.1:{s3_port}/", s3, "rclone serve s3")
     run_config = yaml.safe_load((REPO / "configs" / "debug.yaml").read_text())
     run_config["data"]["shards"] = f"s3://{BUCKET}/shards"
     run_config["probe"]["shards"] = None
     (root / "debug.yaml").write_text(yaml.safe_dump(run_config))
-    assert render_cli(["--run-config", str(root / "debug.yaml"), "--nodes", "2", "--gpus-per-node", "1",
-                       "--image", "avfusion:test", "--launcher", "jobset", "--name", NAME,
-                       "--s3-endpoint", f"http://127.0.0.1:{s3_port}",
-                       "--shards-job", "--shards-input", f"s3://{BUCKET}/videos/labels.csv",
-                       "--shards-parts", "2", "--shards-cpu", "1", "--out", str(root / "k8s"),
-                       "train.max_steps=2", "data.batch_size=4", "train.log_every=1",
-                       "tracking.system_metrics=false"]) == 0
+    assert (
+        render_cli(
+            [
+                "--run-config",
+                str(root / "debug.yaml"),
+                "--nodes",
+                "2",
+                "--gpus-per-node",
+                "1",
+                "--image",
+                "avfusion:test",
+                "--launcher",
+                "jobset",
+                "--name",
+                NAME,
+                "--s3-endpoint",
+                f"http://127.0.0.1:{s3_port}",
+                "--shards-job",
+                "--shards-input",
+                f"s3://{BUCKET}/videos/labels.csv",
+                "--shards-parts",
+                "2",
+                "--shards-cpu",
+                "1",
+                "--out",
+                str(root / "k8s"),
+                "train.max_steps=2",
+                "data.batch_size=4",
+                "train.log_every=1",
+                "tracking.system_metrics=false",
+            ]
+        )
+        == 0
+    )
     docs = [d for f in sorted((root / "k8s").glob("*.yaml")) for d in load_docs(f)]
     yield root, docs
     s3.kill()
@@ -83,9 +122,11 @@ class Cluster:
 
     def __init__(self, root: Path, docs: list[dict], secrets: dict[str, dict[str, str]]):
         self.root, self.docs, self.secrets = root, docs, secrets
-        self.config_maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
-        self.claims = root / "claims"                     # a PersistentVolumeClaim: one shared dir
-        self.dns: dict[str, str] = {}                     # cluster name → local address
+        self.config_maps = {
+            d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"
+        }
+        self.claims = root / "claims"  # a PersistentVolumeClaim: one shared dir
+        self.dns: dict[str, str] = {}  # cluster name → local address
 
     def doc(self, kind: str, name: str) -> dict:
         (doc,) = [d for d in self.docs if d["kind"] == kind and d["metadata"]["name"] == name]
@@ -103,16 +144,23 @@ class Cluster:
                 assert ref["fieldRef"]["fieldPath"] == COMPLETION_INDEX
                 env[name] = str(index)
                 continue
-            kind, source = (("configMapKeyRef", self.config_maps) if "configMapKeyRef" in ref
-                            else ("secretKeyRef", self.secrets))
+            kind, source = (
+                ("configMapKeyRef", self.config_maps)
+                if "configMapKeyRef" in ref
+                else ("secretKeyRef", self.secrets)
+            )
             key_ref = ref[kind]
-            value = source.get(key_ref["name"], {}).get(key_ref["key"])  # optional: the object may be absent
+            value = source.get(key_ref["name"], {}).get(
+                key_ref["key"]
+            )  # optional: the object may be absent
             assert value is not None or key_ref.get("optional"), f"{name}: {key_ref} is missing"
             if value is not None:
                 env[name] = value
         return env
 
-    def start(self, pod_spec: dict, index: int, pod_dir: str, **env_changes: str) -> subprocess.Popen:
+    def start(
+        self, pod_spec: dict, index: int, pod_dir: str, **env_changes: str
+    ) -> subprocess.Popen:
         """Start the pod's (single) container; ``env_changes`` as the simulated node needs them."""
         (container,) = pod_spec["containers"]
         volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
@@ -129,20 +177,31 @@ class Cluster:
         env = {**self.env(container, index), **env_changes}
 
         def here(value: str) -> str:
-            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), value)  # Kubernetes $(VAR)
+            value = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), value
+            )  # Kubernetes $(VAR)
             for cluster_name, local in {**paths, **self.dns}.items():
                 value = value.replace(cluster_name, local)
             return value
 
         command = container.get("command", ["avfusion"])  # the image's ENTRYPOINT
         argv = [here(a) for a in command + container.get("args", [])]
-        argv[0] = sys.executable if argv[0] == "python" else str(Path(sys.executable).with_name(argv[0]))
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "MLFLOW_", "AWS_"))}
+        argv[0] = (
+            sys.executable if argv[0] == "python" else str(Path(sys.executable).with_name(argv[0]))
+        )
+        base = {
+            k: v for k, v in os.environ.items() if not k.startswith(("PET_", "MLFLOW_", "AWS_"))
+        }
         node_dir.mkdir(parents=True, exist_ok=True)
-        with open(node_dir / "log.txt", "w") as log:     # the container's log
-            proc = subprocess.Popen(argv, env={**base, **{k: here(v) for k, v in env.items()}},
-                                    cwd=node_dir, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        with open(node_dir / "log.txt", "w") as log:  # the container's log
+            proc = subprocess.Popen(
+                argv,
+                env={**base, **{k: here(v) for k, v in env.items()}},
+                cwd=node_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         proc.log = node_dir / "log.txt"
         return proc
 
@@ -175,25 +234,34 @@ def mlflow_server(sim):
     pod_spec = copy.deepcopy(template_pod(sim.doc("Deployment", MLFLOW_SERVICE)))
     port = str(free_port())
     args = pod_spec["containers"][0]["args"]
-    for flag, value in (("--host", "127.0.0.1"), ("--port", port), ("--workers", "1")):  # 1 is enough here
+    for flag, value in (
+        ("--host", "127.0.0.1"),
+        ("--port", port),
+        ("--workers", "1"),
+    ):  # 1 is enough here
         args[args.index(flag) + 1] = value
     proc = sim.start(pod_spec, 0, "mlflow")
     wait_http(f"http://127.0.0.1:{port}/health", proc, "mlflow server")
     yield f"127.0.0.1:{port}"
-    os.killpg(proc.pid, signal.SIGKILL)                   # the server and its uvicorn workers
+    os.killpg(proc.pid, signal.SIGKILL)  # the server and its uvicorn workers
     proc.wait(timeout=30)
 
 
-@pytest.mark.parametrize("host,status", [
-    (f"{MLFLOW_SERVICE}.{NAMESPACE}.svc.cluster.local:{MLFLOW_PORT}", 200),
-    (f"{MLFLOW_SERVICE}.{NAMESPACE}.svc:{MLFLOW_PORT}", 200),
-    (f"{MLFLOW_SERVICE}:{MLFLOW_PORT}", 200),
-    ("localhost:5000", 200),                            # kubectl port-forward
-    ("mlflow.attacker.example:5000", 403),
-])
+@pytest.mark.parametrize(
+    "host,status",
+    [
+        (f"{MLFLOW_SERVICE}.{NAMESPACE}.svc.cluster.local:{MLFLOW_PORT}", 200),
+        (f"{MLFLOW_SERVICE}.{NAMESPACE}.svc:{MLFLOW_PORT}", 200),
+        (f"{MLFLOW_SERVICE}:{MLFLOW_PORT}", 200),
+        ("localhost:5000", 200),  # kubectl port-forward
+        ("mlflow.attacker.example:5000", 403),
+    ],
+)
 def test_mlflow_server_answers_its_service_names_only(mlflow_server, host, status):
-    req = urllib.request.Request(f"http://{mlflow_server}/api/2.0/mlflow/experiments/search?max_results=1",
-                                 headers={"Host": host})
+    req = urllib.request.Request(
+        f"http://{mlflow_server}/api/2.0/mlflow/experiments/search?max_results=1",
+        headers={"Host": host},
+    )
     try:
         code = urllib.request.urlopen(req, timeout=10).status
     except urllib.error.HTTPError as e:
@@ -205,20 +273,45 @@ def test_mlflow_server_answers_its_service_names_only(mlflow_server, host, statu
 def shard_set(sim):
     """Synthetic videos uploaded; the Indexed Job run (both completion indexes at once), then
     the merge Job."""
-    subprocess.run([*AVFUSION, "synth", "--out", str(sim.root / "s3" / BUCKET / "videos"), "--videos", "8",
-                    "--seconds", "3", "--classes", "2", "--seed", "0", "--workers", "2"],
-                   check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [
+            *AVFUSION,
+            "synth",
+            "--out",
+            str(sim.root / "s3" / BUCKET / "videos"),
+            "--videos",
+            "8",
+            "--seconds",
+            "3",
+            "--classes",
+            "2",
+            "--seed",
+            "0",
+            "--workers",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     build = sim.doc("Job", f"{NAME}-shards-build")
-    finish([sim.start(template_pod(build), k, f"build-{k}") for k in range(build["spec"]["completions"])])
+    finish(
+        [
+            sim.start(template_pod(build), k, f"build-{k}")
+            for k in range(build["spec"]["completions"])
+        ]
+    )
     finish([sim.start(template_pod(sim.doc("Job", f"{NAME}-shards-merge")), 0, "merge")])
     return sim.root / "s3" / BUCKET
 
 
 def test_indexed_job_builds_one_slice_per_index_and_merge_joins_them(shard_set):
-    parts = [json.loads((shard_set / "shards-parts" / f"part-{k}" / "manifest.json").read_text())
-             for k in range(2)]
+    parts = [
+        json.loads((shard_set / "shards-parts" / f"part-{k}" / "manifest.json").read_text())
+        for k in range(2)
+    ]
     merged = json.loads((shard_set / "shards" / "manifest.json").read_text())
-    assert [p["num_samples"] for p in parts] == [4, 4]    # 8 one-clip videos, contiguous halves
+    assert [p["num_samples"] for p in parts] == [4, 4]  # 8 one-clip videos, contiguous halves
     assert merged["num_samples"] == 8 and merged["num_failed"] == 0
     assert len(merged["shards"]) == sum(len(p["shards"]) for p in parts)
 
@@ -229,19 +322,31 @@ def test_jobset_pods_start_one_distributed_run(sim, shard_set, mlflow_server):
     jobset = sim.doc("JobSet", NAME)
     pod_spec, _, _ = node_pod(jobset)
     assert sim.env(pod_spec["containers"][0], 1)["PET_MASTER_PORT"] == "29500"
-    sim.dns = {f"{NAME}-node-0-0.{NAME}": "127.0.0.1",
-               f"http://{MLFLOW_SERVICE}.{NAMESPACE}.svc:{MLFLOW_PORT}": f"http://{mlflow_server}"}
-    port = str(free_port())                               # 29500 may be taken on a shared machine
-    outputs = finish([sim.start(pod_spec, k, f"node-{k}", PET_MASTER_PORT=port,
-                                DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")      # CPU nodes
-                      for k in range(jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"])])
+    sim.dns = {
+        f"{NAME}-node-0-0.{NAME}": "127.0.0.1",
+        f"http://{MLFLOW_SERVICE}.{NAMESPACE}.svc:{MLFLOW_PORT}": f"http://{mlflow_server}",
+    }
+    port = str(free_port())  # 29500 may be taken on a shared machine
+    outputs = finish(
+        [
+            sim.start(
+                pod_spec,
+                k,
+                f"node-{k}",
+                PET_MASTER_PORT=port,
+                DS_ACCELERATOR="cpu",
+                OMP_NUM_THREADS="1",
+            )  # CPU nodes
+            for k in range(jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"])
+        ]
+    )
     assert "--node-rank=1" in outputs[1] and "--master-addr=127.0.0.1" in outputs[1]
 
     client = MlflowClient(f"http://{mlflow_server}")
     (exp,) = [e for e in client.search_experiments() if e.name == "avfusion-demo"]
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.params["derived.world_size"] == "2"
-    run_dir = sim.claims / "avfusion-runs" / NAME        # train.output_dir on the shared claim
+    run_dir = sim.claims / "avfusion-runs" / NAME  # train.output_dir on the shared claim
     assert run.data.params["train.output_dir"] == str(run_dir)
     assert (run_dir / "checkpoints" / "latest").is_file()
     # Artifacts went through the server's proxy into the S3 store the manifests name.

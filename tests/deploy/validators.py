@@ -6,6 +6,7 @@ models, strictly — a document must survive ``from_dict(doc).to_dict()`` unchan
 fields (which ``from_dict`` drops) fail like wrong types do (defaults it adds are fine); a JobSet's Job template is also
 checked by kubernetes-validate as a batch/v1 Job.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -16,7 +17,7 @@ import kubernetes_validate
 import yaml
 from kubeflow_trainer_api import models
 
-K8S_VERSION = "1.35.0"     # oldest Kubernetes we deploy to (backoffLimitPerIndex is GA since 1.33)
+K8S_VERSION = "1.35.0"  # oldest Kubernetes we deploy to (backoffLimitPerIndex is GA since 1.33)
 CRD_MODELS = {
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): models.TrainerV1alpha1TrainJob,
     ("jobset.x-k8s.io/v1alpha2", "JobSet"): models.JobsetV1alpha2JobSet,
@@ -30,8 +31,12 @@ def load_docs(path: Path) -> list[dict]:
 
 def kubernetes_validate_cli(files: list[Path]) -> subprocess.CompletedProcess:
     """The command a user runs: ``kubernetes-validate --strict -k VERSION FILE...``."""
-    return subprocess.run([KUBERNETES_VALIDATE, "--strict", "-k", K8S_VERSION, *map(str, files)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [KUBERNETES_VALIDATE, "--strict", "-k", K8S_VERSION, *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def is_crd(doc: dict) -> bool:
@@ -43,14 +48,14 @@ def crd_errors(doc: dict) -> list[str]:
     model = CRD_MODELS[(doc["apiVersion"], doc["kind"])]
     try:
         parsed = model.from_dict(doc).to_dict()
-    except ValueError as e:                       # pydantic.ValidationError is a ValueError
+    except ValueError as e:  # pydantic.ValidationError is a ValueError
         return [str(e).splitlines()[0] + ": " + " ".join(str(e).splitlines()[1:3])]
     return list(_diff(doc, parsed, doc["kind"]))
 
 
 def _diff(want, got, path: str):
     if isinstance(want, dict) and isinstance(got, dict):
-        for key in sorted(want):          # keys only in ``got`` are schema defaults: fine
+        for key in sorted(want):  # keys only in ``got`` are schema defaults: fine
             if key not in got:
                 yield f"{path}.{key}: unknown field (dropped by the {path.split('.')[0]} model)"
             else:
@@ -66,11 +71,16 @@ def jobset_job_errors(doc: dict) -> list[str]:
     """Each replicated Job template of a JobSet, strictly validated as a batch/v1 Job."""
     errors = []
     for rjob in doc["spec"]["replicatedJobs"]:
-        job = {"apiVersion": "batch/v1", "kind": "Job",
-               "metadata": {"name": f"{doc['metadata']['name']}-{rjob['name']}-0"},
-               "spec": rjob["template"]["spec"]}
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": f"{doc['metadata']['name']}-{rjob['name']}-0"},
+            "spec": rjob["template"]["spec"],
+        }
         try:
             kubernetes_validate.validate(job, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
-            errors.append(f"replicatedJobs[{rjob['name']}]: {'.'.join(map(str, e.path))}: {e.message}")
+            errors.append(
+                f"replicatedJobs[{rjob['name']}]: {'.'.join(map(str, e.path))}: {e.message}"
+            )
     return errors

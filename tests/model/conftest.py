@@ -1,4 +1,5 @@
 """Shared fixtures for the model tests: a seeded debug model and sample inputs."""
+
 from __future__ import annotations
 
 import os

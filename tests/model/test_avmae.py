@@ -1,4 +1,5 @@
 """AVMAE on the debug preset: masking, decoding, gradients, checkpointing, precision."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,10 +32,12 @@ def test_forward_shapes_and_mask_counts(model, inputs):
 def test_random_masking_convention():
     m = random_masking(3, 96, 0.8, "cpu", torch.Generator().manual_seed(5))
     assert m.ids_keep.shape == (3, 19)
-    assert torch.equal(torch.gather(m.ids_restore, 1, torch.argsort(m.ids_restore, 1)),
-                       torch.arange(96).expand(3, -1))
+    assert torch.equal(
+        torch.gather(m.ids_restore, 1, torch.argsort(m.ids_restore, 1)),
+        torch.arange(96).expand(3, -1),
+    )
     assert (m.mask.gather(1, m.ids_keep) == 0).all() and m.mask.sum(1).tolist() == [77] * 3
-    assert any(not torch.equal(r, r.sort().values) for r in m.ids_keep)   # shuffled, not sorted
+    assert any(not torch.equal(r, r.sort().values) for r in m.ids_keep)  # shuffled, not sorted
 
 
 def test_generator_makes_masks_reproducible(model, inputs):
@@ -61,19 +64,25 @@ def test_prediction_depends_only_on_kept_set(model, inputs):
         a = model(*inputs, masks=masks)
         for spec in masks.values():
             keep = spec["ids_keep"].flip(1)
-            rest = torch.argsort(spec["ids_restore"], 1)[:, keep.shape[1]:]
-            spec["ids_keep"], spec["ids_restore"] = keep, torch.argsort(torch.cat((keep, rest), 1), 1)
+            rest = torch.argsort(spec["ids_restore"], 1)[:, keep.shape[1] :]
+            spec["ids_keep"], spec["ids_restore"] = (
+                keep,
+                torch.argsort(torch.cat((keep, rest), 1), 1),
+            )
         b = model(*inputs, masks=masks)
     torch.testing.assert_close(b.pred_image, a.pred_image, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(b.loss, a.loss)
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"ids_shuffle": torch.zeros(2, 96, dtype=torch.long)}, "permutation"),
-    ({"ids_keep": torch.zeros(2, 19, dtype=torch.long)}, "missing ids_restore, mask"),
-    ("wrong_mask", "mask"),
-    ("wrong_keep", "ids_keep"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"ids_shuffle": torch.zeros(2, 96, dtype=torch.long)}, "permutation"),
+        ({"ids_keep": torch.zeros(2, 19, dtype=torch.long)}, "missing ids_restore, mask"),
+        ("wrong_mask", "mask"),
+        ("wrong_keep", "ids_keep"),
+    ],
+)
 def test_invalid_masks_are_rejected(model, inputs, bad, match):
     spec = _masks(model, 13)["audio"]
     if bad == "wrong_mask":
@@ -87,9 +96,9 @@ def test_invalid_masks_are_rejected(model, inputs, bad, match):
 def test_patchify_layout_and_inverse(model, inputs):
     image, audio = inputs
     patches = model.patchify(image, "image")
-    b, c, r, col, i, j = 1, 2, 3, 1, 5, 9                    # channel fastest within a patch
+    b, c, r, col, i, j = 1, 2, 3, 1, 5, 9  # channel fastest within a patch
     assert patches[b, r * 4 + col, (i * 16 + j) * 3 + c] == image[b, c, r * 16 + i, col * 16 + j]
-    f, t = 7, 11                                              # audio rows = frequency
+    f, t = 7, 11  # audio rows = frequency
     assert model.patchify(audio, "audio")[0, f * 12 + t, 0] == audio[0, 0, f * 16, t * 16]
     assert torch.equal(model.unpatchify(patches, "image"), image)
     assert torch.equal(model.unpatchify(model.patchify(audio, "audio"), "audio"), audio)
@@ -101,8 +110,14 @@ def test_encoder_only_forward(model, inputs):
     model.eval()
     with torch.no_grad():
         enc = model.forward_encoder(*inputs)
-        identity = model.encoder(*inputs, torch.arange(16).expand(2, -1), torch.arange(96).expand(2, -1))
-    assert enc.image.shape == (2, 16, 64) and enc.audio.shape == (2, 96, 64) and enc.fusion.shape == (2, 8, 64)
+        identity = model.encoder(
+            *inputs, torch.arange(16).expand(2, -1), torch.arange(96).expand(2, -1)
+        )
+    assert (
+        enc.image.shape == (2, 16, 64)
+        and enc.audio.shape == (2, 96, 64)
+        and enc.fusion.shape == (2, 8, 64)
+    )
     assert torch.equal(enc.fusion, identity.fusion) and torch.equal(enc.audio, identity.audio)
     for name in ("image", "audio", "fusion"):
         torch.testing.assert_close(enc.pooled[name], getattr(enc, name).mean(1))
@@ -112,7 +127,9 @@ def _grads(model: AVMAE, inputs, masks) -> tuple[torch.Tensor, dict]:
     model.zero_grad()
     loss = model(*inputs, masks=masks).loss
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), {
+        n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 def test_gradients_reach_every_trainable_parameter(model, inputs):
@@ -150,7 +167,9 @@ def test_naive_attention_matches_sdpa(model, inputs):
 def test_other_fusion_archs_train(arch, inputs):
     model = debug_model(fusion_arch=arch)
     loss, grads = _grads(model, inputs, _masks(model, 17))
-    assert torch.isfinite(loss) and set(grads) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert torch.isfinite(loss) and set(grads) == {
+        n for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -171,7 +190,9 @@ def test_parameter_groups(model):
     assert no_wd <= names and "encoder.fusion_norm.weight" in no_wd
     assert "encoder.image.blocks.0.attn.qkv.bias" in no_wd
     # official: tokens and decoder pos-embeds are decayed (ndim > 1, not a bias)
-    assert not {"encoder.fusion_tokens", "image_decoder.mask_token", "audio_decoder.pos_embed"} & no_wd
+    assert (
+        not {"encoder.fusion_tokens", "image_decoder.mask_token", "audio_decoder.pos_embed"} & no_wd
+    )
     towers = model.tower_parameter_names()
     assert towers["image"] == {n for n in names if n.startswith("encoder.image.")}
     assert towers["audio"] == {n for n in names if n.startswith("encoder.audio.")}

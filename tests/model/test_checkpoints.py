@@ -1,4 +1,5 @@
 """Official checkpoint loading (strict, key sets, parameter counts) and MAE/AudioMAE towers."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,20 @@ from model.vit import ViT
 from .conftest import PARITY_DIR, debug_model
 
 # REFERENCE.md §4.2
-COUNTS = {"vggsound": (320_563_712, 320_339_456, 268_660_224),
-          "as2m": (378_997_760, 378_773_504, 327_094_272)}
+COUNTS = {
+    "vggsound": (320_563_712, 320_339_456, 268_660_224),
+    "as2m": (378_997_760, 378_773_504, 327_094_272),
+}
 # REFERENCE.md §4.1: the fusion-block shapes that differ in the AS-2M release (d = 768, h = 3072)
-AS2M_SHAPES = {"attn.q.weight": [768, 768], "attn.q.bias": [768], "attn.k.weight": [768, 1536],
-               "attn.k.bias": [768], "mlp.fc1.weight": [3072, 768], "mlp.fc1.bias": [3072],
-               "mlp.fc2.weight": [768, 3072]}
+AS2M_SHAPES = {
+    "attn.q.weight": [768, 768],
+    "attn.q.bias": [768],
+    "attn.k.weight": [768, 1536],
+    "attn.k.bias": [768],
+    "mlp.fc1.weight": [3072, 768],
+    "mlp.fc1.bias": [3072],
+    "mlp.fc2.weight": [768, 3072],
+}
 
 
 def _meta(preset: str):
@@ -68,7 +77,7 @@ def test_round_trip_through_file_with_preset_detection(tmp_path, inputs):
     model = debug_model(seed=3).eval()
     path = tmp_path / "checkpoint_latest.pth"
     torch.save({"state_dict": model.state_dict(), "epoch": 4, "n_steps": torch.tensor([9])}, path)
-    loaded = load_official(path).eval()                      # preset found from the shapes
+    loaded = load_official(path).eval()  # preset found from the shapes
     assert loaded.config == model.config
     masks = {"audio": {"ids_shuffle": torch.arange(96).expand(2, -1)}}
     with torch.no_grad():
@@ -93,12 +102,17 @@ def test_safetensors_file_loads(tmp_path):
 def test_accepted_layouts(layout):
     src = debug_model(seed=4)
     full = src.state_dict()
-    state = {"model": {"model": full}, "bare": full,
-             "encoder_prefixed": {k: v for k, v in full.items() if k.startswith("encoder.")},
-             "encoder_stripped": src.encoder.state_dict()}[layout]
+    state = {
+        "model": {"model": full},
+        "bare": full,
+        "encoder_prefixed": {k: v for k, v in full.items() if k.startswith("encoder.")},
+        "encoder_stripped": src.encoder.state_dict(),
+    }[layout]
     dst = debug_model(seed=5)
     load_official(state, model=dst)
-    assert torch.equal(dst.encoder.fusion_blocks[1].attn.k.weight, src.encoder.fusion_blocks[1].attn.k.weight)
+    assert torch.equal(
+        dst.encoder.fusion_blocks[1].attn.k.weight, src.encoder.fusion_blocks[1].attn.k.weight
+    )
     decoder_loaded = torch.equal(dst.audio_decoder.pred.weight, src.audio_decoder.pred.weight)
     assert decoder_loaded == (layout in ("model", "bare"))
 
@@ -106,7 +120,7 @@ def test_accepted_layouts(layout):
 def test_encoder_model_takes_encoder_keys_of_full_checkpoint():
     src = debug_model(seed=6)
     encoder = debug_model(seed=7).encoder
-    load_official(src.state_dict(), model=encoder)             # official downstream behaviour
+    load_official(src.state_dict(), model=encoder)  # official downstream behaviour
     assert torch.equal(encoder.fusion_tokens, src.encoder.fusion_tokens)
 
 
@@ -114,7 +128,10 @@ def test_strict_errors_name_keys(tmp_path):
     state = debug_model().state_dict()
     state.pop("encoder.fusion_norm.bias")
     state["encoder.extra.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match=r"missing 1 \(encoder.fusion_norm.bias\); unexpected 1 \(encoder.extra.weight\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing 1 \(encoder.fusion_norm.bias\); unexpected 1 \(encoder.extra.weight\)",
+    ):
         load_official(state, model=debug_model())
     with pytest.raises(CheckpointError, match="matches no model preset"):
         load_official(state)
@@ -131,8 +148,12 @@ def test_official_state_dict_unwraps_wrappers():
     wrapper.module = model
     official = official_state_dict(wrapper)
     assert official.keys() == official_state_dict(model).keys()
-    assert {"image_decoder_embed.weight", "audio_decoder_blocks.0.attn.qkv.weight",
-            "audio_decoder_mask_token", "encoder.fusion_tokens"} <= official.keys()
+    assert {
+        "image_decoder_embed.weight",
+        "audio_decoder_blocks.0.attn.qkv.weight",
+        "audio_decoder_mask_token",
+        "encoder.fusion_tokens",
+    } <= official.keys()
     assert not any(k.startswith(("image_decoder.", "audio_decoder.")) for k in official)
 
 
@@ -142,9 +163,11 @@ def test_key_adapter_maps_both_ways(preset):
     official = set(_official_keys(preset))
     ours = set(adapt_keys(dict.fromkeys(official), "ours"))
     assert ours == set(_meta(preset).state_dict())
-    assert len(official - ours) == 2 * (8 + 8 * 12)   # per decoder: 2 tokens, embed/norm/pred, 8 blocks
+    assert len(official - ours) == 2 * (
+        8 + 8 * 12
+    )  # per decoder: 2 tokens, embed/norm/pred, 8 blocks
     assert set(adapt_keys(dict.fromkeys(ours), "official")) == official
-    assert set(adapt_keys(dict.fromkeys(ours), "ours")) == ours           # already in layout: unchanged
+    assert set(adapt_keys(dict.fromkeys(ours), "ours")) == ours  # already in layout: unchanged
     assert set(official_state_dict(_meta(preset))) == official
 
 
@@ -154,8 +177,14 @@ def test_official_export_reloads_to_the_same_model(tmp_path, inputs):
     src = debug_model(seed=9).eval()
     save_file(official_state_dict(src), tmp_path / "official.safetensors")
     loaded = load_official(tmp_path / "official.safetensors", preset="debug").eval()
-    masks = {m: {"ids_shuffle": torch.randperm(n, generator=torch.Generator().manual_seed(n)).expand(2, -1)}
-             for m, n in (("image", 16), ("audio", 96))}
+    masks = {
+        m: {
+            "ids_shuffle": torch.randperm(n, generator=torch.Generator().manual_seed(n)).expand(
+                2, -1
+            )
+        }
+        for m, n in (("image", 16), ("audio", 96))
+    }
     with torch.no_grad():
         a, b = src(*inputs, masks=masks), loaded(*inputs, masks=masks)
     assert torch.equal(a.pred_audio, b.pred_audio) and torch.equal(a.pred_image, b.pred_image)
@@ -165,15 +194,24 @@ def test_official_export_reloads_to_the_same_model(tmp_path, inputs):
 # Tower initialisation from MAE / AudioMAE pre-training files (REFERENCE §5), here at debug size
 # --------------------------------------------------------------------------------------------
 
-def _mae_file(path, in_chans: int, grid, dim: int = 64, extra: dict | None = None, wrap: str = "model"):
+
+def _mae_file(
+    path, in_chans: int, grid, dim: int = 64, extra: dict | None = None, wrap: str = "model"
+):
     """A file laid out like MAE / AudioMAE pre-training checkpoints (cls, pos + cls slot, decoder)."""
     torch.manual_seed(21)
     vit = ViT(grid, in_chans, dim, depth=2, num_heads=4, mlp_ratio=4.0, patch_size=16)
     state = {k: v for k, v in vit.state_dict().items() if k != "pos_embed"}
     n = grid[0] * grid[1] + 1
-    state.update({"cls_token": torch.randn(1, 1, dim), "pos_embed": torch.randn(1, n, dim),
-                  "mask_token": torch.randn(1, 1, 32), "decoder_embed.weight": torch.randn(32, dim),
-                  "decoder_pos_embed": torch.randn(1, n, 32)})
+    state.update(
+        {
+            "cls_token": torch.randn(1, 1, dim),
+            "pos_embed": torch.randn(1, n, dim),
+            "mask_token": torch.randn(1, 1, 32),
+            "decoder_embed.weight": torch.randn(32, dim),
+            "decoder_pos_embed": torch.randn(1, n, 32),
+        }
+    )
     torch.save({wrap: state, **(extra or {})}, path)
     return state
 
@@ -187,7 +225,7 @@ def test_tower_weights_load_and_keep_sincos(tmp_path):
     tower = model.encoder.image
     assert torch.equal(tower.blocks[1].mlp.fc2.weight, state["blocks.1.mlp.fc2.weight"])
     assert torch.equal(tower.patch_embed.proj.bias, state["patch_embed.proj.bias"])
-    assert torch.equal(tower.pos_embed, pos_before)                 # file's pos_embed discarded
+    assert torch.equal(tower.pos_embed, pos_before)  # file's pos_embed discarded
     assert torch.equal(model.encoder.audio.blocks[0].attn.qkv.weight, audio_before)
 
 
@@ -198,15 +236,21 @@ def test_audiomae_namespace_needs_trust_pickle(tmp_path):
     with pytest.raises(CheckpointError, match="trust_pickle=True"):
         load_tower_weights(model, audio_path=path)
     load_tower_weights(model, audio_path=path, trust_pickle=True)
-    assert torch.equal(model.encoder.audio.patch_embed.proj.weight, state["patch_embed.proj.weight"])
+    assert torch.equal(
+        model.encoder.audio.patch_embed.proj.weight, state["patch_embed.proj.weight"]
+    )
 
 
 def test_wrong_or_missing_tower_file(tmp_path):
     _mae_file(tmp_path / "wide.pth", 3, (4, 4), dim=128)
-    with pytest.raises(CheckpointError, match=r"\(image tower\).*shape mismatch.*expected an MAE ViT-B/16"):
+    with pytest.raises(
+        CheckpointError, match=r"\(image tower\).*shape mismatch.*expected an MAE ViT-B/16"
+    ):
         load_tower_weights(debug_model(), image_path=tmp_path / "wide.pth")
     torch.save({"state_dict": debug_model().state_dict()}, tmp_path / "avmae.pth")
-    with pytest.raises(CheckpointError, match=r"\(audio tower\).*missing 28 .*unexpected 165 \(audio_decoder"):
+    with pytest.raises(
+        CheckpointError, match=r"\(audio tower\).*missing 28 .*unexpected 165 \(audio_decoder"
+    ):
         load_tower_weights(debug_model(), audio_path=tmp_path / "avmae.pth")
     with pytest.raises(CheckpointError, match="not found"):
         load_tower_weights(debug_model(), image_path=tmp_path / "absent.pth")
@@ -224,6 +268,9 @@ def test_plain_load_state_dict_takes_the_official_decoder_layout():
     assert any(k.startswith("image_decoder_blocks.") for k in official)
     dst = AVMAE(get_model_config("debug"))
     dst.load_state_dict(official, strict=True)
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True)
+    )
     wrapped = torch.nn.Sequential(AVMAE(get_model_config("debug")))  # a prefix, as under a wrapper
     wrapped.load_state_dict({f"0.{k}": v for k, v in official.items()}, strict=True)

@@ -1,4 +1,5 @@
 """CUDA checks (skipped without a GPU): fp32 parity on the device, bf16 through fused SDPA kernels."""
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -15,8 +16,10 @@ from model.parity import (
 
 from .conftest import PARITY_FIXTURES
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 def _to(tree, device):
@@ -34,8 +37,14 @@ def test_parity_on_cuda_fp32(path, monkeypatch):
     apply_weight_rule(model)
     model.cuda()
     with torch.no_grad():
-        ours = compute_outputs(model, {**fixture, "inputs": _to(fixture["inputs"], "cuda"),
-                                       "masking": _to(fixture["masking"], "cuda")})
+        ours = compute_outputs(
+            model,
+            {
+                **fixture,
+                "inputs": _to(fixture["inputs"], "cuda"),
+                "masking": _to(fixture["masking"], "cuda"),
+            },
+        )
     for name, ref in flatten_tensors(fixture["outputs"]).items():
         err = (ours[name].detach().float().cpu() - ref.float()).abs().max().item()
         assert err <= 1e-5, (name, err)
@@ -50,8 +59,10 @@ def test_bf16_fused_attention_matches_fp32():
     audio = (2 * torch.randn(4, 1, 128, 192, generator=g) - 4).cuda()
     masks = lambda: torch.Generator(device="cuda").manual_seed(3)  # noqa: E731
     ref = model(image, audio, generator=masks()).loss.item()
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]), \
-            torch.autocast("cuda", dtype=torch.bfloat16):
+    with (
+        sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
+        torch.autocast("cuda", dtype=torch.bfloat16),
+    ):
         out = model(image, audio, generator=masks())
     assert out.loss.dtype == torch.float32
     assert torch.isfinite(out.loss)

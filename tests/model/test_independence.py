@@ -4,6 +4,7 @@ Guards against batch-mixing bugs (e.g. unshuffling every sample with sample 0's 
 gathering every sample's kept tokens with sample 0's ids_keep), which the batch-1 parity fixtures
 cannot see.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,23 +13,27 @@ import torch
 from .conftest import debug_model
 
 BATCH = 3
-PATCHES = {"image": 16, "audio": 96}       # debug preset: 4×4 image patches, 8×12 audio patches
+PATCHES = {"image": 16, "audio": 96}  # debug preset: 4×4 image patches, 8×12 audio patches
 
 
 def _inputs(seed: int, batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, 64, 64, generator=g), 2 * torch.randn(batch, 1, 128, 192, generator=g) - 4
+    return torch.randn(batch, 3, 64, 64, generator=g), 2 * torch.randn(
+        batch, 1, 128, 192, generator=g
+    ) - 4
 
 
 def _masks(seed: int, batch: int = BATCH) -> dict:
     """A different random permutation per sample and modality (``ids_shuffle``)."""
     g = torch.Generator().manual_seed(seed)
-    return {m: {"ids_shuffle": torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])}
-            for m, n in PATCHES.items()}
+    return {
+        m: {"ids_shuffle": torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])}
+        for m, n in PATCHES.items()
+    }
 
 
 def _sample(masks: dict, b: int) -> dict:
-    return {m: {k: v[b:b + 1] for k, v in spec.items()} for m, spec in masks.items()}
+    return {m: {k: v[b : b + 1] for k, v in spec.items()} for m, spec in masks.items()}
 
 
 @pytest.fixture(params=["factorized_mmi", "token", "dense_mmi"])
@@ -40,10 +45,12 @@ def model(request):
 def test_batch_outputs_equal_each_sample_run_alone(model):
     image, audio = _inputs(1)
     masks = _masks(2)
-    for m, spec in masks.items():                            # the masks really differ per sample
+    for m, spec in masks.items():  # the masks really differ per sample
         assert len({tuple(row.tolist()) for row in spec["ids_shuffle"]}) == BATCH, m
     out = model(image, audio, masks=masks)
-    alone = [model(image[b:b + 1], audio[b:b + 1], masks=_sample(masks, b)) for b in range(BATCH)]
+    alone = [
+        model(image[b : b + 1], audio[b : b + 1], masks=_sample(masks, b)) for b in range(BATCH)
+    ]
     for b, single in enumerate(alone):
         assert torch.equal(out.mask_image[b], single.mask_image[0])
         assert torch.equal(out.mask_audio[b], single.mask_audio[0])
@@ -66,8 +73,9 @@ def test_perturbing_sample_0_leaves_the_others_unchanged(model):
     for m in masks:
         masks[m]["ids_shuffle"][0] = new_masks[m]["ids_shuffle"][0]
     after = model(image, audio, masks=masks)
-    assert not torch.allclose(after.pred_image[0], before.pred_image[0])     # the change matters
+    assert not torch.allclose(after.pred_image[0], before.pred_image[0])  # the change matters
     assert not torch.equal(after.mask_audio[0], before.mask_audio[0])
     for name in ("pred_image", "pred_audio", "mask_image", "mask_audio"):
-        torch.testing.assert_close(getattr(after, name)[1:], getattr(before, name)[1:],
-                                   rtol=1e-6, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            getattr(after, name)[1:], getattr(before, name)[1:], rtol=1e-6, atol=1e-6, msg=name
+        )

@@ -1,4 +1,5 @@
 """Numeric parity with the official code (shared/fixtures/parity) and the `model parity` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -59,6 +60,7 @@ def test_parity_outputs_within_tolerance(parity_report, group):
 # Constants the fixtures only catch at 1e-5 (fixture README: keep unit tests for them)
 # --------------------------------------------------------------------------------------------
 
+
 def _meta_model(preset: str, **overrides) -> AVMAE:
     with torch.device("meta"):
         return build_avmae(preset, **overrides)
@@ -71,16 +73,21 @@ def test_layernorm_eps_per_part():
     others = {n: e for n, e in norms.items() if n not in towers}
     assert len(towers) == 2 * (12 * 2 + 1) and set(towers.values()) == {1e-6}
     assert any(n.startswith("encoder.fusion_blocks.") for n in others)
-    assert {"encoder.fusion_norm", "image_decoder.norm", "audio_decoder.blocks.7.norm2"} <= set(others)
+    assert {"encoder.fusion_norm", "image_decoder.norm", "audio_decoder.blocks.7.norm2"} <= set(
+        others
+    )
     assert set(others.values()) == {1e-5}
 
 
-@pytest.mark.parametrize("preset,arch,expected", [
-    ("vggsound", "factorized_mmi", 1 / 8),   # 1/8 even though q/k heads are 16 wide
-    ("as2m", "factorized_mmi", 1 / 8),
-    ("vggsound", "dense_mmi", 1 / 8),
-    ("vggsound", "token", (192 / 12) ** -0.5),
-])
+@pytest.mark.parametrize(
+    "preset,arch,expected",
+    [
+        ("vggsound", "factorized_mmi", 1 / 8),  # 1/8 even though q/k heads are 16 wide
+        ("as2m", "factorized_mmi", 1 / 8),
+        ("vggsound", "dense_mmi", 1 / 8),
+        ("vggsound", "token", (192 / 12) ** -0.5),
+    ],
+)
 def test_fusion_attention_scale(preset, arch, expected):
     attn = _meta_model(preset, fusion_arch=arch).encoder.fusion_blocks[0].attn
     assert attn.scale == pytest.approx(expected)
@@ -91,10 +98,15 @@ def test_factorized_scale_is_applied(monkeypatch, inputs):
     import model.fusion as fusion
 
     scales, real = [], fusion.attention
-    monkeypatch.setattr(fusion, "attention", lambda q, k, v, scale, impl: scales.append(
-        (q.shape[-1], v.shape[-1], scale)) or real(q, k, v, scale, impl))
+    monkeypatch.setattr(
+        fusion,
+        "attention",
+        lambda q, k, v, scale, impl: (
+            scales.append((q.shape[-1], v.shape[-1], scale)) or real(q, k, v, scale, impl)
+        ),
+    )
     build_avmae("debug").forward_encoder(*inputs)
-    pair_calls = [s for s in scales if s[0] != s[1]]           # q/k heads 4 wide, v heads 16
+    pair_calls = [s for s in scales if s[0] != s[1]]  # q/k heads 4 wide, v heads 16
     assert pair_calls and {s[2] for s in pair_calls} == {0.25}
 
 
@@ -102,6 +114,7 @@ def test_factorized_scale_is_applied(monkeypatch, inputs):
 # The command: exit code, JSON line, exact targets (on a self-made debug fixture, batch 2,
 # norm_pix_loss False — the shape of the hidden acceptance fixtures)
 # --------------------------------------------------------------------------------------------
+
 
 def _nest(flat: dict) -> dict:
     tree: dict = {}
@@ -118,23 +131,44 @@ def _nest(flat: dict) -> dict:
 def debug_fixture():
     cfg = get_model_config("debug", norm_pix_loss=False)
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "image"}
-    config.update(preset="debug", image_size=[64, 64], patch_size=[16, 16], decoder_arch="plain",
-                  audio_size=list(cfg.audio_size), num_fusion_tkns=list(cfg.num_fusion_tkns))
+    config.update(
+        preset="debug",
+        image_size=[64, 64],
+        patch_size=[16, 16],
+        decoder_arch="plain",
+        audio_size=list(cfg.audio_size),
+        num_fusion_tkns=list(cfg.num_fusion_tkns),
+    )
     model = AVMAE(cfg).eval()
     apply_weight_rule(model)
     g = torch.Generator().manual_seed(3)
-    image, audio = torch.randn(2, 3, 64, 64, generator=g), 2 * torch.randn(2, 1, 128, 192, generator=g) - 4
+    image, audio = (
+        torch.randn(2, 3, 64, 64, generator=g),
+        2 * torch.randn(2, 1, 128, 192, generator=g) - 4,
+    )
     masking = {}
     for m, x in (("image", image), ("audio", audio)):
         drawn = model.masks_for(m, x, None, g)
-        masking.update({f"{m}_ids_keep": drawn.ids_keep, f"{m}_ids_restore": drawn.ids_restore,
-                        f"{m}_mask": drawn.mask})
-    fixture = {"format": "deepavfusion-parity-rule-v1", "config": config,
-               "inputs": {"image": image, "audio": audio}, "masking": masking,
-               "meta": {"layer_last_index": 1,
-                        "n_params": {"avmae": sum(p.numel() for p in model.parameters())}},
-               "state_dict_keys": sorted([k, list(v.shape), "float32"]
-                                      for k, v in official_state_dict(model).items())}
+        masking.update(
+            {
+                f"{m}_ids_keep": drawn.ids_keep,
+                f"{m}_ids_restore": drawn.ids_restore,
+                f"{m}_mask": drawn.mask,
+            }
+        )
+    fixture = {
+        "format": "deepavfusion-parity-rule-v1",
+        "config": config,
+        "inputs": {"image": image, "audio": audio},
+        "masking": masking,
+        "meta": {
+            "layer_last_index": 1,
+            "n_params": {"avmae": sum(p.numel() for p in model.parameters())},
+        },
+        "state_dict_keys": sorted(
+            [k, list(v.shape), "float32"] for k, v in official_state_dict(model).items()
+        ),
+    }
     fixture["outputs"] = _nest(compute_outputs(model, fixture))
     return fixture
 
@@ -146,11 +180,14 @@ def _run_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-@pytest.mark.parametrize("perturb,expected_rc,failed", [
-    (None, 0, []),
-    (("pred_audio", 1e-4), 1, ["pred_audio"]),
-    (("target_image", 1e-6), 1, ["target_image"]),         # targets must be exact
-])
+@pytest.mark.parametrize(
+    "perturb,expected_rc,failed",
+    [
+        (None, 0, []),
+        (("pred_audio", 1e-4), 1, ["pred_audio"]),
+        (("target_image", 1e-6), 1, ["target_image"]),  # targets must be exact
+    ],
+)
 def test_parity_command(debug_fixture, tmp_path, capsys, perturb, expected_rc, failed):
     fixture = {**debug_fixture, "outputs": dict(debug_fixture["outputs"])}
     if perturb:
@@ -164,15 +201,23 @@ def test_parity_command(debug_fixture, tmp_path, capsys, perturb, expected_rc, f
     report = json.loads(lines[0])
     assert report["ok"] == (expected_rc == 0) and report["failed"] == failed
     assert report["batch"] == 2 and report["state_dict_keys_match"]
-    assert set(report["max_abs"]) >= {"encoder_masked.fusion", "encoder_full.image", "loss_audio",
-                                      "loss_audio_other_normpix", "target_audio"}
+    assert set(report["max_abs"]) >= {
+        "encoder_masked.fusion",
+        "encoder_full.image",
+        "loss_audio",
+        "loss_audio_other_normpix",
+        "target_audio",
+    }
 
 
 def test_parity_command_rejects_missing_and_foreign_files(tmp_path, capsys):
     from pipeline.cli import main
 
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
-    for name, problem in (("nope.pt", "fixture file not found"), ("other.pt", "expected a parity fixture")):
+    for name, problem in (
+        ("nope.pt", "fixture file not found"),
+        ("other.pt", "expected a parity fixture"),
+    ):
         assert main(["model", "parity", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / name}: {problem}"), err

@@ -5,6 +5,7 @@ float16 log-mel ``[n_mels, T]`` of the whole clip, JPEG frames, JSON metadata, m
 last). Contents are a deterministic function of the sample number, so tests can recompute what a
 sample holds (``sample_mel``) and recognise it in a batch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,14 @@ def sample_mel(i: int, frames: int, fe: AudioFrontend) -> np.ndarray:
 def _jpeg(i: int, k: int, size: int) -> bytes:
     h, w = size, size * 3 // 2
     y, x = np.mgrid[0:h, 0:w]
-    rgb = np.stack([(x * 255 // w + i * 13) % 256, (y * 255 // h + k * 40) % 256,
-                    np.full_like(x, (i * 37) % 256)], axis=-1).astype(np.uint8)
+    rgb = np.stack(
+        [
+            (x * 255 // w + i * 13) % 256,
+            (y * 255 // h + k * 40) % 256,
+            np.full_like(x, (i * 37) % 256),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
@@ -50,24 +57,50 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_sample(i: int, fe: AudioFrontend, *, clip_seconds: float, frame_size: int,
-                n_frames: int, labelled: bool) -> dict:
+def make_sample(
+    i: int,
+    fe: AudioFrontend,
+    *,
+    clip_seconds: float,
+    frame_size: int,
+    n_frames: int,
+    labelled: bool,
+) -> dict:
     times = [clip_seconds * (k + 0.5) / n_frames for k in range(n_frames)]
-    meta = {"source": f"videos/v{i}.mp4", "source_id": sample_key(i).rsplit("_", 1)[0],
-            "clip_index": 0, "clip_start": 0.0, "clip_seconds": clip_seconds,
-            "frame_times": times, "sample_rate": fe.sample_rate,
-            "mel_fps": fe.frames_per_second, "n_frames": n_frames}
+    meta = {
+        "source": f"videos/v{i}.mp4",
+        "source_id": sample_key(i).rsplit("_", 1)[0],
+        "clip_index": 0,
+        "clip_start": 0.0,
+        "clip_seconds": clip_seconds,
+        "frame_times": times,
+        "sample_rate": fe.sample_rate,
+        "mel_fps": fe.frames_per_second,
+        "n_frames": n_frames,
+    }
     if labelled:
         meta.update(label=LABELS[i % len(LABELS)], label_index=i % len(LABELS))
-    sample = {"__key__": sample_key(i), "json": json.dumps(meta).encode(),
-              "mel.npy": _npy(sample_mel(i, fe.clip_frames(clip_seconds), fe))}
+    sample = {
+        "__key__": sample_key(i),
+        "json": json.dumps(meta).encode(),
+        "mel.npy": _npy(sample_mel(i, fe.clip_frames(clip_seconds), fe)),
+    }
     sample.update({frame_ext(k): _jpeg(i, k, frame_size) for k in range(n_frames)})
     return sample
 
 
-def write_shard_set(dest: Path, num_samples: int, per_shard: int, *, preset: str = "deepavfusion",
-                    clip_seconds=lambda i: 10.0, frame_size: int = 48, n_frames: int = 3,
-                    labelled: bool = True, damage=lambda i, sample: sample) -> dict:
+def write_shard_set(
+    dest: Path,
+    num_samples: int,
+    per_shard: int,
+    *,
+    preset: str = "deepavfusion",
+    clip_seconds=lambda i: 10.0,
+    frame_size: int = 48,
+    n_frames: int = 3,
+    labelled: bool = True,
+    damage=lambda i, sample: sample,
+) -> dict:
     """Write ``num_samples`` samples, ``per_shard`` per tar, then manifest.json; return it.
 
     ``damage(i, sample)`` may alter a sample's members before writing (corrupt-sample tests).
@@ -79,17 +112,44 @@ def write_shard_set(dest: Path, num_samples: int, per_shard: int, *, preset: str
         path = dest / shard_name(s)
         with wds.TarWriter(str(path), encoder=False) as tw:
             for i in range(lo, min(lo + per_shard, num_samples)):
-                tw.write(damage(i, make_sample(i, fe, clip_seconds=clip_seconds(i),
-                                               frame_size=frame_size, n_frames=n_frames,
-                                               labelled=labelled)))
+                tw.write(
+                    damage(
+                        i,
+                        make_sample(
+                            i,
+                            fe,
+                            clip_seconds=clip_seconds(i),
+                            frame_size=frame_size,
+                            n_frames=n_frames,
+                            labelled=labelled,
+                        ),
+                    )
+                )
         data = path.read_bytes()
-        shards.append({"name": path.name, "num_samples": min(per_shard, num_samples - lo),
-                       "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                "preset": {"audio": fe.as_dict(), "clip_seconds": 10.0, "min_clip_seconds": 2.0,
-                           "frame_rate": n_frames / 10.0, "frame_size": frame_size, "jpeg_quality": 90},
-                "num_samples": num_samples, "shards": shards, "num_failed": 0,
-                "created_by": {"version": "test", "config": {}, "created": "2026-01-01T00:00:00Z"}}
+        shards.append(
+            {
+                "name": path.name,
+                "num_samples": min(per_shard, num_samples - lo),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "preset": {
+            "audio": fe.as_dict(),
+            "clip_seconds": 10.0,
+            "min_clip_seconds": 2.0,
+            "frame_rate": n_frames / 10.0,
+            "frame_size": frame_size,
+            "jpeg_quality": 90,
+        },
+        "num_samples": num_samples,
+        "shards": shards,
+        "num_failed": 0,
+        "created_by": {"version": "test", "config": {}, "created": "2026-01-01T00:00:00Z"},
+    }
     if labelled:
         manifest["labels"] = list(LABELS)
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -1,5 +1,6 @@
 """Process helpers shared by the pipeline tests (free ports, small corpora and a real `mlflow server`
 come from benchmarks/, which uses them too)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The `avfusion` dispatcher: every command's module registers exactly the commands listed for it."""
+
 import argparse
 import importlib
 

@@ -1,4 +1,5 @@
 """Bad input gives one ``error:`` line, a non-zero exit and no traceback — for every command."""
+
 from __future__ import annotations
 
 import os
@@ -12,16 +13,35 @@ DEBUG_YAML = str(REPO / "configs/debug.yaml")
 # case → arguments, given a folder that does not exist (M), a scratch folder (T) and a shard set (S)
 CASES = {
     "probe: missing weights": lambda M, T, S: ["probe", f"{M}/w.safetensors", "--shards", S],
-    "probe: unknown preset": lambda M, T, S: ["probe", f"{M}/w.safetensors", "--shards", S, "--preset", "nope"],
+    "probe: unknown preset": lambda M, T, S: [
+        "probe",
+        f"{M}/w.safetensors",
+        "--shards",
+        S,
+        "--preset",
+        "nope",
+    ],
     "export: not a checkpoint": lambda M, T, S: ["export", M, "--out", f"{T}/x.safetensors"],
     "train: missing config": lambda M, T, S: ["train", "--config", f"{M}/run.yaml"],
     "train: wrong type": lambda M, T, S: ["train", "--config", DEBUG_YAML, "data.batch_size=many"],
     "train: unknown key": lambda M, T, S: ["train", "--config", DEBUG_YAML, "optim.lr_typo=1"],
-    "train: missing shards": lambda M, T, S: ["train", "--config", DEBUG_YAML, f"data.shards={M}",
-                                              "tracking.enabled=false", f"train.output_dir={T}/run"],
+    "train: missing shards": lambda M, T, S: [
+        "train",
+        "--config",
+        DEBUG_YAML,
+        f"data.shards={M}",
+        "tracking.enabled=false",
+        f"train.output_dir={T}/run",
+    ],
     "shards verify: not a shard set": lambda M, T, S: ["shards", "verify", M],
     "shards inspect: not a shard set": lambda M, T, S: ["shards", "inspect", M],
-    "shards build: missing input": lambda M, T, S: ["shards", "build", f"{M}/a.mp4", "--out", f"{T}/out"],
+    "shards build: missing input": lambda M, T, S: [
+        "shards",
+        "build",
+        f"{M}/a.mp4",
+        "--out",
+        f"{T}/out",
+    ],
     "data bench: not a shard set": lambda M, T, S: ["data", "bench", M],
     "model parity: missing fixture": lambda M, T, S: ["model", "parity", f"{M}/f.pt"],
 }
@@ -30,8 +50,14 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_error_line(case, tmp_path, shard_set):
     args = CASES[case](str(tmp_path / "missing"), str(tmp_path), str(shard_set))
-    proc = subprocess.run([*AVFUSION, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "AVFUSION_DEBUG": ""})
+    proc = subprocess.run(
+        [*AVFUSION, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AVFUSION_DEBUG": ""},
+    )
     assert proc.returncode not in (0, 70), (case, proc.returncode, proc.stderr[-2000:])
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, (case, proc.stderr[-2000:])
@@ -39,8 +65,13 @@ def test_bad_input_is_one_error_line(case, tmp_path, shard_set):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    proc = subprocess.run([*AVFUSION, "--debug", "probe", str(tmp_path / "w.safetensors"), "--shards",
-                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*AVFUSION, "--debug", "probe", str(tmp_path / "w.safetensors"), "--shards", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -52,4 +83,6 @@ def test_internal_errors_are_one_line_with_the_hint(capsys):
 
     assert run_cli(buggy) == EXIT_INTERNAL
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: internal error (KeyError: 'oops'); rerun with AVFUSION_DEBUG=1 for the traceback"]
+    assert err == [
+        "error: internal error (KeyError: 'oops'); rerun with AVFUSION_DEBUG=1 for the traceback"
+    ]

@@ -1,4 +1,5 @@
 """Config tree: YAML + overrides → typed dataclasses; errors name the key."""
+
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,17 @@ def test_recipe_numbers():
 
 
 def test_overrides_are_typed():
-    cfg = load_config(REPO / "configs" / "debug.yaml",
-                      ["train.max_steps=7", "optim.betas=[0.8, 0.9]", "model.fusion_arch=token",
-                       "optim.epochs=3", "optim.warmup_epochs=1", "optim.lr=1e-3"])
+    cfg = load_config(
+        REPO / "configs" / "debug.yaml",
+        [
+            "train.max_steps=7",
+            "optim.betas=[0.8, 0.9]",
+            "model.fusion_arch=token",
+            "optim.epochs=3",
+            "optim.warmup_epochs=1",
+            "optim.lr=1e-3",
+        ],
+    )
     assert cfg.train.max_steps == 7
     assert cfg.optim.betas == (0.8, 0.9)
     assert cfg.model.architecture().fusion_arch == "token"
@@ -34,22 +43,25 @@ def test_overrides_are_typed():
     assert to_dict(cfg)["optim"]["betas"] == [0.8, 0.9]
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.max_stepz=3", "train.max_stepz"),
-    ("data.batch_size=abc", "data.batch_size"),
-    ("optim.lr=fast", "optim.lr"),
-    ("nosection.x=1", "nosection"),
-    ("train.precision=fp8", "train.precision"),
-    ("data.batch_size=0", "data.batch_size"),
-    ("model.image_mask_ratio=1.5", "model.image_mask_ratio"),
-    ("optim.betas=[0.9]", "optim.betas"),
-    ("train.zero_stage=true", "train.zero_stage"),
-    ("model.fusion_arch=cross", "model.fusion_arch"),      # AVMAEConfig's own check
-    ("model.fusion_arch=3", "model.fusion_arch"),          # AVMAEConfig's field type
-    ("model.widht=3", "model.widht"),
-    ("model.image={sizes: 3}", "model.image.sizes"),
-    ("model.preset=vit", "model.preset"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.max_stepz=3", "train.max_stepz"),
+        ("data.batch_size=abc", "data.batch_size"),
+        ("optim.lr=fast", "optim.lr"),
+        ("nosection.x=1", "nosection"),
+        ("train.precision=fp8", "train.precision"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("model.image_mask_ratio=1.5", "model.image_mask_ratio"),
+        ("optim.betas=[0.9]", "optim.betas"),
+        ("train.zero_stage=true", "train.zero_stage"),
+        ("model.fusion_arch=cross", "model.fusion_arch"),  # AVMAEConfig's own check
+        ("model.fusion_arch=3", "model.fusion_arch"),  # AVMAEConfig's field type
+        ("model.widht=3", "model.widht"),
+        ("model.image={sizes: 3}", "model.image.sizes"),
+        ("model.preset=vit", "model.preset"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(REPO / "configs" / "debug.yaml", [override])
@@ -68,16 +80,34 @@ def test_generated_deepspeed_config():
     """The vggsound recipe on 4 × 8 GPUs: 512 = 16 per GPU × 32 ranks × 1; on 8 GPUs: accumulation 4."""
     from pipeline.distributed import deepspeed_config
 
-    cfg = load_config(REPO / "configs" / "vggsound.yaml", ["data.batch_size=16", "train.precision=bf16"])
+    cfg = load_config(
+        REPO / "configs" / "vggsound.yaml", ["data.batch_size=16", "train.precision=bf16"]
+    )
     ds = deepspeed_config(cfg, world_size=32)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) \
-        == (16, 1, 512)
+    assert (
+        ds["train_micro_batch_size_per_gpu"],
+        ds["gradient_accumulation_steps"],
+        ds["train_batch_size"],
+    ) == (16, 1, 512)
     assert deepspeed_config(cfg, world_size=8)["gradient_accumulation_steps"] == 4
-    assert ds["torch_autocast"]["enabled"] and not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
-    assert ds["zero_optimization"]["stage"] == cfg.train.zero_stage and ds["gradient_clipping"] == 0.0
-    fp16 = deepspeed_config(load_config(REPO / "configs" / "vggsound.yaml",
-                                        ["data.batch_size=16", "train.precision=fp16", "optim.grad_clip=1.0"]), 32)
-    assert fp16["fp16"]["loss_scale"] == 0 and fp16["gradient_clipping"] == 1.0 and not fp16["bf16"]["enabled"]
+    assert (
+        ds["torch_autocast"]["enabled"] and not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    )
+    assert (
+        ds["zero_optimization"]["stage"] == cfg.train.zero_stage and ds["gradient_clipping"] == 0.0
+    )
+    fp16 = deepspeed_config(
+        load_config(
+            REPO / "configs" / "vggsound.yaml",
+            ["data.batch_size=16", "train.precision=fp16", "optim.grad_clip=1.0"],
+        ),
+        32,
+    )
+    assert (
+        fp16["fp16"]["loss_scale"] == 0
+        and fp16["gradient_clipping"] == 1.0
+        and not fp16["bf16"]["enabled"]
+    )
     with pytest.raises(ValueError, match="train.effective_batch_size: 512 is not a multiple"):
         deepspeed_config(cfg, world_size=3)
 
@@ -89,13 +119,19 @@ def test_model_section_is_a_preset_plus_avmae_config_fields():
     from model import AVMAEConfig, get_model_config
     from pipeline.trainer import build_model
 
-    for f in dataclasses.fields(AVMAEConfig):                  # a new field needs no pipeline edit
+    for f in dataclasses.fields(AVMAEConfig):  # a new field needs no pipeline edit
         assert f.name in to_dict(load_config(REPO / "configs" / "debug.yaml"))["model"]
-    cfg = load_config(REPO / "configs" / "debug.yaml",
-                      ["model.decoder_depth=2", "model.image_size=96", "model.image={mean: [0.5, 0.5, 0.5]}"])
+    cfg = load_config(
+        REPO / "configs" / "debug.yaml",
+        ["model.decoder_depth=2", "model.image_size=96", "model.image={mean: [0.5, 0.5, 0.5]}"],
+    )
     arch = cfg.model.architecture()
-    assert arch == get_model_config("debug", decoder_depth=2, image_size=96,
-                                    image=dataclasses.replace(arch.image, mean=(0.5, 0.5, 0.5)))
+    assert arch == get_model_config(
+        "debug",
+        decoder_depth=2,
+        image_size=96,
+        image=dataclasses.replace(arch.image, mean=(0.5, 0.5, 0.5)),
+    )
     assert arch.image.size == 96 and arch.image.std == get_model_config("debug").image.std
     dumped = to_dict(cfg)
     assert dumped["model"]["decoder_depth"] == 2 and dumped["model"]["preset"] == "debug"

@@ -1,4 +1,5 @@
 """The streaming loader with real worker processes: coverage, equal steps, resume, errors."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,20 @@ ALL_KEYS = {sample_key(i) for i in range(61)}
 BAD = {3: "meta", 10: "audio", 17: "image"}
 
 
-def make_loader(root, *, rank=0, world=2, workers=2, batch=4, seed=0, train=True, labels=False,
-                audio=DAF, **cfg):
+def make_loader(
+    root, *, rank=0, world=2, workers=2, batch=4, seed=0, train=True, labels=False, audio=DAF, **cfg
+):
     cfg = DataConfig(shards=str(root), batch_size=batch, workers=workers, shuffle_buffer=8, **cfg)
-    return build_loader(cfg, audio=audio, image=ImageSpec(size=32), rank=rank, world_size=world,
-                        seed=seed, train=train, labels=labels)
+    return build_loader(
+        cfg,
+        audio=audio,
+        image=ImageSpec(size=32),
+        rank=rank,
+        world_size=world,
+        seed=seed,
+        train=train,
+        labels=labels,
+    )
 
 
 def run_epoch(loader, epoch=0, limit=None) -> list[dict]:
@@ -79,7 +89,7 @@ def broken_shards(tmp_path_factory, shard_set):
     with tarfile.open(tar5) as tf:
         offset = next(m.offset for m in tf.getmembers() if m.name.startswith(sample_key(41)))
     data = bytearray(tar5.read_bytes())
-    data[offset:offset + 100] = b"x" * 100
+    data[offset : offset + 100] = b"x" * 100
     tar5.write_bytes(bytes(data))
     return dest
 
@@ -92,8 +102,10 @@ def test_two_ranks_two_workers_cover_the_epoch_once(shard_set, remainder):
         loader = make_loader(shard_set, rank=rank, remainder=remainder)
         batches = run_epoch(loader)
         assert len(batches) == len(loader) == (8 if remainder == "pad" else 7)
-        assert all(b["image"].shape == (4, 3, 32, 32) and b["audio"].shape == (4, 1, 128, 192)
-                   for b in batches)
+        assert all(
+            b["image"].shape == (4, 3, 32, 32) and b["audio"].shape == (4, 1, 128, 192)
+            for b in batches
+        )
         keys = Counter(keys_of(batches))
         assert sum(c - 1 for c in keys.values()) == loader.remainder["padded"]
         assert loader.error_counts() == {"shard": 0, "meta": 0, "audio": 0, "image": 0}
@@ -110,22 +122,25 @@ def test_epochs_differ_and_replay_identically(shard_set):
     second = run_epoch(make_loader(shard_set, rank=1), epoch=1)
     assert keys_of(first) != keys_of(second)
     assert_same_batches(run_epoch(make_loader(shard_set, rank=1), epoch=1), second)
-    assert not torch.equal(run_epoch(make_loader(shard_set, rank=1, seed=5), epoch=1)[0]["image"],
-                           second[0]["image"])
+    assert not torch.equal(
+        run_epoch(make_loader(shard_set, rank=1, seed=5), epoch=1)[0]["image"], second[0]["image"]
+    )
 
 
 @pytest.mark.multiproc
 @pytest.mark.parametrize("which,consumed", [("clean", 3), ("corrupt", 5)])
-def test_mid_epoch_resume_yields_exactly_the_remaining_batches(shard_set, corrupt_set, which, consumed):
+def test_mid_epoch_resume_yields_exactly_the_remaining_batches(
+    shard_set, corrupt_set, which, consumed
+):
     root = shard_set if which == "clean" else corrupt_set
     full = run_epoch(make_loader(root, rank=1), epoch=2)
     interrupted = make_loader(root, rank=1)
     assert_same_batches(run_epoch(interrupted, epoch=2, limit=consumed), full[:consumed])
-    state = json.loads(json.dumps(interrupted.state_dict()))        # as stored in a checkpoint
+    state = json.loads(json.dumps(interrupted.state_dict()))  # as stored in a checkpoint
     interrupted.close()
     resumed = make_loader(root, rank=1)
     resumed.load_state_dict(state)
-    resumed.set_epoch(2)                                 # same epoch: keeps the position
+    resumed.set_epoch(2)  # same epoch: keeps the position
     assert_same_batches(list(resumed), full[consumed:])
     assert resumed.state_dict()["batches"] == len(resumed)
 
@@ -137,7 +152,7 @@ def interrupted_epoch(root, world: int, consumed: int, states=None, workers=2, *
     for rank in range(world):
         loader = make_loader(root, rank=rank, world=world, workers=workers, **cfg)
         if states is not None:
-            loader.load_state_dict(json.loads(json.dumps(states)))   # as stored in a checkpoint
+            loader.load_state_dict(json.loads(json.dumps(states)))  # as stored in a checkpoint
         keys.update(keys_of(run_epoch(loader, epoch=1, limit=consumed)))
         loaders.append(loader)
     return keys, [loader.state_dict() for loader in loaders], loaders
@@ -145,22 +160,24 @@ def interrupted_epoch(root, world: int, consumed: int, states=None, workers=2, *
 
 @pytest.mark.multiproc
 @pytest.mark.parametrize("old,new", [(2, 1), (1, 3)])
-def test_resume_at_another_world_size_reads_exactly_the_unseen_samples(shard_set, corrupt_set, old, new):
+def test_resume_at_another_world_size_reads_exactly_the_unseen_samples(
+    shard_set, corrupt_set, old, new
+):
     for root, bad in ((shard_set, set()), (corrupt_set, {sample_key(i) for i in BAD})):
         before, states, first = interrupted_epoch(root, old, 3)
         after, _, loaders = interrupted_epoch(root, new, None, states, workers=1)
         assert set(before + after) == ALL_KEYS - bad
         assert not set(before) & set(after)
         errors = sum(sum(loader.error_counts().values()) for loader in first + loaders)
-        assert errors == len(bad)                     # each bad sample met (and counted) once
-        if not bad:                                   # repeats: only the pad of the new ranks
+        assert errors == len(bad)  # each bad sample met (and counted) once
+        if not bad:  # repeats: only the pad of the new ranks
             padded = sum(loader.remainder["padded"] for loader in loaders)
             assert sum((before + after).values()) - len(ALL_KEYS) == padded
-        for loader in loaders:                        # the trainer's count: the epoch is done
+        for loader in loaders:  # the trainer's count: the epoch is done
             assert loader.state_dict()["batches"] == len(loader) and loader.epoch == 1
         if not bad:
             loaders[0].set_epoch(2)
-            assert len(list(loaders[0])) == len(loaders[0])   # the next epoch is a full one
+            assert len(list(loaders[0])) == len(loaders[0])  # the next epoch is a full one
 
 
 @pytest.mark.multiproc
@@ -186,7 +203,7 @@ def test_corrupt_samples_are_skipped_counted_and_made_up(corrupt_set):
         loader = make_loader(corrupt_set, rank=rank)
         batches = run_epoch(loader)
         assert len(batches) == len(loader) and all(len(b["key"]) == 4 for b in batches)
-        assert all(b["image"].flatten(1).std(1).min() > 0 for b in batches)   # never blanks
+        assert all(b["image"].flatten(1).std(1).min() > 0 for b in batches)  # never blanks
         errors.update(loader.error_counts())
         refilled += loader.stats()["refilled"]
         seen.update(keys_of(batches))
@@ -206,8 +223,10 @@ def test_truncated_and_corrupt_shards_are_skipped_and_counted(broken_shards):
         assert counts["meta"] == counts["audio"] == counts["image"] == 0
         lost += counts["shard"]
         seen.update(keys_of(batches))
-        entries += [{sample_key(8 * s + i) for s, i in loader.plan.stream_positions(0, rank, m)}
-                    for m in range(2)]
+        entries += [
+            {sample_key(8 * s + i) for s, i in loader.plan.stream_positions(0, rank, m)}
+            for m in range(2)
+        ]
     missing = ALL_KEYS - set(seen)
     # a sample counts as read once the next one starts (webdataset grouping), so the one before
     # the garbled header is lost too
@@ -219,18 +238,21 @@ def test_truncated_and_corrupt_shards_are_skipped_and_counted(broken_shards):
 @pytest.mark.multiproc
 def test_error_rate_threshold_aborts_with_a_clear_message(broken_shards):
     loader = make_loader(broken_shards, rank=0, max_error_rate=0.01)
-    with pytest.raises(DataError, match=r"more than data.max_error_rate=0.01; last error: .*shard-00000[25].tar"):
+    with pytest.raises(
+        DataError, match=r"more than data.max_error_rate=0.01; last error: .*shard-00000[25].tar"
+    ):
         run_epoch(loader)
 
 
 def test_labels_and_evaluation_order(shard_set):
     loader = make_loader(shard_set, world=1, workers=0, batch=61, train=False, labels=True)
     (batch,) = run_epoch(loader)
-    assert batch["key"] == [sample_key(i) for i in range(61)]        # manifest order
+    assert batch["key"] == [sample_key(i) for i in range(61)]  # manifest order
     assert batch["label"].tolist() == [i % len(LABELS) for i in range(61)]
-    (again,) = run_epoch(make_loader(shard_set, world=1, workers=0, batch=61, train=False,
-                                     labels=True), epoch=3)
-    assert_same_batches([batch], [again])                 # no randomness in evaluation
+    (again,) = run_epoch(
+        make_loader(shard_set, world=1, workers=0, batch=61, train=False, labels=True), epoch=3
+    )
+    assert_same_batches([batch], [again])  # no randomness in evaluation
     unlabelled = run_epoch(make_loader(shard_set, world=1, workers=0, batch=61))[0]["label"]
     assert (unlabelled == -1).all()
 

@@ -1,4 +1,5 @@
 """The loader on shards built by ``avfusion shards build`` from real videos, and the bench CLI."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,22 +24,41 @@ from tests.pipeline.test_data_loader import keys_of, run_epoch
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))
 # 30 s (3 clips), 12.07 s (10 s + a 2.07-s partial clip), 11 s and 10.5 s: 7 samples
-VIDEOS = ("bbb_h264_aac16k_mono_426x240.mp4", "bbb_mpeg4_mp3_22k_mono_480x270.avi",
-          "bbb_h264_vorbis32k_512x288.mkv", "bbb_vp8_vorbis11k_mono_352x198_15fps.webm")
+VIDEOS = (
+    "bbb_h264_aac16k_mono_426x240.mp4",
+    "bbb_mpeg4_mp3_22k_mono_480x270.avi",
+    "bbb_h264_vorbis32k_512x288.mkv",
+    "bbb_vp8_vorbis11k_mono_352x198_15fps.webm",
+)
 DAF = FRONTENDS["deepavfusion"]
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 
 
 def avfusion(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, check=True,
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("built") / "shards"
-    avfusion("shards", "build", *(str(SHARED / "media" / "typical" / v) for v in VIDEOS),
-             "--out", str(out), "--samples-per-shard", "2", "--workers", "2")
+    avfusion(
+        "shards",
+        "build",
+        *(str(SHARED / "media" / "typical" / v) for v in VIDEOS),
+        "--out",
+        str(out),
+        "--samples-per-shard",
+        "2",
+        "--workers",
+        "2",
+    )
     return out
 
 
@@ -53,14 +73,22 @@ def stored(root: Path) -> dict[str, dict]:
                 if ext == "json":
                     samples.setdefault(key, {})["meta"] = json.loads(data)
                 elif ext == "mel.npy":
-                    samples.setdefault(key, {})["mel"] = torch.from_numpy(np.load(io.BytesIO(data))).float()
+                    samples.setdefault(key, {})["mel"] = torch.from_numpy(
+                        np.load(io.BytesIO(data))
+                    ).float()
     return samples
 
 
 def loader(root, rank=0, world=2, train=True, batch=2, workers=2):
-    return build_loader(DataConfig(shards=str(root), batch_size=batch, workers=workers),
-                        audio=DAF, image=ImageSpec(),
-                        rank=rank, world_size=world, seed=0, train=train)
+    return build_loader(
+        DataConfig(shards=str(root), batch_size=batch, workers=workers),
+        audio=DAF,
+        image=ImageSpec(),
+        rank=rank,
+        world_size=world,
+        seed=0,
+        train=train,
+    )
 
 
 def test_built_shards_stream_every_sample_once_per_epoch(built):
@@ -85,8 +113,8 @@ def test_built_shards_evaluation_windows(built):
         dur = meta["clip_seconds"]
         if dur >= 3.0:
             start = round((dur / 2 - 1.5) * 64)
-            assert torch.equal(audio[0], mel[:, start:start + 192])
-        else:                                            # the 2.07-s partial clip: padded
+            assert torch.equal(audio[0], mel[:, start : start + 192])
+        else:  # the 2.07-s partial clip: padded
             assert mel.shape[1] < 192
             assert torch.equal(audio[0], pad_frames(mel, 192, DAF))
     assert any(samples[k]["meta"]["clip_seconds"] < 3.0 for k in batch["key"])
@@ -96,8 +124,21 @@ def test_bench_ranks_report_disjoint_keys_covering_the_set(built, tmp_path):
     reports, keys = [], []
     for rank in range(2):
         out = tmp_path / f"keys{rank}.txt"
-        result = avfusion("data", "bench", str(built), "--world-size", "2", "--rank", str(rank),
-                          "--workers", "2", "--batch-size", "2", "--keys-out", str(out))
+        result = avfusion(
+            "data",
+            "bench",
+            str(built),
+            "--world-size",
+            "2",
+            "--rank",
+            str(rank),
+            "--workers",
+            "2",
+            "--batch-size",
+            "2",
+            "--keys-out",
+            str(out),
+        )
         (line,) = result.stdout.strip().splitlines()
         reports.append(json.loads(line))
         keys.append(out.read_text().split())

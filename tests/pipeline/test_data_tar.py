@@ -1,4 +1,5 @@
 """The shard tar reader groups exactly like webdataset and fails loudly on damage."""
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,10 @@ def webdataset_samples(data: bytes) -> list[dict]:
 
 
 def ours(data: bytes, wanted=lambda i: True, last=10**9) -> list[tuple[int, dict]]:
-    return [(i, {k: bytes(v) if k != "__key__" else v for k, v in s.items()})
-            for i, s in tar_samples(io.BytesIO(data), wanted, last)]
+    return [
+        (i, {k: bytes(v) if k != "__key__" else v for k, v in s.items()})
+        for i, s in tar_samples(io.BytesIO(data), wanted, last)
+    ]
 
 
 def make_tar(names: list[str], fmt=tarfile.PAX_FORMAT) -> bytes:
@@ -58,16 +61,16 @@ def test_damage_raises_corrupt_shard_after_the_intact_samples():
     data = make_tar(names)
     offsets = [m.offset for m in tarfile.open(fileobj=io.BytesIO(data)).getmembers()]
     garbled = bytearray(data)
-    garbled[offsets[4]:offsets[4] + 50] = b"\x01" * 50              # header of s2.json
+    garbled[offsets[4] : offsets[4] + 50] = b"\x01" * 50  # header of s2.json
     seen = []
     with pytest.raises(CorruptShard, match="checksum"):
         for i, _ in tar_samples(io.BytesIO(bytes(garbled)), lambda i: True, 99):
             seen.append(i)
-    assert seen == [0]                       # s1 is complete only once s2 starts: lost too
+    assert seen == [0]  # s1 is complete only once s2 starts: lost too
     with pytest.raises(CorruptShard, match="truncated"):
-        ours(data[: offsets[5] + 512 + 10])                          # inside s2.mel.npy's data
+        ours(data[: offsets[5] + 512 + 10])  # inside s2.mel.npy's data
     seen.clear()
-    with pytest.raises(CorruptShard, match="truncated"):            # no end-of-archive marker:
+    with pytest.raises(CorruptShard, match="truncated"):  # no end-of-archive marker:
         for i, _ in tar_samples(io.BytesIO(data[: offsets[4]]), lambda i: True, 99):
-            seen.append(i)                                          # s1 may be incomplete
+            seen.append(i)  # s1 may be incomplete
     assert seen == [0]

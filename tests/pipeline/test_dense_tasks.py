@@ -1,6 +1,7 @@
 """Dense evaluations end to end through the real entry point: rank sums equal one pass,
 the baselines are what an independent computation gives, a run killed with -9 resumes to the
 same result in the same MLflow run."""
+
 from __future__ import annotations
 
 import json
@@ -25,21 +26,71 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def dense_set(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dense")
-    subprocess.run([*AVFUSION, "synth", "--out", str(root / "videos"), "--videos", "6", "--seconds", "3",
-                    "--classes", "2", "--seed", "3", "--workers", "1", "--masks"],
-                   check=True, cwd=REPO, env=_env(), capture_output=True)
-    subprocess.run([*AVFUSION, "shards", "build", str(root / "videos" / "labels.csv"), "--out", str(root / "set"),
-                    "--clip-seconds", "3", "--frame-size", "64", "--samples-per-shard", "2", "--keep-waveform"],
-                   check=True, cwd=REPO, env=_env(), capture_output=True)
+    subprocess.run(
+        [
+            *AVFUSION,
+            "synth",
+            "--out",
+            str(root / "videos"),
+            "--videos",
+            "6",
+            "--seconds",
+            "3",
+            "--classes",
+            "2",
+            "--seed",
+            "3",
+            "--workers",
+            "1",
+            "--masks",
+        ],
+        check=True,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *AVFUSION,
+            "shards",
+            "build",
+            str(root / "videos" / "labels.csv"),
+            "--out",
+            str(root / "set"),
+            "--clip-seconds",
+            "3",
+            "--frame-size",
+            "64",
+            "--samples-per-shard",
+            "2",
+            "--keep-waveform",
+        ],
+        check=True,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+    )
     return root / "set"
 
 
 def _args(task: str, shards: Path, out: Path, **extra) -> list[str]:
-    base = {"encoder.init": "random", "encoder.checkpoint": "", "encoder.preset": "debug",
-            "data.train": shards, "data.test": shards, "data.batch_size": 4, "train.output_dir": out,
-            "tracking.enabled": "false", "train.log_every": 1}
+    base = {
+        "encoder.init": "random",
+        "encoder.checkpoint": "",
+        "encoder.preset": "debug",
+        "data.train": shards,
+        "data.test": shards,
+        "data.batch_size": 4,
+        "train.output_dir": out,
+        "tracking.enabled": "false",
+        "train.log_every": 1,
+    }
     base.update(extra)
-    return ["--config", str(REPO / "configs" / "eval" / f"debug_{task}.yaml"), *(f"{k}={v}" for k, v in base.items())]
+    return [
+        "--config",
+        str(REPO / "configs" / "eval" / f"debug_{task}.yaml"),
+        *(f"{k}={v}" for k, v in base.items()),
+    ]
 
 
 def _last_json(stdout: str) -> dict:
@@ -48,30 +99,47 @@ def _last_json(stdout: str) -> dict:
 
 
 def _run(cmd: list[str], timeout: float = 900) -> dict:
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return _last_json(proc.stdout)
 
 
 def _deepspeed(args: list[str]) -> list[str]:
-    return [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2", "--master_port",
-            str(free_port()), "--module", "pipeline.evaluate", *args]
+    return [
+        str(Path(sys.executable).with_name("deepspeed")),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "pipeline.evaluate",
+        *args,
+    ]
 
 
-def test_localization_two_ranks_equal_one_and_the_prior_is_scored_independently(dense_set, tmp_path):
+def test_localization_two_ranks_equal_one_and_the_prior_is_scored_independently(
+    dense_set, tmp_path
+):
     from model.presets import get_frontend
     from pipeline.eval.dense_data import DenseSpec, dense_items
     from pipeline.eval.dense_metrics import LocalizationMeter, centred_prior
 
-    free = {"localization.trained": "none"}                # training-free: no training noise
+    free = {"localization.trained": "none"}  # training-free: no training noise
     one = _run([*AVFUSION, "eval", *_args("localization", dense_set, tmp_path / "one", **free)])
     two = _run(_deepspeed(_args("localization", dense_set, tmp_path / "two", **free)))
-    assert one == two                                     # the 6 clips split 3 + 3, sums reduced
+    assert one == two  # the 6 clips split 3 + 3, sums reduced
     meter = LocalizationMeter()
-    for item in dense_items(str(dense_set), DenseSpec(64, get_frontend("deepavfusion"), masks=True)):
+    for item in dense_items(
+        str(dense_set), DenseSpec(64, get_frontend("deepavfusion"), masks=True)
+    ):
         meter.update(centred_prior(1, 64, 64, 0.25), item["mask"][None])
     want = meter.result()
-    assert (one["baseline_ciou"], one["baseline_auc"]) == (round(want["ciou"], 4), round(want["auc"], 4))
+    assert (one["baseline_ciou"], one["baseline_auc"]) == (
+        round(want["ciou"], 4),
+        round(want["auc"], 4),
+    )
 
 
 def test_avs_killed_with_sigkill_resumes_to_the_same_result(dense_set, tmp_path):
@@ -81,16 +149,27 @@ def test_avs_killed_with_sigkill_resumes_to_the_same_result(dense_set, tmp_path)
     extra = {"optim.epochs": 4, "optim.warmup_epochs": 1, "avs.oversample": 1, "data.batch_size": 2}
     reference = _run([*AVFUSION, "eval", *_args("avs", dense_set, tmp_path / "ref", **extra)])
     out = tmp_path / "killed"
-    args = _args("avs", dense_set, out, **extra, **{"tracking.enabled": "true", "tracking.uri": uri})
-    proc = subprocess.Popen([*AVFUSION, "eval", *args], cwd=REPO, env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = _args(
+        "avs", dense_set, out, **extra, **{"tracking.enabled": "true", "tracking.uri": uri}
+    )
+    proc = subprocess.Popen(
+        [*AVFUSION, "eval", *args],
+        cwd=REPO,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint, deadline = out / "dense-model.pt", time.time() + 900
     while not checkpoint.exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        assert proc.poll() is None and time.time() < deadline, (
+            "run ended before its first checkpoint"
+        )
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     import torch
+
     assert torch.load(checkpoint, weights_only=True)["epoch"] < 4, "killed after the last epoch"
     resumed = _run([*AVFUSION, "eval", *args])
     assert resumed == reference

@@ -1,5 +1,6 @@
 """Classification-evaluation arithmetic (REFERENCE.md §8): LARS, layer decay, mixup, bias init,
 losses, multi-clip averaging, metrics, label lists, evaluation views, chunked kNN."""
+
 from __future__ import annotations
 
 import math
@@ -37,22 +38,32 @@ def _classifier(frozen: bool, batchnorm: bool = True, classes: int = 5, bias=Non
 
 # -- optimisers ----------------------------------------------------------------------------------
 
+
 def test_lars_matches_a_hand_computation():
     w = torch.nn.Parameter(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
     b = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
     opt = LARS([w, b], lr=0.5, weight_decay=0.1, momentum=0.9, trust_coefficient=0.001)
-    ref_w, ref_b, mu_w, mu_b = w.detach().clone(), b.detach().clone(), torch.zeros(2, 2), torch.zeros(2)
-    for grad_w, grad_b in ((torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([0.5, 0.5])),
-                           (torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([-1.0, 2.0]))):
+    ref_w, ref_b, mu_w, mu_b = (
+        w.detach().clone(),
+        b.detach().clone(),
+        torch.zeros(2, 2),
+        torch.zeros(2),
+    )
+    for grad_w, grad_b in (
+        (torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([0.5, 0.5])),
+        (torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([-1.0, 2.0])),
+    ):
         w.grad, b.grad = grad_w.clone(), grad_b.clone()
         opt.step()
         # reference: decay and trust ratio for the matrix only, then momentum SGD
         g = grad_w + 0.1 * ref_w
-        ratio = 0.001 * math.sqrt(float((ref_w ** 2).sum())) / math.sqrt(float((g ** 2).sum()))
+        ratio = 0.001 * math.sqrt(float((ref_w**2).sum())) / math.sqrt(float((g**2).sum()))
         mu_w = 0.9 * mu_w + g * ratio
         mu_b = 0.9 * mu_b + grad_b
         ref_w, ref_b = ref_w - 0.5 * mu_w, ref_b - 0.5 * mu_b
-        assert torch.allclose(w.detach(), ref_w, atol=1e-7) and torch.allclose(b.detach(), ref_b, atol=1e-7)
+        assert torch.allclose(w.detach(), ref_w, atol=1e-7) and torch.allclose(
+            b.detach(), ref_b, atol=1e-7
+        )
 
 
 def test_lars_zero_weight_uses_unit_ratio():
@@ -66,7 +77,7 @@ def test_lars_zero_weight_uses_unit_ratio():
 def _expected_layer(name: str, depth: int) -> int:
     parts = name.split(".")
     if parts[0] != "encoder":
-        return depth + 1                                            # heads
+        return depth + 1  # heads
     if parts[1] == "fusion_tokens" or parts[2:3] in (["patch_embed"], ["pos_embed"]):
         return 0
     if parts[1] == "fusion_blocks":
@@ -87,7 +98,7 @@ def test_layer_decay_ids_and_groups_cover_every_parameter():
     groups = layer_decay_groups(model, depth, weight_decay=0.05, layer_decay=0.75)
     grouped = {id(p): g for g in groups for p in g["params"]}
     trainable = [(n, p) for n, p in names.items() if p.requires_grad]
-    assert len(grouped) == len(trainable)                           # each trainable tensor exactly once
+    assert len(grouped) == len(trainable)  # each trainable tensor exactly once
     for name, p in trainable:
         g = grouped[id(p)]
         assert g["lr_scale"] == pytest.approx(0.75 ** (depth + 1 - _expected_layer(name, depth)))
@@ -116,8 +127,9 @@ def test_bias_init_from_class_frequencies():
     freq = class_frequencies(manifest, "/data/train")
     assert freq.tolist() == pytest.approx([0.5, 0.25, 0.0])
     bias = frequency_bias(freq)
-    assert bias.tolist() == pytest.approx([math.log(0.501 / 0.501), math.log(0.251 / 0.751), math.log(0.001 / 1.001)],
-                                          rel=1e-5)
+    assert bias.tolist() == pytest.approx(
+        [math.log(0.501 / 0.501), math.log(0.251 / 0.751), math.log(0.001 / 1.001)], rel=1e-5
+    )
     model = _classifier(frozen=False, batchnorm=False, classes=3, bias=bias)
     assert all(torch.equal(h.bias.detach(), bias) for h in model.heads.values())
     with pytest.raises(EvalInputError, match="/data/train/manifest.json: no label_counts"):
@@ -126,14 +138,17 @@ def test_bias_init_from_class_frequencies():
 
 # -- mixup and losses ---------------------------------------------------------------------------
 
+
 def test_mixup_pairs_with_the_reversed_batch_per_sample_lambda():
     gen = torch.Generator().manual_seed(3)
     lam = mixup_lambdas(6, 1.0, gen)
     assert lam.shape == (6,) and ((lam > 0) & (lam < 1)).all() and len(set(lam.tolist())) == 6
-    assert torch.equal(lam, mixup_lambdas(6, 1.0, torch.Generator().manual_seed(3)))   # resume-reproducible
+    assert torch.equal(
+        lam, mixup_lambdas(6, 1.0, torch.Generator().manual_seed(3))
+    )  # resume-reproducible
     image, audio = torch.randn(6, 3, 4, 4), torch.randn(6, 1, 8, 8)
     target = soft_targets(torch.tensor([0, 1, 2, 0, 1, 2]), 3, False, 0.0)
-    for x in (image, audio, target):                                 # the same λ for every input
+    for x in (image, audio, target):  # the same λ for every input
         mixed = mix(x, lam)
         for i in range(6):
             assert torch.allclose(mixed[i], lam[i] * x[i] + (1 - lam[i]) * x[5 - i], atol=1e-6)
@@ -151,19 +166,26 @@ def test_class_frequency_division_is_the_release_factor():
     freq = torch.tensor([0.5, 0.25, 0.25, 0.0])
     logits, target = torch.randn(5, 4), soft_targets(torch.tensor([0, 1, 2, 0, 1]), 4, False, 0.1)
     plain = torch.sum(-target[:, :3] * F.log_softmax(logits[:, :3], -1), -1).mean()
-    assert _Loss(cfg, 4, False, freq)(logits, target) == pytest.approx(float(plain * (1 / freq[:3]).mean()))
+    assert _Loss(cfg, 4, False, freq)(logits, target) == pytest.approx(
+        float(plain * (1 / freq[:3]).mean())
+    )
     cfg.classification.class_freq_division = False
     full = torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
     assert _Loss(cfg, 4, False, None)(logits, target) == pytest.approx(float(full))
-    linear = EvalConfig(task="linear")                              # default: no division for the probe
+    linear = EvalConfig(task="linear")  # default: no division for the probe
     assert _Loss(linear, 4, False, None)(logits, target) == pytest.approx(float(full))
 
 
 # -- metrics and views --------------------------------------------------------------------------
 
+
 def test_multi_clip_scores_are_averaged_per_video():
     keys = ["a", "b", "a", "c", "b", "a"]
-    scores = {"all": torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [5.0, 5.0], [0.0, 4.0], [2.0, 3.0]])}
+    scores = {
+        "all": torch.tensor(
+            [[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [5.0, 5.0], [0.0, 4.0], [2.0, 3.0]]
+        )
+    }
     labels = torch.tensor([0, 1, 0, 1, 1, 0])
     k, avg, lab = M.average_views(keys, scores, labels)
     assert k == ["a", "b", "c"] and lab.tolist() == [0, 1, 1]
@@ -191,25 +213,41 @@ def test_confusion_matrix_and_reports(tmp_path):
     scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     labels = torch.tensor([0, 1, 1])
     assert M.confusion_matrix(scores, labels, 2).tolist() == [[1, 0], [1, 1]]
-    M.write_predictions(tmp_path / "p.jsonl", ["x", "y", "z"], scores, labels, ["cat", "dog"], 1, False)
+    M.write_predictions(
+        tmp_path / "p.jsonl", ["x", "y", "z"], scores, labels, ["cat", "dog"], 1, False
+    )
     first = (tmp_path / "p.jsonl").read_text().splitlines()[0]
     assert '"key": "x"' in first and '"label": "cat"' in first and '["cat", 0.6899' in first
-    png = M.save_confusion_figure(tmp_path / "c.png", M.confusion_matrix(scores, labels, 2), ["cat", "dog"])
+    png = M.save_confusion_figure(
+        tmp_path / "c.png", M.confusion_matrix(scores, labels, 2), ["cat", "dog"]
+    )
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_eval_views_spread_windows_and_frames():
     from model.presets import FRONTENDS, ImageSpec
 
-    times = [0.5 + i for i in range(10)]                            # 10-s clip, a frame per second
+    times = [0.5 + i for i in range(10)]  # 10-s clip, a frame per second
     default = Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), train=False)
-    assert default._eval_view("k", 10.0, times) == (5.0, 4, 0.0)    # centre window, nearest frame (tie → first)
-    centres = [Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), False, view=EvalView(k, 3))._eval_view(
-        "k", 10.0, times)[0] for k in range(3)]
+    assert default._eval_view("k", 10.0, times) == (
+        5.0,
+        4,
+        0.0,
+    )  # centre window, nearest frame (tie → first)
+    centres = [
+        Augment(
+            FRONTENDS["deepavfusion"], ImageSpec(size=64), False, view=EvalView(k, 3)
+        )._eval_view("k", 10.0, times)[0]
+        for k in range(3)
+    ]
     assert centres == [1.5, 5.0, 8.5]
-    frames = [Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), False, view=EvalView(0, 1, j, 3))._eval_view(
-        "k", 10.0, times)[1] for j in range(3)]
-    assert frames == [3, 5, 6]          # frames 3..6 lie inside [3.5, 6.5]: first, middle (rounded), last
+    frames = [
+        Augment(
+            FRONTENDS["deepavfusion"], ImageSpec(size=64), False, view=EvalView(0, 1, j, 3)
+        )._eval_view("k", 10.0, times)[1]
+        for j in range(3)
+    ]
+    assert frames == [3, 5, 6]  # frames 3..6 lie inside [3.5, 6.5]: first, middle (rounded), last
     vol = Augment(FRONTENDS["deepavfusion"], ImageSpec(size=64), False, view=EvalView(vol_db=2.0))
     gains = {vol._eval_view(k, 10.0, times)[2] for k in ("a", "b", "c")}
     assert len(gains) == 3 and all(-2 <= g <= 2 for g in gains)
@@ -217,6 +255,7 @@ def test_eval_views_spread_windows_and_frames():
 
 
 # -- labels and configs -------------------------------------------------------------------------
+
 
 def test_label_lists_single_and_multi():
     classes, multi = L.class_list(["dog", "cat;bird", None], None)
@@ -235,7 +274,9 @@ def test_label_lists_single_and_multi():
 def test_train_and_test_class_lists_must_agree():
     a = {"labels": ["a", "b", "c"]}
     assert check_label_sets(a, dict(a), "/tr", "/te") == (["a", "b", "c"], False)
-    with pytest.raises(EvalInputError, match=r"/te/manifest.json: class list differs .*class 1: 'b' .* 'x'"):
+    with pytest.raises(
+        EvalInputError, match=r"/te/manifest.json: class list differs .*class 1: 'b' .* 'x'"
+    ):
         check_label_sets(a, {"labels": ["a", "x", "c"]}, "/tr", "/te")
     with pytest.raises(EvalInputError, match=r"/tr/manifest.json: no 'labels'"):
         check_label_sets({}, a, "/tr", "/te")
@@ -244,9 +285,13 @@ def test_train_and_test_class_lists_must_agree():
 def test_eval_config_errors_name_the_key(tmp_path):
     base = ["data.train=/a", "data.test=/b", "encoder.checkpoint=/c"]
     assert load_eval_config(None, base).task == "linear"
-    for override, key in (("task=segment", "task"), ("encoder.init=zero", "encoder.init"),
-                          ("optim.layer_decay=2", "optim.layer_decay"), ("eval.clips=0", "eval.clips"),
-                          ("bogus.key=1", "bogus")):
+    for override, key in (
+        ("task=segment", "task"),
+        ("encoder.init=zero", "encoder.init"),
+        ("optim.layer_decay=2", "optim.layer_decay"),
+        ("eval.clips=0", "eval.clips"),
+        ("bogus.key=1", "bogus"),
+    ):
         with pytest.raises(ConfigError, match=key):
             load_eval_config(None, [*base, override])
     with pytest.raises(ConfigError, match="encoder.checkpoint: required"):
@@ -255,12 +300,15 @@ def test_eval_config_errors_name_the_key(tmp_path):
 
 # -- kNN probe at scale -------------------------------------------------------------------------
 
+
 def test_chunked_knn_equals_dense_and_max_samples_caps():
     gen = torch.Generator().manual_seed(0)
     n = 203
     labels = torch.randint(0, 5, (n,), generator=gen)
-    feats = {m: torch.randn(n, 16, generator=gen) + F.one_hot(labels, 16).float() * s
-             for m, s in (("image", 0.5), ("audio", 1.0), ("fusion", 2.0))}
+    feats = {
+        m: torch.randn(n, 16, generator=gen) + F.one_hot(labels, 16).float() * s
+        for m, s in (("image", 0.5), ("audio", 1.0), ("fusion", 2.0))
+    }
     feats.update(labels=labels, keys=[f"k{i}" for i in range(n)])
     dense = knn_top1(feats, chunk=n)
     assert knn_top1(feats, chunk=17) == dense
@@ -272,34 +320,64 @@ def test_chunked_knn_equals_dense_and_max_samples_caps():
 def test_eval_view_default_is_the_previous_eval_transform():
     rng = random.Random(0)
     times = sorted(rng.uniform(0, 10) for _ in range(7))
-    aug = Augment(__import__("model.presets", fromlist=["FRONTENDS"]).FRONTENDS["deepavfusion"],
-                  get_model_config("debug").image, train=False)
+    aug = Augment(
+        __import__("model.presets", fromlist=["FRONTENDS"]).FRONTENDS["deepavfusion"],
+        get_model_config("debug").image,
+        train=False,
+    )
     centre, frame, gain = aug._eval_view("key", 10.0, times)
     assert centre == 5.0 and gain == 0.0
     assert frame == min(range(len(times)), key=lambda i: abs(times[i] - 5.0))
 
 
-@pytest.mark.parametrize("name, lr, epochs, warmup, task, multi_loss", [
-    ("vggsound_linear", 1.2, 60, 10, "linear", "auto"), ("audioset_bal_linear", 0.6, 300, 20, "linear", "auto"),
-    ("vggsound_finetune", 6e-4, 100, 20, "finetune", "auto"),
-    ("audioset_bal_finetune", 6e-4, 200, 20, "finetune", "auto")])
+@pytest.mark.parametrize(
+    "name, lr, epochs, warmup, task, multi_loss",
+    [
+        ("vggsound_linear", 1.2, 60, 10, "linear", "auto"),
+        ("audioset_bal_linear", 0.6, 300, 20, "linear", "auto"),
+        ("vggsound_finetune", 6e-4, 100, 20, "finetune", "auto"),
+        ("audioset_bal_finetune", 6e-4, 200, 20, "finetune", "auto"),
+    ],
+)
 def test_release_configs_hold_the_published_recipes(name, lr, epochs, warmup, task, multi_loss):
     from tests.pipeline.helpers import REPO
 
     cfg = load_eval_config(REPO / "configs" / "eval" / f"{name}.yaml")
     eff = cfg.train.effective_batch_size
-    assert (cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.blr * eff / 256) == pytest.approx(lr)
+    assert (
+        cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.blr * eff / 256
+    ) == pytest.approx(lr)
     assert (cfg.task, cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.classification.loss) == (
-        task, epochs, warmup, multi_loss)
+        task,
+        epochs,
+        warmup,
+        multi_loss,
+    )
     if task == "finetune":
         c = cfg.classification
-        assert (eff, cfg.optim.betas, cfg.optim.weight_decay, cfg.optim.layer_decay, cfg.encoder.drop_path) == (
-            512, (0.9, 0.999), 0.05, 0.75, 0.2)
+        assert (
+            eff,
+            cfg.optim.betas,
+            cfg.optim.weight_decay,
+            cfg.optim.layer_decay,
+            cfg.encoder.drop_path,
+        ) == (512, (0.9, 0.999), 0.05, 0.75, 0.2)
         assert (c.mixup, c.label_smoothing, c.batchnorm, c.bias_init, c.class_freq_division) == (
-            1.0, 0.1, False, "class_freq", True)
+            1.0,
+            0.1,
+            False,
+            "class_freq",
+            True,
+        )
     else:
-        assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.trust_coefficient, cfg.optim.weight_decay,
-                cfg.train.precision, cfg.classification.batchnorm) == ("lars", 0.9, 0.001, 0.0, "fp32", True)
+        assert (
+            cfg.optim.name,
+            cfg.optim.momentum,
+            cfg.optim.trust_coefficient,
+            cfg.optim.weight_decay,
+            cfg.train.precision,
+            cfg.classification.batchnorm,
+        ) == ("lars", 0.9, 0.001, 0.0, "fp32", True)
 
 
 def test_debug_configs_load():

@@ -1,4 +1,5 @@
 """`avfusion export` never runs code from a checkpoint and refuses state dicts that fit no model."""
+
 from __future__ import annotations
 
 import os
@@ -32,15 +33,22 @@ def _tag_dir(tmp_path, states: dict):
 
 
 def _export(ckpt, out):
-    return subprocess.run([*AVFUSION, "export", str(ckpt), "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*AVFUSION, "export", str(ckpt), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     module = AVMAE(get_model_config("debug")).state_dict()
-    ckpt = _tag_dir(tmp_path, {"module": module, "config": {"model": {"preset": "debug"}},
-                               "evil": _Payload(str(marker))})
+    ckpt = _tag_dir(
+        tmp_path,
+        {"module": module, "config": {"model": {"preset": "debug"}}, "evil": _Payload(str(marker))},
+    )
     proc = _export(ckpt, tmp_path / "out.safetensors")
     assert proc.returncode != 0
     assert not marker.exists(), "unpickling the checkpoint ran code"
@@ -54,7 +62,9 @@ def test_empty_or_foreign_state_dict_is_refused(tmp_path):
     empty = _tag_dir(tmp_path / "a", {"module": {}, "config": {"model": {"preset": "debug"}}})
     proc = _export(empty, tmp_path / "a.safetensors")
     assert proc.returncode != 0 and "empty model state dict" in proc.stderr
-    foreign = _tag_dir(tmp_path / "b", {"module": {"w": torch.zeros(3)}, "config": {"model": {"preset": "debug"}}})
+    foreign = _tag_dir(
+        tmp_path / "b", {"module": {"w": torch.zeros(3)}, "config": {"model": {"preset": "debug"}}}
+    )
     proc = _export(foreign, tmp_path / "b.safetensors")
     assert proc.returncode != 0 and "does not match model preset 'debug'" in proc.stderr
     assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
@@ -66,15 +76,24 @@ def test_export_of_a_plain_state_dict_with_rng_state(tmp_path):
     import numpy as np
 
     module = AVMAE(get_model_config("debug")).state_dict()
-    ckpt = _tag_dir(tmp_path, {"module": module, "config": {"model": {"preset": "debug"}}, "step": 1,
-                               "rng": [{"numpy": np.random.get_state(), "torch": torch.get_rng_state()}]})
+    ckpt = _tag_dir(
+        tmp_path,
+        {
+            "module": module,
+            "config": {"model": {"preset": "debug"}},
+            "step": 1,
+            "rng": [{"numpy": np.random.get_state(), "torch": torch.get_rng_state()}],
+        },
+    )
     proc = _export(ckpt, tmp_path / "ok.safetensors")
     assert proc.returncode == 0, proc.stderr
     from safetensors.torch import load_file
 
     out = load_file(tmp_path / "ok.safetensors")
-    official = adapt_keys(module, "official")                         # exports carry official names
-    assert set(out) == set(official) and all(torch.equal(out[k], v.float()) for k, v in official.items())
+    official = adapt_keys(module, "official")  # exports carry official names
+    assert set(out) == set(official) and all(
+        torch.equal(out[k], v.float()) for k, v in official.items()
+    )
 
 
 def test_unwritable_destination_is_one_line(tmp_path):
@@ -85,5 +104,3 @@ def test_unwritable_destination_is_one_line(tmp_path):
     proc = _export(ckpt, blocker / "sub" / "out.safetensors")
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
-
-

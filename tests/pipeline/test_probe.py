@@ -1,4 +1,5 @@
 """kNN probe arithmetic (REFERENCE.md §7.4): second-best neighbour, "all" = summed similarities."""
+
 import torch
 
 from pipeline.probe import knn_top1, merge_features
@@ -6,9 +7,13 @@ from pipeline.probe import knn_top1, merge_features
 
 def _feats(image, audio, fusion, labels, keys=None):
     n = len(labels)
-    return {"image": torch.tensor(image, dtype=torch.float32), "audio": torch.tensor(audio, dtype=torch.float32),
-            "fusion": torch.tensor(fusion, dtype=torch.float32), "labels": torch.tensor(labels),
-            "keys": keys or [f"k{i}" for i in range(n)]}
+    return {
+        "image": torch.tensor(image, dtype=torch.float32),
+        "audio": torch.tensor(audio, dtype=torch.float32),
+        "fusion": torch.tensor(fusion, dtype=torch.float32),
+        "labels": torch.tensor(labels),
+        "keys": keys or [f"k{i}" for i in range(n)],
+    }
 
 
 def test_knn_second_neighbour_rule():
@@ -29,7 +34,9 @@ def test_knn_second_neighbour_rule():
 
 def test_merge_drops_padding_duplicates():
     a = _feats([[1, 0], [0, 1]], [[1, 0], [0, 1]], [[1, 0], [0, 1]], [0, 1], ["x", "y"])
-    b = _feats([[0, 1], [1, 0]], [[0, 1], [1, 0]], [[0, 1], [1, 0]], [1, 0], ["z", "x"])  # "x" repeated
+    b = _feats(
+        [[0, 1], [1, 0]], [[0, 1], [1, 0]], [[0, 1], [1, 0]], [1, 0], ["z", "x"]
+    )  # "x" repeated
     merged = merge_features([a, b])
     assert merged["keys"] == ["x", "y", "z"]
     assert merged["labels"].tolist() == [0, 1, 1]
@@ -40,6 +47,7 @@ def test_unknown_weights_name_the_preset_flag(tmp_path, capsys):
     from safetensors.torch import save_file
 
     from pipeline.cli import main
+
     save_file({"stray.weight": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
     assert main(["probe", str(tmp_path / "w.safetensors"), "--shards", str(tmp_path)]) == 2
     err = capsys.readouterr().err.splitlines()

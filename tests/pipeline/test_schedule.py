@@ -1,4 +1,5 @@
 """LR schedule (warm-up + cosine to 0, tower ramp) and AdamW groups — REFERENCE.md §7.2–7.3."""
+
 import math
 
 import pytest
@@ -19,8 +20,8 @@ def test_warmup_cosine_and_ramp_values():
     assert s.base(0.0) == 0.0
     assert s.base(20.0) == pytest.approx(1.5e-4)
     assert s.base(40.0) == pytest.approx(3.0e-4)
-    assert s.base(120.0) == pytest.approx(1.5e-4)           # half-way through the cosine
-    assert s.base(200.0) == 0.0                               # min_lr ignored: exactly 0
+    assert s.base(120.0) == pytest.approx(1.5e-4)  # half-way through the cosine
+    assert s.base(200.0) == 0.0  # min_lr ignored: exactly 0
     assert s.ramp(0.0) == 0.0 and s.ramp(50.0) == pytest.approx(0.5)
     assert s.ramp(100.0) == 1.0 and s.ramp(150.0) == 1.0
     assert s.ramp(25.0) == pytest.approx(0.5 - 0.5 * math.cos(math.pi / 4))
@@ -63,8 +64,9 @@ def test_every_parameter_gets_the_recipes_weight_decay():
 
     model = AVMAE(get_model_config("debug"))
     towers = model.tower_parameter_names()
-    opt = build_optimizer(model, OptimConfig(weight_decay=0.05), {"image": towers["image"]}, 1e-3,
-                          torch.device("cpu"))
+    opt = build_optimizer(
+        model, OptimConfig(weight_decay=0.05), {"image": towers["image"]}, 1e-3, torch.device("cpu")
+    )
     decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert len(decay_of) == len(trainable) == sum(len(g["params"]) for g in opt.param_groups)

@@ -1,5 +1,6 @@
 """Mix-and-separate signal path: exact mixtures, the stored features' log-mel, and the inverse
 path that turns an ideal mel mask back into the source."""
+
 from __future__ import annotations
 
 import math
@@ -40,17 +41,17 @@ def test_mixture_is_the_exact_sum_and_its_mel_comes_from_the_mixed_waveform():
 def test_log_mel_matches_the_stored_features():
     a, _ = _tones()
     stored = torch.from_numpy(stored_log_mel(a[0].numpy(), FE).astype(np.float32))
-    assert torch.allclose(log_mel(a, FE)[0], stored, atol=2e-2)    # stored as float16
+    assert torch.allclose(log_mel(a, FE)[0], stored, atol=2e-2)  # stored as float16
 
 
 def test_ideal_mel_mask_reconstructs_the_source():
     a, b = _tones()
     m = mix(a, b)
     s_a, s_b = 10 ** log_mel(a, FE), 10 ** log_mel(b, FE)
-    ideal = s_a / (s_a + s_b)                                    # ideal ratio mask in the mel domain
-    est = separate(ideal[..., :FE.window_frames], m, FE)         # the model's 192 frames, padded back
+    ideal = s_a / (s_a + s_b)  # ideal ratio mask in the mel domain
+    est = separate(ideal[..., : FE.window_frames], m, FE)  # the model's 192 frames, padded back
     assert est.shape == a.shape
-    assert _snr_db(a, m) < 1.0                                   # the mixture is no estimate of a
+    assert _snr_db(a, m) < 1.0  # the mixture is no estimate of a
     assert _snr_db(a, est) > 15.0
 
 
@@ -60,6 +61,6 @@ def test_ratio_target_is_half_where_the_source_dominates_and_zero_where_it_is_ab
     target, weight = ratio_target(la, log_mel(mix(a, b), FE))
     assert 0 <= float(target.min()) and float(target.max()) <= 1
     assert 1e-3 <= float(weight.min()) and float(weight.max()) <= 10
-    own, other = la > lb + 2, lb > la + 2                      # 100× more power in the bin
-    assert float(target[own].median()) == pytest.approx(0.5, abs=0.02)      # S / (S + S_mix), S_mix ≈ S
+    own, other = la > lb + 2, lb > la + 2  # 100× more power in the bin
+    assert float(target[own].median()) == pytest.approx(0.5, abs=0.02)  # S / (S + S_mix), S_mix ≈ S
     assert float(target[other].median()) < 0.01

@@ -1,4 +1,5 @@
 """MLflow tracking: the journal, and a server that is down when the run starts (real `mlflow server`)."""
+
 import logging
 
 import pytest
@@ -9,7 +10,11 @@ from tests.pipeline.helpers import free_port, start_mlflow_server, stop
 
 
 def test_flatten():
-    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {
+        "a.b": "1",
+        "a.c": "[1, 2]",
+        "d": "None",
+    }
 
 
 def test_journal_keeps_later_records_and_survives_a_cut_line(tmp_path):
@@ -23,8 +28,10 @@ def test_journal_keeps_later_records_and_survives_a_cut_line(tmp_path):
         f.write('{"metric": ["m", 9.0, 10')  # a crash in the middle of a line
     again = Pending(path)
     assert again.run == {"uri": "u", "experiment": "e", "run_name": "r", "run_id": None}
-    assert again.records() == [*({"metric": ["m", float(i), 1000 + i, i]} for i in range(2, 5)),
-                               {"status": "FINISHED"}]
+    assert again.records() == [
+        *({"metric": ["m", float(i), 1000 + i, i]} for i in range(2, 5)),
+        {"status": "FINISHED"},
+    ]
     assert again.summary() == "3 metric values"
     again.set_run({**again.run, "run_id": "abc"})
     assert Pending(path).run["run_id"] == "abc"
@@ -51,21 +58,28 @@ def test_server_down_at_start_then_resume_backfills_the_same_run(tmp_path, caplo
         first.log_metrics({"train/loss": 10.0 - step}, step=step)
     first.log_artifact(out / "a.txt")
     first.close("FAILED")
-    assert first.run_id is None                      # nothing reached a server
+    assert first.run_id is None  # nothing reached a server
     warnings = [r.getMessage() for r in caplog.records if "did not take" in r.getMessage()]
     assert len(warnings) == 1 and "3 metric values, 1 param sets, 1 artifacts" in warnings[0]
     assert str(out / PENDING_FILE) in warnings[0] and f"avfusion runs sync {out}" in warnings[0]
     server = start_mlflow_server(tmp_path, port)
     try:
         resumed = Tracker(uri, "outage", "r1", run_id=None, system_metrics=False, output_dir=out)
-        resumed.log_params({"model": {"preset": "changed"}})  # a resumed run keeps its original params
+        resumed.log_params(
+            {"model": {"preset": "changed"}}
+        )  # a resumed run keeps its original params
         resumed.log_metrics({"train/loss": 5.0}, step=4)
         resumed.close()
         client = MlflowClient(uri)
         (run,) = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
         assert run.info.run_id == resumed.run_id
         history = client.get_metric_history(resumed.run_id, "train/loss")
-        assert sorted((m.step, m.value) for m in history) == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 5.0)]
+        assert sorted((m.step, m.value) for m in history) == [
+            (1, 9.0),
+            (2, 8.0),
+            (3, 7.0),
+            (4, 5.0),
+        ]
         assert run.data.params == {"model.preset": "debug"}
         assert run.info.status == "FINISHED"
         assert [a.path for a in client.list_artifacts(resumed.run_id)] == ["a.txt"]

@@ -1,5 +1,6 @@
 """Tracking faults with real processes: a `mlflow server` killed, restarted, SIGSTOPped and SIGCONTed
 under a live Tracker and under `avfusion train`; `avfusion runs sync` and `runs compare` as a user runs them."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 def avfusion(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([*AVFUSION, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*AVFUSION, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def history(uri: str, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
@@ -56,12 +59,18 @@ def test_midrun_outage_is_recovered_before_close(tmp_path):
     try:
         for step in range(1, 4):
             tracker.log_metrics({"train/loss": float(step)}, step=step)
-        wait_for(lambda: len(history(uri, tracker.run_id)) == 3 if tracker.run_id else None, 60, "steps 1-3")
+        wait_for(
+            lambda: len(history(uri, tracker.run_id)) == 3 if tracker.run_id else None,
+            60,
+            "steps 1-3",
+        )
         run_id = tracker.run_id
         stop(proc)
         for step in range(4, 7):
             tracker.log_metrics({"train/loss": float(step)}, step=step)
-        wait_for(lambda: (tmp_path / "out" / PENDING_FILE).exists(), 60, "the journal of the outage")
+        wait_for(
+            lambda: (tmp_path / "out" / PENDING_FILE).exists(), 60, "the journal of the outage"
+        )
         proc = start_mlflow_server(tmp_path, port)  # same store, same port
         tracker.log_metrics({"train/loss": 7.0}, step=7)
         wait_for(lambda: len(history(uri, run_id)) == 7, 120, "all steps after the restart")
@@ -111,14 +120,19 @@ def test_runs_sync_creates_the_run_and_backfills(server, tmp_path):
     t0 = time.monotonic()
     failed = avfusion("runs", "sync", str(tmp_path))
     assert failed.returncode == 2 and time.monotonic() - t0 < 60
-    assert failed.stderr.strip().count("\n") == 0 and failed.stderr.startswith("error: tracking sync of")
+    assert failed.stderr.strip().count("\n") == 0 and failed.stderr.startswith(
+        "error: tracking sync of"
+    )
     assert (tmp_path / PENDING_FILE).read_text() == journal  # nothing lost, nothing changed
 
     done = avfusion("runs", "sync", str(tmp_path), "--uri", uri)
     assert done.returncode == 0, done.stderr
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("synced").experiment_id])
-    assert done.stdout.strip() == f"sent 5 metric values, 1 param sets to run {run.info.run_id} at {uri}"
+    assert (
+        done.stdout.strip()
+        == f"sent 5 metric values, 1 param sets to run {run.info.run_id} at {uri}"
+    )
     assert run.info.run_name == "offline" and run.info.status == "FINISHED"
     assert run.data.params == {"optim.lr": "0.5"}
     assert history(uri, run.info.run_id) == [(s, 1.0 / s) for s in range(1, 6)]
@@ -148,7 +162,7 @@ def test_runs_compare_shows_differing_params_and_final_metrics(server):
     table = {r[0]: r[1:] for r in rows[1:]}
     assert table["status"] == ["FINISHED", "FINISHED"]
     assert table["optim.lr"] == ["0.01", "0.001"]
-    assert "model.preset" not in table          # equal in both runs: not a difference
+    assert "model.preset" not in table  # equal in both runs: not a difference
     assert table["train/loss"] == ["0.5", "1.235"]  # the last logged value, 4 significant digits
     assert table["probe/knn_top1"] == ["-", "-"]
 
@@ -156,9 +170,14 @@ def test_runs_compare_shows_differing_params_and_final_metrics(server):
 def test_runs_compare_against_a_dead_server_fails_in_one_line():
     t0 = time.monotonic()
     out = avfusion("runs", "compare", "--uri", f"http://127.0.0.1:{free_port()}")
-    assert out.returncode == 2 and time.monotonic() - t0 < 60  # mlflow's default retries take minutes
+    assert (
+        out.returncode == 2 and time.monotonic() - t0 < 60
+    )  # mlflow's default retries take minutes
     assert out.stdout == "" and out.stderr.count("\n") == 1
-    assert out.stderr.startswith("error: MLflow at http://127.0.0.1:") and "Connection refused" in out.stderr
+    assert (
+        out.stderr.startswith("error: MLflow at http://127.0.0.1:")
+        and "Connection refused" in out.stderr
+    )
 
 
 def test_train_with_a_server_stopped_midrun(server, shard_set, tmp_path):
@@ -168,12 +187,26 @@ def test_train_with_a_server_stopped_midrun(server, shard_set, tmp_path):
 
     uri, server_proc = server
     out = tmp_path / "run"
-    args = [f"data.shards={shard_set}", "probe.shards=null", f"train.output_dir={out}", f"tracking.uri={uri}",
-            "tracking.run_name=stopped", "tracking.experiment=faults", "train.max_steps=40", "train.log_every=1",
-            "data.batch_size=4"]
+    args = [
+        f"data.shards={shard_set}",
+        "probe.shards=null",
+        f"train.output_dir={out}",
+        f"tracking.uri={uri}",
+        "tracking.run_name=stopped",
+        "tracking.experiment=faults",
+        "train.max_steps=40",
+        "train.log_every=1",
+        "data.batch_size=4",
+    ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    train = subprocess.Popen([*AVFUSION, "train", "--config", str(REPO / "configs" / "debug.yaml"), *args],
-                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    train = subprocess.Popen(
+        [*AVFUSION, "train", "--config", str(REPO / "configs" / "debug.yaml"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: logged_steps(out) >= 3, 600, "step 3")
         os.killpg(server_proc.pid, signal.SIGSTOP)
@@ -187,7 +220,9 @@ def test_train_with_a_server_stopped_midrun(server, shard_set, tmp_path):
         assert avfusion("runs", "sync", str(out)).returncode == 0
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
-    expected = {rec["step"]: rec["train/loss"] for rec in map(json.loads, (out / "metrics.jsonl").open())}
+    expected = {
+        rec["step"]: rec["train/loss"] for rec in map(json.loads, (out / "metrics.jsonl").open())
+    }
     assert sorted(expected) == list(range(1, 41))
     assert history(uri, run.info.run_id) == sorted(expected.items())
     assert client.get_run(run.info.run_id).info.status == "FINISHED"

@@ -3,6 +3,7 @@
 One uninterrupted 2-rank ZeRO-2 run, tracked by a real `mlflow server`, is the reference: ZeRO-3,
 a simulated 2-node launch and a `kill -9` + resume must reproduce its per-step losses.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,17 +32,34 @@ def env() -> dict:
 
 
 def overrides(shards: Path, out: Path, uri: str, **extra) -> list[str]:
-    base = {"data.shards": shards, "probe.shards": shards, "train.output_dir": out, "tracking.uri": uri,
-            "data.batch_size": 4, "data.workers": 1, "train.log_every": 1, "train.max_steps": STEPS,
-            "train.save_every_steps": 4, "probe.every_epochs": 2, "tracking.system_metrics": "false"}
+    base = {
+        "data.shards": shards,
+        "probe.shards": shards,
+        "train.output_dir": out,
+        "tracking.uri": uri,
+        "data.batch_size": 4,
+        "data.workers": 1,
+        "train.log_every": 1,
+        "train.max_steps": STEPS,
+        "train.save_every_steps": 4,
+        "probe.every_epochs": 2,
+        "tracking.system_metrics": "false",
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
 
 def deepspeed_cmd(args: list[str], *launcher: str) -> list[str]:
     launcher = launcher or ("--num_gpus", "2", "--master_port", str(free_port()))
-    return [str(Path(sys.executable).with_name("deepspeed")), *launcher, "--module", "pipeline.train",
-            "--config", str(REPO / "configs" / "debug.yaml"), *args]
+    return [
+        str(Path(sys.executable).with_name("deepspeed")),
+        *launcher,
+        "--module",
+        "pipeline.train",
+        "--config",
+        str(REPO / "configs" / "debug.yaml"),
+        *args,
+    ]
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -77,8 +95,16 @@ def mlflow_uri(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(train_shards, mlflow_uri, tmp_path_factory):
     out = tmp_path_factory.mktemp("zero2")
-    run(deepspeed_cmd(overrides(train_shards, out, mlflow_uri,
-                                **{"tracking.run_name": "reference", "train.keep_last": 10})))
+    run(
+        deepspeed_cmd(
+            overrides(
+                train_shards,
+                out,
+                mlflow_uri,
+                **{"tracking.run_name": "reference", "train.keep_last": 10},
+            )
+        )
+    )
     return out
 
 
@@ -97,10 +123,17 @@ def test_reference_run_learns_and_is_tracked(reference, mlflow_uri):
     assert run_.data.params["model.preset"] == "debug"
     assert run_.data.params["derived.world_size"] == "2"
     history = client.get_metric_history(run_.info.run_id, "train/loss")
-    assert sorted((m.step, round(m.value, 6)) for m in history) == \
-        sorted((s, round(v, 6)) for s, v in curve.items())
-    for key in ("train/loss_image", "train/loss_audio", "train/lr", "train/samples_per_s", "data/errors",
-                "probe/knn_top1"):
+    assert sorted((m.step, round(m.value, 6)) for m in history) == sorted(
+        (s, round(v, 6)) for s, v in curve.items()
+    )
+    for key in (
+        "train/loss_image",
+        "train/loss_audio",
+        "train/lr",
+        "train/samples_per_s",
+        "data/errors",
+        "probe/knn_top1",
+    ):
         assert key in run_.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
     assert {"config.yaml", "manifest.json", "reconstructions"} <= artifacts
@@ -118,8 +151,10 @@ def test_loss_curve_is_pinned(reference):
     if os.environ.get("AVFUSION_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(curve, indent=1) + "\n")
     if not GOLDEN.exists():
-        pytest.fail(f"{GOLDEN} is missing; regenerate it with:\n  AVFUSION_UPDATE_GOLDEN=1 python -m pytest "
-                    f"{Path(__file__).relative_to(REPO)}::test_loss_curve_is_pinned")
+        pytest.fail(
+            f"{GOLDEN} is missing; regenerate it with:\n  AVFUSION_UPDATE_GOLDEN=1 python -m pytest "
+            f"{Path(__file__).relative_to(REPO)}::test_loss_curve_is_pinned"
+        )
     golden = json.loads(GOLDEN.read_text())
     assert golden.keys() == curve.keys()
     for step, value in golden.items():
@@ -133,15 +168,24 @@ def test_zero3_matches_zero2_and_exports(reference, train_shards, mlflow_uri, tm
     from pipeline.export import export
 
     out = tmp_path / "zero3"
-    run(deepspeed_cmd(overrides(train_shards, out, mlflow_uri, **{"train.zero_stage": 3,
-                                                                   "train.max_steps": 4})))
+    run(
+        deepspeed_cmd(
+            overrides(
+                train_shards, out, mlflow_uri, **{"train.zero_stage": 3, "train.max_steps": 4}
+            )
+        )
+    )
     ref, got = losses(reference), losses(out)
     for step in range(1, 5):
         assert got[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-5), step
     # export → strict official load; ZeRO-3 partitions merge to the same weights as ZeRO-2's
     zero3 = load_file(export(out / "checkpoints", tmp_path / "zero3.safetensors"))
-    zero2 = load_file(export(reference / "checkpoints", tmp_path / "zero2.safetensors", tag="step00000004"))
-    official = official_state_dict(load_official(str(tmp_path / "zero3.safetensors"), preset="debug"))
+    zero2 = load_file(
+        export(reference / "checkpoints", tmp_path / "zero2.safetensors", tag="step00000004")
+    )
+    official = official_state_dict(
+        load_official(str(tmp_path / "zero3.safetensors"), preset="debug")
+    )
     assert set(zero3) == set(zero2) == set(official)
     for key, value in zero3.items():
         torch.testing.assert_close(value, zero2[key], rtol=1e-4, atol=1e-5, msg=key)
@@ -155,11 +199,28 @@ def test_two_nodes_on_localhost_match_one_node(reference, train_shards, mlflow_u
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     port = str(free_port())
     args = overrides(train_shards, out, mlflow_uri, **{"train.max_steps": 4})
-    procs = [subprocess.Popen(
-        deepspeed_cmd(args, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank),
-                      "--master_addr", "127.0.0.1", "--master_port", port),
-        cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            deepspeed_cmd(
+                args,
+                "--hostfile",
+                str(hostfile),
+                "--no_ssh",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+            ),
+            cwd=REPO,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(x[-3000:] for x in logs)
     ref, got = losses(reference), losses(out)
@@ -172,13 +233,23 @@ def test_kill9_then_resume_continues_the_curve(reference, train_shards, mlflow_u
 
     out = tmp_path / "killed"
     # The killed run has no step limit (the schedule does not depend on it) and dies mid-run.
-    args = overrides(train_shards, out, mlflow_uri, **{"train.max_steps": 1000, "tracking.run_name": "killed"})
-    proc = subprocess.Popen(deepspeed_cmd(args), cwd=REPO, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = overrides(
+        train_shards, out, mlflow_uri, **{"train.max_steps": 1000, "tracking.run_name": "killed"}
+    )
+    proc = subprocess.Popen(
+        deepspeed_cmd(args),
+        cwd=REPO,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = out / "checkpoints" / "latest"
     deadline = time.time() + 600
     while not (latest.exists() and latest.read_text().strip() == "step00000004"):
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        assert proc.poll() is None and time.time() < deadline, (
+            "run ended before its first checkpoint"
+        )
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -189,7 +260,10 @@ def test_kill9_then_resume_continues_the_curve(reference, train_shards, mlflow_u
     for step in range(5, STEPS + 1):
         assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
     # retention: keep_last=2 of the saves at steps 3, 4, 6 (epoch ends, every 4) and 8
-    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000006", "step00000008"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == [
+        "step00000006",
+        "step00000008",
+    ]
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("avfusion-demo")
     runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'killed'")
@@ -200,18 +274,49 @@ def test_kill9_then_resume_continues_the_curve(reference, train_shards, mlflow_u
 
 def test_nan_loss_names_step_and_batch(train_shards, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs" / "debug.yaml"),
-         *overrides(train_shards, tmp_path / "nan", f"sqlite:///{tmp_path}/mlruns.db",
-                    **{"optim.lr": 1e30, "optim.warmup_epochs": 0})],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            "--config",
+            str(REPO / "configs" / "debug.yaml"),
+            *overrides(
+                train_shards,
+                tmp_path / "nan",
+                f"sqlite:///{tmp_path}/mlruns.db",
+                **{"optim.lr": 1e30, "optim.warmup_epochs": 0},
+            ),
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0
-    assert "non-finite loss" in proc.stderr and "at step" in proc.stderr and "batch keys: [" in proc.stderr
+    assert (
+        "non-finite loss" in proc.stderr
+        and "at step" in proc.stderr
+        and "batch keys: [" in proc.stderr
+    )
 
 
 def test_bad_config_key_is_named(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs" / "debug.yaml"),
-         "train.zero_stagee=2"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            "--config",
+            str(REPO / "configs" / "debug.yaml"),
+            "train.zero_stagee=2",
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "train.zero_stagee: unknown key" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -221,11 +326,24 @@ def test_probe_command_matches_the_trainers_probe(reference, train_shards, tmp_p
     """`avfusion export` + `avfusion probe` on the step-6 weights reproduce the in-training kNN."""
     from tests.pipeline.helpers import AVFUSION
 
-    logged = {json.loads(line)["step"]: json.loads(line)["probe"]
-              for line in (reference / "metrics.jsonl").read_text().splitlines() if '"probe"' in line}
+    logged = {
+        json.loads(line)["step"]: json.loads(line)["probe"]
+        for line in (reference / "metrics.jsonl").read_text().splitlines()
+        if '"probe"' in line
+    }
     assert set(logged) == {3, 6}  # after epoch 1 and epoch 2 (probe.every_epochs=2)
     weights = tmp_path / "step6.safetensors"
-    run([*AVFUSION, "export", str(reference / "checkpoints"), "--tag", "step00000006", "--out", str(weights)])
+    run(
+        [
+            *AVFUSION,
+            "export",
+            str(reference / "checkpoints"),
+            "--tag",
+            "step00000006",
+            "--out",
+            str(weights),
+        ]
+    )
     proc = run([*AVFUSION, "probe", str(weights), "--shards", str(train_shards), "--workers", "1"])
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["samples"] == 24
@@ -237,16 +355,42 @@ def test_probe_command_matches_the_trainers_probe(reference, train_shards, tmp_p
 def test_universal_checkpoint_resumes_at_another_world_size(reference, train_shards, tmp_path):
     """The documented path (docs/RECIPES.md): 2-rank ZeRO-2 step 8 → universal → 1 rank."""
     universal = tmp_path / "universal"
-    run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-         str(reference / "checkpoints" / "step00000008"), "--output_folder",
-         str(universal / "step00000008_universal"), "--inject_missing_state"])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(reference / "checkpoints" / "step00000008"),
+            "--output_folder",
+            str(universal / "step00000008_universal"),
+            "--inject_missing_state",
+        ]
+    )
     (universal / "latest").write_text("step00000008_universal")
     out = tmp_path / "one_rank"
-    run([sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs" / "debug.yaml"),
-         *overrides(train_shards, out, f"sqlite:///{tmp_path}/mlruns.db",
-                    **{"train.resume": universal, "train.load_universal": "true", "train.max_steps": 10,
-                       "train.effective_batch_size": 8, "probe.shards": "null",
-                       "tracking.enabled": "false"})])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            "--config",
+            str(REPO / "configs" / "debug.yaml"),
+            *overrides(
+                train_shards,
+                out,
+                f"sqlite:///{tmp_path}/mlruns.db",
+                **{
+                    "train.resume": universal,
+                    "train.load_universal": "true",
+                    "train.max_steps": 10,
+                    "train.effective_batch_size": 8,
+                    "probe.shards": "null",
+                    "tracking.enabled": "false",
+                },
+            ),
+        ]
+    )
     assert not (tmp_path / "mlruns.db").exists()  # tracking off: no MLflow store at all
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [9, 10]
@@ -260,10 +404,30 @@ def test_unwritable_output_dir_fails_before_the_engine(train_shards, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs" / "debug.yaml"),
-         *overrides(train_shards, blocker / "run", "sqlite:///unused.db", **{"tracking.enabled": "false"})],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            "--config",
+            str(REPO / "configs" / "debug.yaml"),
+            *overrides(
+                train_shards,
+                blocker / "run",
+                "sqlite:///unused.db",
+                **{"tracking.enabled": "false"},
+            ),
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: train.output_dir: cannot write checkpoints to {blocker / 'run' / 'checkpoints'}")
-    assert "DeepSpeed Basic Optimizer" not in proc.stdout + proc.stderr  # the engine was never built
+    assert last.startswith(
+        f"error: train.output_dir: cannot write checkpoints to {blocker / 'run' / 'checkpoints'}"
+    )
+    assert (
+        "DeepSpeed Basic Optimizer" not in proc.stdout + proc.stderr
+    )  # the engine was never built

@@ -1,4 +1,5 @@
 """Real media, the CLI as a subprocess, and one full build shared by the builder tests."""
+
 from __future__ import annotations
 
 import csv
@@ -23,20 +24,29 @@ def media_rows() -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-def avfusion(*args: str, env: dict | None = None, check: bool = True,
-             timeout: float = 240) -> subprocess.CompletedProcess:
+def avfusion(
+    *args: str, env: dict | None = None, check: bool = True, timeout: float = 240
+) -> subprocess.CompletedProcess:
     """Run the real console entry point in a fresh process."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"avfusion {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stderr}")
+        raise AssertionError(
+            f"avfusion {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stderr}"
+        )
     return proc
 
 
 def cli(*args, expect: int = 0) -> None:
     """The same entry point in this process (faster: the worker forkserver is reused)."""
     from pipeline.cli import main
+
     assert main([str(a) for a in args]) == expect, args
 
 
@@ -44,6 +54,7 @@ def cli_error(capsys, *args) -> str:
     """Run the entry point in this process on unusable input: exit status 2 and one
     ``error:`` line on stderr, which is returned."""
     from pipeline.cli import main
+
     capsys.readouterr()
     assert main([str(a) for a in args]) == 2, args
     lines = capsys.readouterr().err.splitlines()
@@ -54,6 +65,7 @@ def cli_error(capsys, *args) -> str:
 def load_set(out: Path) -> tuple[dict, list[dict], dict[str, dict]]:
     """(manifest, errors, {key: {ext: bytes}}) of a local shard set."""
     from preprocess.shardformat import read_samples
+
     manifest = json.loads((out / "manifest.json").read_text())
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     samples = {}

@@ -1,4 +1,5 @@
 """The acceptance build of ../shared/media (typical + broken) against MANIFEST.tsv."""
+
 from __future__ import annotations
 
 import io
@@ -51,7 +52,7 @@ def test_outcome_of_every_file_agrees_with_manifest_tsv(media_build):
             stage, words = REASONS[expected]
             error = next(e for e in errors if _rel(e["source"]) == path)
             assert error["stage"] == stage and words in error["error"], (path, error)
-        else:                    # any: kept (reported as samples) or rejected (one error line)
+        else:  # any: kept (reported as samples) or rejected (one error line)
             assert (made[path] > 0) != (failed[path] == 1), path
     assert manifest["num_samples"] == len(samples) == sum(made.values())
     assert manifest["num_failed"] == len(errors) == sum(failed.values())
@@ -61,9 +62,15 @@ def test_verify_passes_and_the_loader_reads_every_sample(media_build):
     proc = avfusion("shards", "verify", media_build)
     assert proc.stdout.strip().endswith("0 problems")
     manifest, _, samples = load_set(media_build)
-    loader = build_loader(DataConfig(shards=str(media_build), batch_size=1, workers=1),
-                          audio=FRONTENDS["deepavfusion"], image=ImageSpec(), rank=0,
-                          world_size=1, seed=0, train=False)
+    loader = build_loader(
+        DataConfig(shards=str(media_build), batch_size=1, workers=1),
+        audio=FRONTENDS["deepavfusion"],
+        image=ImageSpec(),
+        rank=0,
+        world_size=1,
+        seed=0,
+        train=False,
+    )
     loader.set_epoch(0)
     keys = [k for batch in loader for k in batch["key"]]
     assert sorted(keys) == sorted(samples) and len(keys) == manifest["num_samples"]
@@ -74,9 +81,10 @@ def _reference_logmel(path: str, clip_start: float, seconds: float) -> np.ndarra
     audio = decode_audio(MediaFile(path))
     wave = torchaudio.functional.resample(torch.from_numpy(audio.wave), audio.rate, 16000)
     i0 = round((clip_start - audio.start) * 16000)
-    clip = wave[i0:i0 + round(seconds * 16000)]
-    spec = torchaudio.transforms.MelSpectrogram(16000, n_fft=800, hop_length=250, n_mels=128,
-                                                f_min=0.0, f_max=8000.0, mel_scale="htk")(clip)
+    clip = wave[i0 : i0 + round(seconds * 16000)]
+    spec = torchaudio.transforms.MelSpectrogram(
+        16000, n_fft=800, hop_length=250, n_mels=128, f_min=0.0, f_max=8000.0, mel_scale="htk"
+    )(clip)
     return torch.log10(spec + 1e-7).numpy()
 
 
@@ -86,14 +94,19 @@ def test_mel_equals_independent_torchaudio_computation(media_build):
         m = meta(sample)
         stored = mel(sample)
         ref = _reference_logmel(m["source"], m["clip_start"], m["clip_seconds"])
-        assert stored.dtype == np.float16 and stored.shape == ref.shape == (128, 1 + round(m["clip_seconds"] * 16000) // 250), key
-        np.testing.assert_allclose(stored.astype(np.float32), ref, atol=4e-3, rtol=1e-3, err_msg=key)
+        assert stored.dtype == np.float16 and stored.shape == ref.shape == (
+            128,
+            1 + round(m["clip_seconds"] * 16000) // 250,
+        ), key
+        np.testing.assert_allclose(
+            stored.astype(np.float32), ref, atol=4e-3, rtol=1e-3, err_msg=key
+        )
 
 
 def test_decoded_audio_is_the_channel_mean_of_the_stream():
-    path = MEDIA / "typical" / "moviepy_chaplin.mp4"             # stereo MP3, contiguous
+    path = MEDIA / "typical" / "moviepy_chaplin.mp4"  # stereo MP3, contiguous
     with av.open(str(path)) as c:
-        planes = [f.to_ndarray() for f in c.decode(audio=0)]      # fltp: [channels, n]
+        planes = [f.to_ndarray() for f in c.decode(audio=0)]  # fltp: [channels, n]
     expected = np.concatenate(planes, axis=1).mean(axis=0)
     audio = decode_audio(MediaFile(str(path)))
     assert audio.rate == 44100 and audio.start == 0.0

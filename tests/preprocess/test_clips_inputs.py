@@ -1,4 +1,5 @@
 """Clip layout and input discovery (pure functions; no media decoding)."""
+
 from __future__ import annotations
 
 import math
@@ -10,12 +11,16 @@ from preprocess.errors import AvfusionError
 from preprocess.inputs import Source, collect_sources, label_names, select_part, source_id
 
 
-@pytest.mark.parametrize("overlap", [2.0, 2.38, 5.28, 9.99, 10.0, 11.2, 12.07, 19.9, 20.0, 30.0, 61.7])
+@pytest.mark.parametrize(
+    "overlap", [2.0, 2.38, 5.28, 9.99, 10.0, 11.2, 12.07, 19.9, 20.0, 30.0, 61.7]
+)
 def test_clip_count_follows_media_readme_formula(overlap):
     spans = clip_spans(0.7, 0.7 + overlap, 10.0, 2.0)
     expected = math.floor(overlap / 10) + (overlap % 10 >= 2)
     assert len(spans) == expected
-    assert all(d == 10.0 for _, d in spans[:-1]) and spans[-1][1] == pytest.approx(min(10.0, overlap - 10 * (expected - 1)))
+    assert all(d == 10.0 for _, d in spans[:-1]) and spans[-1][1] == pytest.approx(
+        min(10.0, overlap - 10 * (expected - 1))
+    )
     assert [s for s, _ in spans] == pytest.approx([0.7 + 10 * k for k in range(expected)])
 
 
@@ -32,7 +37,7 @@ def test_frame_offsets_are_centres_inside_the_clip():
 def test_targets_of_a_shorter_final_span_are_a_prefix():
     long = frame_targets(0.0, 30.0, 10.0, 2.0, 1.0)
     short = frame_targets(0.0, 24.2, 10.0, 2.0, 1.0)
-    assert [t[3] for t in short] == [t[3] for t in long][:len(short)]
+    assert [t[3] for t in short] == [t[3] for t in long][: len(short)]
     assert len(short) == 10 + 10 + 4
 
 
@@ -42,8 +47,11 @@ def test_collect_sources_scans_lists_and_dirs(tmp_path):
         (tmp_path / "videos" / name).write_bytes(b"x")
     (tmp_path / "list.csv").write_text("path,label\nvideos/a.webm,cat\nvideos/b.mp4,dog\n")
     sources = collect_sources([str(tmp_path / "videos"), str(tmp_path / "list.csv")])
-    assert [(s.path[len(str(tmp_path)) + 1:], s.label) for s in sources] == [
-        ("videos/a.webm", "cat"), ("videos/b.mp4", "dog"), ("videos/sub/c.avi", None)]
+    assert [(s.path[len(str(tmp_path)) + 1 :], s.label) for s in sources] == [
+        ("videos/a.webm", "cat"),
+        ("videos/b.mp4", "dog"),
+        ("videos/sub/c.avi", None),
+    ]
     assert label_names(sources) == ["cat", "dog"]
 
 
@@ -77,11 +85,11 @@ def test_symlinked_folders_are_followed_once_and_loops_reported(tmp_path, caplog
     (videos / "a.mp4").write_bytes(b"x")
     (outside / "b.mp4").write_bytes(b"x")
     (videos / "linked").symlink_to(outside, target_is_directory=True)
-    (videos / "twin").symlink_to(outside, target_is_directory=True)      # a second link: skipped
+    (videos / "twin").symlink_to(outside, target_is_directory=True)  # a second link: skipped
     (videos / "sub" / "loop").symlink_to(videos, target_is_directory=True)
     with caplog.at_level("WARNING", logger="preprocess.inputs"):
         sources = collect_sources([str(videos)])
-    assert [s.path[len(str(videos)) + 1:] for s in sources] == ["a.mp4", "linked/b.mp4"]
+    assert [s.path[len(str(videos)) + 1 :] for s in sources] == ["a.mp4", "linked/b.mp4"]
     skipped = sorted(r.getMessage().split(":")[0] for r in caplog.records)
     assert skipped == [str(videos / "sub" / "loop"), str(videos / "twin")], caplog.text
     assert "symlinked folder skipped" in caplog.text

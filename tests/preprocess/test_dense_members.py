@@ -1,5 +1,6 @@
 """Ground truth of the dense tasks: synth writes masks / clean tracks / two sounding objects, and
 mask and waveform members round-trip through build → verify → the dense-task reader."""
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,16 @@ CLASSES = 3
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("dense-synth")
-    synth(str(out), videos=3, seconds=3.0, classes=CLASSES, seed=11, workers=1, masks=True,
-          two_sources=True)
+    synth(
+        str(out),
+        videos=3,
+        seconds=3.0,
+        classes=CLASSES,
+        seed=11,
+        workers=1,
+        masks=True,
+        two_sources=True,
+    )
     return out
 
 
@@ -45,15 +54,17 @@ def test_masks_cover_the_sounding_shapes_only(corpus):
         for s in range(3):
             mask = np.array(Image.open(corpus / row["masks"] / f"{row['masks']}_{s + 1}.png")) > 127
             hsv = np.array(Image.fromarray(frames[s * 10 + 5]).convert("HSV")).astype(float)
-            colourful = (hsv[..., 1] > 150) & (hsv[..., 2] > 200)     # the class shapes, not grey/background
-            inside = mask[2:-2, 2:-2]                                  # codec blur at the very edges
+            colourful = (hsv[..., 1] > 150) & (
+                hsv[..., 2] > 200
+            )  # the class shapes, not grey/background
+            inside = mask[2:-2, 2:-2]  # codec blur at the very edges
             assert 0.01 < mask.mean() < 0.2
-            assert colourful[2:-2, 2:-2][inside].mean() > 0.9          # the mask lies on the shapes
-            assert inside[colourful[2:-2, 2:-2]].mean() > 0.9          # and covers them
+            assert colourful[2:-2, 2:-2][inside].mean() > 0.9  # the mask lies on the shapes
+            assert inside[colourful[2:-2, 2:-2]].mean() > 0.9  # and covers them
             hues = hsv[..., 0][mask & colourful] / 255
             want = [class_pattern(int(n[-2:]), CLASSES)["hue"] for n in names]
             dist = np.minimum.reduce([np.minimum(abs(hues - h), 1 - abs(hues - h)) for h in want])
-            assert np.median(dist) < 0.05                              # both classes' colours, no other
+            assert np.median(dist) < 0.05  # both classes' colours, no other
 
 
 def test_clean_track_holds_both_tones_and_nothing_else(corpus):
@@ -68,7 +79,7 @@ def test_clean_track_holds_both_tones_and_nothing_else(corpus):
     near = np.zeros_like(freqs, dtype=bool)
     for f in tones:
         near |= abs(freqs - f) < 30
-    assert spectrum[near].sum() > 0.95 * spectrum.sum()                # no noise, no distractor tone
+    assert spectrum[near].sum() > 0.95 * spectrum.sum()  # no noise, no distractor tone
 
 
 def test_one_source_corpus_keeps_its_list_format(tmp_path):
@@ -80,8 +91,18 @@ def test_one_source_corpus_keeps_its_list_format(tmp_path):
 @pytest.mark.slow
 def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
     out = tmp_path / "set"
-    cli("shards", "build", corpus / "labels.csv", "--out", out, "--clip-seconds", "3",
-        "--keep-waveform", "--frame-size", "120")
+    cli(
+        "shards",
+        "build",
+        corpus / "labels.csv",
+        "--out",
+        out,
+        "--clip-seconds",
+        "3",
+        "--keep-waveform",
+        "--frame-size",
+        "120",
+    )
     cli("shards", "verify", out)
     manifest, errors, samples = load_set(out)
     assert not errors and manifest["members"] == ["mask", "flac"]
@@ -90,7 +111,7 @@ def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
     for sample in samples.values():
         meta = json.loads(sample["json"])
         row = rows[meta["source"].rsplit("/", 1)[-1]]
-        for i, t in enumerate(meta["frame_times"]):                   # frame i at i + 0.5 s
+        for i, t in enumerate(meta["frame_times"]):  # frame i at i + 0.5 s
             truth = Image.open(corpus / row["masks"] / f"{row['masks']}_{int(t) + 1}.png")
             frame_size = Image.open(io.BytesIO(sample[f"f{i:02d}.jpg"])).size
             want = np.array(truth.resize(frame_size, Image.Resampling.NEAREST)) > 127
@@ -98,14 +119,19 @@ def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
         wave, rate = read_flac(sample["flac"])
         assert rate == fe.sample_rate and len(wave) == round(meta["clip_seconds"] * rate)
         stored = np.load(io.BytesIO(sample["mel.npy"])).astype(np.float32)
-        assert np.abs(log_mel(wave, fe).astype(np.float32) - stored).max() < 0.05   # the clip's own sound
+        assert (
+            np.abs(log_mel(wave, fe).astype(np.float32) - stored).max() < 0.05
+        )  # the clip's own sound
 
     from pipeline.eval.dense_data import DenseSpec, dense_items
+
     items = list(dense_items(str(out), DenseSpec(64, fe, masks=True, waveform=True)))
-    assert len(items) == 3 * 3                                         # every masked frame
+    assert len(items) == 3 * 3  # every masked frame
     for item in items:
         raw = samples[item["key"]]
-        want = torch.from_numpy(read_mask(raw[f"f{item['frame']:02d}.mask.png"]))[None, None].float()
+        want = torch.from_numpy(read_mask(raw[f"f{item['frame']:02d}.mask.png"]))[
+            None, None
+        ].float()
         want = torch.nn.functional.interpolate(want, size=(64, 64), mode="nearest")[0, 0] > 0.5
         assert torch.equal(item["mask"], want) and item["audio"].shape == (1, 128, 192)
         assert item["wave"].shape == (3 * fe.sample_rate,)
@@ -116,7 +142,17 @@ def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
 @pytest.mark.slow
 def test_verify_rejects_undeclared_members(corpus, tmp_path):
     out = tmp_path / "set"
-    cli("shards", "build", corpus / "labels.csv", "--out", out, "--clip-seconds", "3", "--frame-size", "64")
+    cli(
+        "shards",
+        "build",
+        corpus / "labels.csv",
+        "--out",
+        out,
+        "--clip-seconds",
+        "3",
+        "--frame-size",
+        "64",
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["members"] = []
     (out / "manifest.json").write_text(json.dumps(manifest))

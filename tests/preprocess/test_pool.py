@@ -1,4 +1,5 @@
 """The build pool turns a crashing or buggy input into its documented error stage and goes on."""
+
 from __future__ import annotations
 
 import os

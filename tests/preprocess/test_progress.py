@@ -1,4 +1,5 @@
 """Progress lines for logs (no TTY) and the tqdm bar on a terminal."""
+
 from __future__ import annotations
 
 import io
@@ -22,7 +23,9 @@ def test_log_lines_carry_count_total_rate_and_eta(monkeypatch):
         time.sleep(0.03)
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and len(lines) >= 3
-    pattern = re.compile(r"^shards build: (\d+)/6 videos \(\d+%\) .* videos/s, elapsed \d\d:\d\d, ETA \S+$")
+    pattern = re.compile(
+        r"^shards build: (\d+)/6 videos \(\d+%\) .* videos/s, elapsed \d\d:\d\d, ETA \S+$"
+    )
     counts = [int(pattern.match(line).group(1)) for line in lines]
     assert counts == sorted(counts) and counts[-1] == 6
     assert len(set(counts)) == len(counts), "the closing line repeats the last one"
@@ -33,7 +36,9 @@ def test_no_line_before_the_interval(monkeypatch):
     out = io.StringIO()
     bar = progress(total=1000, desc="verify", unit="shards", file=out)
     bar.update(500)
-    assert out.getvalue().splitlines() == ["verify: 0/1000 shards (0%) ? shards/s, elapsed 00:00, ETA ?"]
+    assert out.getvalue().splitlines() == [
+        "verify: 0/1000 shards (0%) ? shards/s, elapsed 00:00, ETA ?"
+    ]
     bar.update(500)
     bar.close()
     assert out.getvalue().splitlines()[-1].startswith("verify: 1000/1000 shards (100%)")

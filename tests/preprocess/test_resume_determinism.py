@@ -1,4 +1,5 @@
 """A real ``kill -9`` + ``--resume``, and byte-identical output whatever the worker count."""
+
 from __future__ import annotations
 
 import json
@@ -41,24 +42,50 @@ def _identity(path) -> tuple[int, int]:
 def test_kill_9_then_resume_gives_the_uninterrupted_result(media_build, tmp_path, capsys):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "shards", "build", str(MEDIA / "typical"),
-         str(MEDIA / "broken"), "--out", str(out), *BUILD_ARGS],
-        cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "shards",
+            "build",
+            str(MEDIA / "typical"),
+            str(MEDIA / "broken"),
+            "--out",
+            str(out),
+            *BUILD_ARGS,
+        ],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     first_record = out / ".progress" / "shard-000000.tar.json"
     deadline = time.monotonic() + 180
     while not first_record.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)       # the builder, its forkserver and its workers
+    os.killpg(proc.pid, signal.SIGKILL)  # the builder, its forkserver and its workers
     proc.wait()
     assert first_record.exists() and not (out / "manifest.json").exists()
-    recorded = [json.loads(r.read_text())["shard"]["name"]
-                for r in sorted((out / ".progress").glob("shard-*.tar.json"))]
+    recorded = [
+        json.loads(r.read_text())["shard"]["name"]
+        for r in sorted((out / ".progress").glob("shard-*.tar.json"))
+    ]
     kept = {name: _identity(out / name) for name in recorded}
 
     assert "unfinished build; pass --resume" in cli_error(
-        capsys, "shards", "build", MEDIA / "typical", MEDIA / "broken", "--out", out, *BUILD_ARGS)
-    cli("shards", "build", MEDIA / "typical", MEDIA / "broken", "--out", out, *BUILD_ARGS, "--resume")
-    assert {name: _identity(out / name) for name in recorded} == kept   # finished shards untouched
+        capsys, "shards", "build", MEDIA / "typical", MEDIA / "broken", "--out", out, *BUILD_ARGS
+    )
+    cli(
+        "shards",
+        "build",
+        MEDIA / "typical",
+        MEDIA / "broken",
+        "--out",
+        out,
+        *BUILD_ARGS,
+        "--resume",
+    )
+    assert {name: _identity(out / name) for name in recorded} == kept  # finished shards untouched
     _same_set(media_build, out)
     _, _, samples = load_set(out)
     assert len(samples) == json.loads((out / "manifest.json").read_text())["num_samples"]
@@ -75,12 +102,23 @@ def _shard_keys(out) -> list[list[str]]:
 
 def test_output_depends_on_the_seed_not_on_the_worker_count(tmp_path):
     listing = tmp_path / "inputs.txt"
-    names = ["bbb_mpeg4_mp3_22k_mono_480x270.avi", "moviepy_fire2.mp4", "ok_moov_end.mp4",
-             "torchcodec_nasa_13013.mp4", "moviepy_doc_example3.mp4"]
-    listing.write_text("".join(f"{MEDIA / 'typical' / n}\n" for n in names)
-                       + f"{MEDIA / 'broken' / 'zero_byte.mp4'}\n")
-    builds = {"1": ("--workers", "1"), "2": ("--workers", "2"), "seed7": ("--seed", "7"),
-              "sorted": ("--no-shuffle",)}
+    names = [
+        "bbb_mpeg4_mp3_22k_mono_480x270.avi",
+        "moviepy_fire2.mp4",
+        "ok_moov_end.mp4",
+        "torchcodec_nasa_13013.mp4",
+        "moviepy_doc_example3.mp4",
+    ]
+    listing.write_text(
+        "".join(f"{MEDIA / 'typical' / n}\n" for n in names)
+        + f"{MEDIA / 'broken' / 'zero_byte.mp4'}\n"
+    )
+    builds = {
+        "1": ("--workers", "1"),
+        "2": ("--workers", "2"),
+        "seed7": ("--seed", "7"),
+        "sorted": ("--no-shuffle",),
+    }
     for name, args in builds.items():
         cli("shards", "build", listing, "--out", tmp_path / name, "--samples-per-shard", "2", *args)
     _same_set(tmp_path / "1", tmp_path / "2")
@@ -88,7 +126,9 @@ def test_output_depends_on_the_seed_not_on_the_worker_count(tmp_path):
     shards = {name: _shard_keys(tmp_path / name) for name in builds}
     assert sorted(sum(shards["seed7"], [])) == sorted(sum(shards["1"], []))
     assert [sorted(s) for s in shards["seed7"]] != [sorted(s) for s in shards["1"]]
-    in_order = sum(shards["sorted"], [])          # --no-shuffle: sorted inputs, then clip order
-    sources = [json.loads(s["json"])["source"] for s in
-               (load_set(tmp_path / "sorted")[2][k] for k in in_order)]
+    in_order = sum(shards["sorted"], [])  # --no-shuffle: sorted inputs, then clip order
+    sources = [
+        json.loads(s["json"])["source"]
+        for s in (load_set(tmp_path / "sorted")[2][k] for k in in_order)
+    ]
     assert sources == sorted(sources) and sum(shards["1"], []) != in_order

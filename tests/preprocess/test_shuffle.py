@@ -1,4 +1,5 @@
 """Build-time shuffle: seeded, order-independent, and mixing the clips of many sources."""
+
 from __future__ import annotations
 
 from math import comb
@@ -16,15 +17,20 @@ def test_input_order_depends_only_on_the_seed_and_the_set():
 
 
 def _mean_distinct_sources(samples, block: int) -> float:
-    counts = [len({key.split("_")[0] for key, _ in samples[i:i + block]})
-              for i in range(0, len(samples), block)]
+    counts = [
+        len({key.split("_")[0] for key, _ in samples[i : i + block]})
+        for i in range(0, len(samples), block)
+    ]
     return sum(counts) / len(counts)
 
 
 def test_window_permutation_is_seeded_resumable_and_mixes_sources():
-    sources, clips, block = 40, 5, 20                  # a list sorted by source, 5 clips each
-    samples = [(f"v{v:02d}_{k}", [("json", f"{v} {k}".encode()), ("mel.npy", bytes(v * k))])
-               for v in range(sources) for k in range(clips)]
+    sources, clips, block = 40, 5, 20  # a list sorted by source, 5 clips each
+    samples = [
+        (f"v{v:02d}_{k}", [("json", f"{v} {k}".encode()), ("mel.npy", bytes(v * k))])
+        for v in range(sources)
+        for k in range(clips)
+    ]
     with WindowBuffer() as window:
         for s in samples:
             window.add(s)
@@ -36,4 +42,4 @@ def test_window_permutation_is_seeded_resumable_and_mixes_sources():
     # probability C(195, 20) / C(200, 20) (hypergeometric)
     uniform = sources * (1 - comb(sources * clips - clips, block) / comb(sources * clips, block))
     assert _mean_distinct_sources(first, block) >= 0.8 * uniform
-    assert _mean_distinct_sources(plain, block) == block / clips        # 4: input order
+    assert _mean_distinct_sources(plain, block) == block / clips  # 4: input order

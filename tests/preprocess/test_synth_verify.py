@@ -1,5 +1,6 @@
 """The synthetic corpus carries its class in picture and sound; verify catches damage;
 inspect draws a sample."""
+
 from __future__ import annotations
 
 import csv
@@ -36,13 +37,16 @@ def _signature(path) -> tuple[float, float, float]:
     with av.open(str(path)) as c:
         wave = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
     hsv = np.array(Image.fromarray(frames.reshape(-1, frames.shape[2], 3)).convert("HSV"))
-    saturated = (hsv[..., 1] > 150) & (hsv[..., 2] > 200)    # background is dark, distractors grey
+    saturated = (hsv[..., 1] > 150) & (hsv[..., 2] > 200)  # background is dark, distractors grey
     angle = hsv[..., 0][saturated] / 255 * 2 * np.pi
     hue = float(np.arctan2(np.sin(angle).mean(), np.cos(angle).mean()) / (2 * np.pi)) % 1.0
     spectrum = np.abs(np.fft.rfft(wave))
     tone = float(np.argmax(spectrum[50:]) + 50) * SAMPLE_RATE / len(wave)
     area = saturated.reshape(len(frames), -1).sum(axis=1)
-    loud = [np.abs(wave[i * SAMPLE_RATE // 10:(i + 1) * SAMPLE_RATE // 10]).mean() for i in range(len(frames))]
+    loud = [
+        np.abs(wave[i * SAMPLE_RATE // 10 : (i + 1) * SAMPLE_RATE // 10]).mean()
+        for i in range(len(frames))
+    ]
     return hue, tone, float(np.corrcoef(area, loud)[0, 1])
 
 
@@ -68,7 +72,7 @@ def test_class_is_visible_audible_and_synchronous(corpus):
         tones = [class_pattern(j, CLASSES)["tone_hz"] for j in range(CLASSES)]
         assert int(np.argmin([min(abs(hue - h), 1 - abs(hue - h)) for h in hues])) == k, row
         assert int(np.argmin([abs(np.log(tone / t)) for t in tones])) == k, (row, tone)
-        assert sync > 0.5, (row, sync)                 # the shape grows while the tone sounds
+        assert sync > 0.5, (row, sync)  # the shape grows while the tone sounds
 
 
 @pytest.mark.slow
@@ -77,7 +81,14 @@ def test_labels_flow_into_the_shards(corpus, tmp_path):
     cli("shards", "build", corpus / "labels.csv", "--out", tmp_path / "set", "--workers", "2")
     manifest, errors, samples = load_set(tmp_path / "set")
     assert not errors and manifest["labels"] == [f"class{k:02d}" for k in range(CLASSES)]
-    assert sorted(json.loads(s["json"])["label_index"] for s in samples.values()) == [0, 0, 1, 1, 2, 2]
+    assert sorted(json.loads(s["json"])["label_index"] for s in samples.values()) == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+    ]
 
 
 @pytest.mark.slow
@@ -100,8 +111,9 @@ def test_verify_reports_damage_and_inspect_draws(media_build, tmp_path, capsys):
     cli("shards", "inspect", media_build, "--sample", key, "--png", tmp_path / "s.png")
     assert key in capsys.readouterr().out
     assert Image.open(tmp_path / "s.png").size == (1000, 600)
-    assert "no sample with key 'nope'" in cli_error(capsys, "shards", "inspect", media_build,
-                                                    "--sample", "nope")
+    assert "no sample with key 'nope'" in cli_error(
+        capsys, "shards", "inspect", media_build, "--sample", "nope"
+    )
 
 
 @pytest.mark.slow
@@ -110,26 +122,38 @@ def test_inspect_finds_inputs_by_file_name_and_suggests_keys(media_build, capsys
     clips = Counter(json.loads(s["json"])["source_id"] for s in samples.values())
     source_id = clips.most_common(1)[0][0]
     assert clips[source_id] > 1
-    source = next(json.loads(s["json"])["source"] for s in samples.values()
-                  if json.loads(s["json"])["source_id"] == source_id)
+    source = next(
+        json.loads(s["json"])["source"]
+        for s in samples.values()
+        if json.loads(s["json"])["source_id"] == source_id
+    )
     for name in (posixpath.basename(source), source, source_id):
         cli("shards", "inspect", media_build, "--sample", name)
-        assert f"sample {source_id}_0: " in capsys.readouterr().out      # its first clip
+        assert f"sample {source_id}_0: " in capsys.readouterr().out  # its first clip
     typo = posixpath.basename(source)[:-1]
     line = cli_error(capsys, "shards", "inspect", media_build, "--sample", typo)
-    assert f"no sample with key {typo!r}" in line and f"closest: {posixpath.basename(source)}" in line
+    assert (
+        f"no sample with key {typo!r}" in line and f"closest: {posixpath.basename(source)}" in line
+    )
 
 
 @pytest.mark.slow
 def test_inspect_figure_has_title_time_and_mel_axes_and_colour_bar(media_build):
     manifest, _, samples = load_set(media_build)
-    key, sample = next((k, s) for k, s in samples.items() if json.loads(s["json"])["n_frames"] == 10)
+    key, sample = next(
+        (k, s) for k, s in samples.items() if json.loads(s["json"])["n_frames"] == 10
+    )
     info = json.loads(sample["json"])
     fig = figure((key, list(sample.items())), manifest["preset"]["audio"])
     frames_ax, spec_ax, bar_ax = fig.axes
     assert fig.get_suptitle().startswith(f"{key}: {posixpath.basename(info['source'])}")
-    assert [t.get_text() for t in frames_ax.get_xticklabels()] == [f"{t:.1f}" for t in info["frame_times"]]
+    assert [t.get_text() for t in frames_ax.get_xticklabels()] == [
+        f"{t:.1f}" for t in info["frame_times"]
+    ]
     assert (spec_ax.get_xlabel(), spec_ax.get_ylabel(), bar_ax.get_ylabel()) == (
-        "time (s)", "mel bin", "log10 mel power")
+        "time (s)",
+        "mel bin",
+        "log10 mel power",
+    )
     assert spec_ax.get_xlim() == pytest.approx((0, info["clip_seconds"]), abs=0.05)
     assert spec_ax.get_ylim() == (0, manifest["preset"]["audio"]["n_mels"])

@@ -63,6 +63,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check preprocess model pipeline deploy tests benchmarks
+	$(VENV)/bin/ruff format --check preprocess model pipeline deploy tests benchmarks
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

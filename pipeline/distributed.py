@@ -8,8 +8,12 @@ single-process group is created (``avfusion train``). gloo on CPU, nccl on GPUs.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import logging
 import os
 import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -155,3 +159,26 @@ def _precision_config(precision: str) -> dict:
 def engine_dtype(cfg: Config) -> torch.dtype:
     """The dtype of the engine's parameters, which is the dtype batches are fed in."""
     return torch.float16 if cfg.train.precision == "fp16" else torch.float32
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[DistInfo]:
+    """Log by rank (INFO on rank 0), join the process group, and leave it however the body ends."""
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
+    )
+    info = init_distributed()
+    try:
+        yield info
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def rank_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Every rank runs ``run(args)``; expected errors are printed once, by rank 0 (the same on all)."""
+    from preprocess.errors import run_cli
+
+    return run_cli(run, args, quiet=os.environ.get("RANK", "0") != "0")

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 
 from pipeline.train import build_parser as _add_arguments
-from preprocess.errors import run_cli
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -35,22 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.eval.config import load_eval_config
 
     cfg = load_eval_config(args.config, args.overrides)
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(
-        level=logging.INFO if rank == "0" else logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
-    )
-    import torch.distributed as dist
-
-    from pipeline.distributed import init_distributed
+    from pipeline.distributed import process_group
     from pipeline.eval.tasks import TASKS
 
-    info = init_distributed()
-    try:
+    with process_group() as info:
         metrics = TASKS[cfg.task](cfg, info)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     if info.is_main:
         print(json.dumps({"task": cfg.task, **metrics}), flush=True)
     return 0
@@ -67,8 +53,9 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Every rank runs this; expected errors are printed once, by rank 0 (they are the same on all)."""
-    return run_cli(run, build_parser().parse_args(argv), quiet=os.environ.get("RANK", "0") != "0")
+    from pipeline.distributed import rank_main
+
+    return rank_main(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

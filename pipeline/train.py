@@ -8,12 +8,9 @@ avfusion train --config configs/debug.yaml            # single process
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 from pipeline.config import load_config
-from preprocess.errors import run_cli
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -37,22 +34,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(
-        level=logging.INFO if rank == "0" else logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
-    )
-    import torch.distributed as dist
-
-    from pipeline.distributed import init_distributed
+    from pipeline.distributed import process_group
     from pipeline.trainer import Trainer
 
-    info = init_distributed()
-    try:
+    with process_group() as info:
         Trainer(cfg, info).fit()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 
@@ -67,8 +53,9 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Every rank runs this; expected errors are printed once, by rank 0 (they are the same on all)."""
-    return run_cli(run, build_parser().parse_args(argv), quiet=os.environ.get("RANK", "0") != "0")
+    from pipeline.distributed import rank_main
+
+    return rank_main(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,8 @@ class Tracker:
         self._closing = self._in_call = self._hung = False
         self._last_answer = time.monotonic()
         self._client = self._monitor = None
+        if urlsplit(self.uri).scheme in ("sqlite", "file", ""):
+            self._open_local_store()
         self._thread = threading.Thread(
             target=self._send_loop, name="avfusion-tracking", daemon=True
         )
@@ -257,6 +259,24 @@ class Tracker:
         deliver(self._client, self.run_id, records, answered=self._answered)
         with self._journal_lock:
             self._pending.drop(len(records))
+
+    def _open_local_store(self) -> None:
+        """Create or migrate a local store now, before training starts: a process killed while
+        MLflow migrates a new sqlite file leaves it unusable (``_alembic_tmp_*`` tables), so
+        that window must not overlap training. Local disk only, so this cannot hang on a
+        network; a failure is left to the sender, which retries."""
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(self.uri)
+            client.search_experiments(max_results=1)
+            self._client = client
+        except Exception as e:  # noqa: BLE001 - tracking never stops training
+            log.warning(
+                "MLflow store %s not ready yet (%s); retrying in the background",
+                self.uri,
+                first_line(e),
+            )
 
     def _answered(self) -> None:
         self._last_answer = time.monotonic()

@@ -86,3 +86,20 @@ def test_server_down_at_start_then_resume_backfills_the_same_run(tmp_path, caplo
         assert not (out / PENDING_FILE).exists()
     finally:
         stop(server)
+
+
+def test_a_new_sqlite_store_is_migrated_before_training_starts(tmp_path):
+    """A kill during MLflow's first migration of a sqlite file leaves it unusable (CI saw
+    ``_alembic_tmp_latest_metrics already exists`` on resume), so the store must be complete
+    when the Tracker is returned, not later in the sender thread."""
+    import sqlite3
+
+    db = tmp_path / "mlruns.db"
+    tracker = Tracker(f"sqlite:///{db}", "exp", None, system_metrics=False)
+    with sqlite3.connect(db) as con:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        version = con.execute("select version_num from alembic_version").fetchall()
+    tracker.close()
+    assert {"experiments", "runs", "latest_metrics"} <= tables
+    assert not {t for t in tables if t.startswith("_alembic_tmp")}
+    assert len(version) == 1

@@ -35,8 +35,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from pipeline.distributed import process_group
+    from pipeline.preflight import preflight
     from pipeline.trainer import Trainer
 
+    preflight(cfg)  # manifest, batch arithmetic, writable folders: before DeepSpeed starts
     with process_group() as info:
         Trainer(cfg, info).fit()
     return 0

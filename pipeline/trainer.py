@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +23,6 @@ import yaml
 
 from model import AVMAE
 from model.checkpoints import load_tower_weights
-from model.presets import get_frontend
 from pipeline.checkpoint import (
     Checkpointer,
     check_writable,
@@ -32,9 +31,9 @@ from pipeline.checkpoint import (
     tag_for,
 )
 from pipeline.config import Config, to_dict
-from pipeline.distributed import DistInfo, accumulation_steps, deepspeed_config, engine_dtype
+from pipeline.distributed import DistInfo, deepspeed_config, engine_dtype
 from pipeline.figures import save_reconstruction
-from pipeline.loader import build_loader
+from pipeline.preflight import probe_data, shard_loader, steps_per_epoch
 from pipeline.probe import extract_features, knn_top1, merge_features
 from pipeline.report import RunReport
 from pipeline.schedule import LRSchedule, build_optimizer
@@ -105,18 +104,14 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         model, pretrained = build_model(cfg)
         self.mcfg = model.config
-        self.loader = self._build_loader(cfg.data, train=True)
-        self.accum = accumulation_steps(cfg, info.world_size)
-        self.steps_per_epoch = len(self.loader) // self.accum
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"data.shards: {len(self.loader)} batches per rank per epoch is fewer than one "
-                f"optimizer step ({self.accum} micro-batches); use more data or a smaller batch"
-            )
+        self.loader = shard_loader(
+            cfg, self.mcfg, cfg.data, info.rank, info.world_size, info.device
+        )
+        self.accum, self.steps_per_epoch = steps_per_epoch(cfg, self.loader, info.world_size)
         self.effective_batch = cfg.data.batch_size * info.world_size * self.accum
         self.schedule = LRSchedule.from_config(cfg.optim, self.effective_batch)
         self.out = Path(cfg.train.output_dir)
-        check_writable(self.out / "checkpoints")  # before the engine and any training work
+        check_writable(self.out / "checkpoints")  # again: the folder may have changed since
         optimizer = build_optimizer(model, cfg.optim, pretrained, self.schedule.lr, info.device)
         if cfg.train.compile:
             compile_blocks(model, cfg.train.compile_mode)
@@ -153,20 +148,6 @@ class Trainer:
             self._start_run()
 
     # -- set-up ----------------------------------------------------------------------------
-    def _build_loader(self, data, train: bool, labels: bool = False):
-        """This rank's loader over ``data.shards`` with the model preset's audio/image spec."""
-        return build_loader(
-            data,
-            audio=get_frontend(self.mcfg.audio_frontend),
-            image=self.mcfg.image,
-            rank=self.info.rank,
-            world_size=self.info.world_size,
-            seed=self.cfg.train.seed,
-            train=train,
-            labels=labels,
-            device=self.info.device,
-        )
-
     def _start_run(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(
@@ -330,8 +311,13 @@ class Trainer:
     def probe(self) -> dict[str, float] | None:
         import deepspeed
 
-        loader = self._build_loader(
-            replace(self.cfg.data, shards=self.cfg.probe.shards, remainder="pad"),
+        loader = shard_loader(
+            self.cfg,
+            self.mcfg,
+            probe_data(self.cfg),
+            self.info.rank,
+            self.info.world_size,
+            self.info.device,
             train=False,
             labels=True,
         )

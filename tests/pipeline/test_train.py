@@ -399,10 +399,42 @@ def test_universal_checkpoint_resumes_at_another_world_size(reference, train_sha
     assert all(math.isfinite(r["train/loss"]) for r in records)
 
 
-def test_unwritable_output_dir_fails_before_the_engine(train_shards, tmp_path):
-    """#14.4: a checkpoint folder that cannot be written is one line at start-up, not a failed first save."""
+PREFLIGHT = {  # case → (overrides, environment, the error line's start)
+    "unwritable": (
+        {},
+        {},
+        "error: train.output_dir: cannot write checkpoints to {out}/checkpoints",
+    ),
+    "no shards": ({"data.shards": "{tmp}/none"}, {}, "error: {tmp}/none/manifest.json: not found"),
+    "no probe set": (
+        {"probe.shards": "{tmp}/none"},
+        {},
+        "error: {tmp}/none/manifest.json: not found",
+    ),
+    "batch arithmetic": (
+        {"train.effective_batch_size": 12},
+        {"WORLD_SIZE": "2", "RANK": "0"},
+        "error: train.effective_batch_size: 12 is not a multiple of data.batch_size × world size = 4 × 2",
+    ),
+    "epoch too short": (
+        {"train.effective_batch_size": 48},  # 24 samples: 6 of 12 micro-batches
+        {},
+        "error: data.shards: 6 batches per rank per epoch is fewer than one optimizer step",
+    ),
+    "preset": ({"model.preset": "vit-h"}, {}, "error: model.preset: unknown model preset 'vit-h'"),
+}
+
+
+@pytest.mark.parametrize("case", PREFLIGHT)
+def test_bad_setup_fails_before_deepspeed_starts(case, train_shards, tmp_path):
+    """#14.4: each is one line naming the key or path, before any process group or engine."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    out = (blocker if case == "unwritable" else tmp_path) / "run"
+    extra, environment, expected = PREFLIGHT[case]
+    extra = {k: str(v).format(tmp=tmp_path) for k, v in extra.items()} | {
+        "tracking.enabled": "false"
+    }
     proc = subprocess.run(
         [
             sys.executable,
@@ -410,24 +442,15 @@ def test_unwritable_output_dir_fails_before_the_engine(train_shards, tmp_path):
             "pipeline.train",
             "--config",
             str(REPO / "configs" / "debug.yaml"),
-            *overrides(
-                train_shards,
-                blocker / "run",
-                "sqlite:///unused.db",
-                **{"tracking.enabled": "false"},
-            ),
+            *overrides(train_shards, out, "sqlite:///unused.db", **extra),
         ],
         cwd=REPO,
-        env=env(),
+        env=env() | environment,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(
-        f"error: train.output_dir: cannot write checkpoints to {blocker / 'run' / 'checkpoints'}"
-    )
-    assert (
-        "DeepSpeed Basic Optimizer" not in proc.stdout + proc.stderr
-    )  # the engine was never built
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(expected.format(tmp=tmp_path, out=out)), lines[-1]
+    assert "Initializing TorchBackend" not in proc.stdout + proc.stderr  # no process group

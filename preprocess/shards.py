@@ -11,7 +11,7 @@ import tarfile
 from datetime import UTC, datetime
 
 from preprocess import shardformat as fmt
-from preprocess.storage import Store
+from preprocess.storage import Store, write_failed
 
 
 class ShardWriter:
@@ -19,6 +19,7 @@ class ShardWriter:
 
     def __init__(self, store: Store, index: int):
         self.name = fmt.shard_name(index)
+        self.url = f"{store.url.rstrip('/')}/{self.name}"
         self._ctx = store.open_atomic(self.name)
         self._out = fmt.HashingFile(self._ctx.__enter__())
         self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.PAX_FORMAT)
@@ -31,11 +32,17 @@ class ShardWriter:
             info.size, info.mtime, info.mode = len(data), 0, 0o444
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            self._tar.addfile(info, _Reader(data))
+            try:
+                self._tar.addfile(info, _Reader(data))
+            except OSError as e:  # the builder aborts the shard; committed shards are kept
+                raise write_failed(self.url, e) from None
         self.num_samples += 1
 
     def close(self) -> dict:
-        self._tar.close()
+        try:
+            self._tar.close()
+        except OSError as e:
+            raise write_failed(self.url, e) from None
         self._ctx.__exit__(None, None, None)
         return {
             "name": self.name,

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
+from preprocess.errors import AvfusionError
 from preprocess.shardformat import Sample
 
 T = TypeVar("T")
@@ -57,9 +58,15 @@ class WindowBuffer:
         key, members = sample
         self._file.seek(0, 2)
         entries = []
-        for ext, data in members:
-            entries.append((ext, self._file.tell(), len(data)))
-            self._file.write(data)
+        try:
+            for ext, data in members:
+                entries.append((ext, self._file.tell(), len(data)))
+                self._file.write(data)
+        except OSError as e:
+            raise AvfusionError(
+                f"{tempfile.gettempdir()}: cannot hold the shuffle window's decoded samples "
+                f"({e.strerror or e}); point TMPDIR at a larger disk or lower --shuffle-window"
+            ) from None
         self._index.append((key, entries))
 
     def samples(self, seed: int | None, skip: int = 0) -> Iterator[Sample]:

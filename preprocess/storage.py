@@ -76,6 +76,8 @@ class Store:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, final)
+            except OSError as e:  # a full disk, a write limit (ulimit -f), a read-only mount
+                raise write_failed(final, e) from None
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
@@ -132,6 +134,11 @@ def _s3_options(url: str) -> dict:
             "retries": {"max_attempts": int(env("AWS_MAX_ATTEMPTS", "4")), "mode": "standard"},
         }
     }
+
+
+def write_failed(url: str, e: OSError) -> AvfusionError:
+    """The one-line error for a failed write of ``url`` (the old file, if any, is unchanged)."""
+    return AvfusionError(f"{url}: write failed ({_reason(e)}); nothing was replaced")
 
 
 def _reason(e: BaseException) -> str:

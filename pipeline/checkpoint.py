@@ -35,6 +35,10 @@ class CorruptCheckpoint(RuntimeError):
     """A checkpoint file is missing, truncated or unreadable; the message names it."""
 
 
+class CheckpointNotWritten(OSError):
+    """A save failed (disk full, write limit); the message names the step and the kept one."""
+
+
 class NonFiniteWeights(FloatingPointError):
     """A save was refused: some weight is NaN/inf (no checkpoint holds non-finite weights)."""
 
@@ -111,12 +115,27 @@ class Checkpointer:
             "rng": gather_objects(rng_state()),
             "mlflow_run_id": gather_objects(run_id)[0],
         }
-        self.engine.save_checkpoint(str(self.root), tag=tag_for(step), client_state=state)
+        try:
+            self.engine.save_checkpoint(str(self.root), tag=tag_for(step), client_state=state)
+        except (OSError, RuntimeError) as e:  # a full disk, a write limit: torch.save's errors
+            raise CheckpointNotWritten(self._not_written(step, e)) from None
         dist.barrier()
         if self.rank == 0:
             write_marker(self.root / tag_for(step))
             prune_checkpoints(self.root, self.keep_last)
         dist.barrier()
+
+    def _not_written(self, step: int, e: BaseException) -> str:
+        """The one-line error for a failed save; rank 0 removes the unfinished tag directory."""
+        tag_dir = self.root / tag_for(step)
+        if self.rank == 0:
+            shutil.rmtree(tag_dir, ignore_errors=True)
+        latest = self.root / "latest"
+        kept = latest.read_text().strip() if latest.is_file() else None
+        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[-1][:200]
+        return f"{tag_dir}: checkpoint not written ({reason}); " + (
+            f"the newest complete one, {kept}, is intact" if kept else "no earlier checkpoint"
+        )
 
     def load(self, candidates: list[Path], loader) -> dict:
         """Load the first complete checkpoint of ``candidates`` (tag directories, newest first);

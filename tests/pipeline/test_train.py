@@ -477,3 +477,44 @@ def test_bad_setup_fails_before_deepspeed_starts(case, train_shards, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith(expected.format(tmp=tmp_path, out=out)), lines[-1]
     assert "Initializing TorchBackend" not in proc.stdout + proc.stderr  # no process group
+
+
+def test_write_limit_during_a_checkpoint_save_keeps_the_last_one(train_shards, tmp_path):
+    """#14.7: ``ulimit -f`` hit while saving: one line naming the step's folder and the kept
+    checkpoint; the unfinished folder is gone and the earlier checkpoint still verifies."""
+    import resource
+
+    from pipeline.checkpoint import verify_marker
+
+    out = tmp_path / "run"
+
+    def train(max_steps: int, limit: int | None = None) -> subprocess.CompletedProcess:
+        def set_limit():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        extra = {"train.max_steps": max_steps, "tracking.enabled": "false"}
+        extra["probe.every_epochs"] = 1000
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs/debug.yaml")]
+            + overrides(train_shards, out, "sqlite:///unused.db", **extra),
+            cwd=REPO,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            preexec_fn=set_limit if limit else None,
+        )
+
+    first = train(4)
+    assert first.returncode == 0, first.stderr[-2000:]
+    kept = out / "checkpoints" / "step00000004"
+    largest = max(f.stat().st_size for f in kept.iterdir())
+    limited = train(8, limit=largest // 2)
+    assert limited.returncode == 2, limited.stderr[-2000:]
+    line = limited.stderr.strip().splitlines()[-1]
+    print(line)
+    assert line.startswith(f"error: {out}/checkpoints/step0000000"), line
+    assert line.endswith("; the newest complete one, step00000004, is intact"), line
+    assert [p.name for p in (out / "checkpoints").glob("step*")] == [kept.name]
+    assert (out / "checkpoints" / "latest").read_text().strip() == kept.name
+    verify_marker(kept)

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import Config
+from preprocess.errors import AvfusionError, error_line, run_cli
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,27 @@ def process_group() -> Iterator[DistInfo]:
     info = init_distributed()
     try:
         yield info
+    except FloatingPointError:
+        raise  # non-finite loss or weights: all-reduced checks, the same on every rank
+    except Exception as e:
+        if info.world_size > 1:  # this rank's own failure (a shard, a save): it reports it
+            raise RankFailed(info.rank, e) from e
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def rank_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Every rank runs ``run(args)``; expected errors are printed once, by rank 0 (the same on all)."""
-    from preprocess.errors import run_cli
+class RankFailed(AvfusionError):
+    """A failure after the process group was joined; ``str(e)`` says which rank it hit."""
 
-    return run_cli(run, args, quiet=os.environ.get("RANK", "0") != "0")
+    def __init__(self, rank: int, cause: Exception):
+        super().__init__(f"rank {rank}: {error_line(cause).removeprefix('error: ')}")
+
+
+def rank_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Every rank runs ``run(args)``. Errors before the process group is joined (config, data,
+    folders: the same on all ranks) are printed once, by rank 0; later ones by the rank they hit,
+    prefixed with it (a shard that one rank could not read, a failed save)."""
+    rank = os.environ.get("RANK", "0")
+    return run_cli(run, args, quiet=lambda e: rank != "0" and not isinstance(e, RankFailed))

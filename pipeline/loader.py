@@ -209,6 +209,11 @@ class ShardLoader:
                 batch["audio"] = batch["audio"].to(self.device)
                 batch["image"] = self.spec.augment.normalise(self._images(batch["image"]))
                 yield batch
+        except Exception as e:
+            error = worker_error(e)
+            if error is e:
+                raise
+            raise error from e
         finally:
             del source  # shuts the workers down
 
@@ -333,6 +338,24 @@ class ShardLoader:
         if self._active is not None:
             self._active.close()
             self._active = None
+
+
+def worker_error(e: Exception) -> Exception:
+    """``e`` with the message the worker raised it with: DataLoader re-raises a worker's
+    exception with "Caught X in DataLoader worker process N" and the worker's traceback as its
+    message, which would hide the one line that names the shard."""
+    text, name = str(e), type(e).__name__
+    if not text.startswith(f"Caught {name} in DataLoader worker"):
+        return e
+    lines = text.rstrip().splitlines()
+    for i in range(len(lines) - 1, 0, -1):
+        head, sep, first = lines[i].partition(": ")
+        if sep and head.rsplit(".", 1)[-1] == name:
+            try:
+                return type(e)("\n".join([first, *lines[i + 1 :]]))
+            except Exception:  # noqa: BLE001 - an exception type with another signature
+                return e
+    return e
 
 
 def _check_manifest(manifest: dict, root: str, audio: AudioFrontend, labels: bool) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from preprocess.errors import AvfusionError
 from preprocess.shardformat import (
     MANIFEST,
     CorruptShard,
@@ -45,7 +46,7 @@ S3_TIMEOUTS = (5.0, 8.0)  # connect, read (s); DataConfig.s3_*_timeout
 MAX_BACKOFF = 8.0  # s, between retries
 
 
-class ShardReadError(RuntimeError):
+class ShardReadError(AvfusionError):
     """A shard could not be read (permanent error, or transient errors beyond the retry budget)."""
 
 

@@ -22,13 +22,14 @@ import torch
 from pipeline.augment import Augment, SampleError
 from pipeline.epochplan import Entry, EpochPlan, mix_seed
 from pipeline.shardio import ShardStore
+from preprocess.errors import AvfusionError
 from preprocess.shardformat import CorruptShard
 
 STAGES = ("shard", "meta", "audio", "image")  # error counts: samples skipped per stage
 MIN_RATE_SAMPLES = 100  # the error rate is judged on ≥ this many samples
 
 
-class DataError(RuntimeError):
+class DataError(AvfusionError):
     """Too many samples failed (``data.max_error_rate``) or a stream has no usable sample."""
 
 

@@ -49,11 +49,16 @@ def error_line(e: BaseException) -> str:
     )
 
 
-def run_cli(func: Callable[..., int | None], *args, quiet: bool = False) -> int:
+def run_cli(
+    func: Callable[..., int | None],
+    *args,
+    quiet: bool | Callable[[BaseException], bool] = False,
+) -> int:
     """``func(*args)`` as a command: its exit code, or one ``error:`` line on stderr and 2 / 70.
 
-    ``quiet`` suppresses the line for expected errors (the other ranks of a distributed job, where
-    rank 0 already printed the same line). Tracebacks only with ``AVFUSION_DEBUG=1``.
+    ``quiet`` (or ``quiet(e)``) suppresses the line for expected errors (the other ranks of a
+    distributed job, where rank 0 already printed the same line). Tracebacks only with
+    ``AVFUSION_DEBUG=1``.
     """
     try:
         return int(func(*args) or 0)
@@ -64,6 +69,6 @@ def run_cli(func: Callable[..., int | None], *args, quiet: bool = False) -> int:
         if debug_enabled():
             raise
         expected = isinstance(e, EXPECTED)
-        if not (quiet and expected):
+        if not (expected and (quiet(e) if callable(quiet) else quiet)):
             print(error_line(e), file=sys.stderr, flush=True)
         return EXIT_USAGE if expected else EXIT_INTERNAL

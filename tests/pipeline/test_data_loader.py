@@ -12,7 +12,7 @@ import torch
 
 from model.presets import FRONTENDS, ImageSpec
 from pipeline.config import DataConfig
-from pipeline.loader import DataError, build_loader
+from pipeline.loader import DataError, ShardReadError, build_loader
 from tests.pipeline.conftest import LABELS, sample_key, write_shard_set
 
 DAF = FRONTENDS["deepavfusion"]
@@ -265,3 +265,21 @@ def test_unusable_shard_sets_are_named(shard_set, tmp_path):
     write_shard_set(tmp_path / "nolabels", 4, 4, labelled=False)
     with pytest.raises(ValueError, match="unlabelled"):
         make_loader(tmp_path / "nolabels", labels=True)
+
+
+class _FailingStream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        raise ShardReadError("s3://b/set/shard-000001.tar: still failing after 2 attempts in 5 s")
+
+
+def test_a_worker_error_keeps_its_own_message():
+    """DataLoader re-raises a worker's exception with the worker's traceback as the message;
+    the user's one line must still be the one naming the shard."""
+    from pipeline.loader import worker_error
+
+    with pytest.raises(ShardReadError) as caught:
+        next(iter(torch.utils.data.DataLoader(_FailingStream(), batch_size=None, num_workers=1)))
+    assert str(caught.value).startswith("Caught ShardReadError in DataLoader worker process 0")
+    error = worker_error(caught.value)
+    assert type(error) is ShardReadError
+    assert str(error) == "s3://b/set/shard-000001.tar: still failing after 2 attempts in 5 s"

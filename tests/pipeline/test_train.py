@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -518,3 +519,47 @@ def test_write_limit_during_a_checkpoint_save_keeps_the_last_one(train_shards, t
     assert [p.name for p in (out / "checkpoints").glob("step*")] == [kept.name]
     assert (out / "checkpoints" / "latest").read_text().strip() == kept.name
     verify_marker(kept)
+
+
+def test_unreachable_shards_stop_every_rank_and_keep_the_checkpoint(train_shards, tmp_path):
+    """#14.2: the S3 endpoint goes away mid-run (2 ranks): past the retry budget the rank that
+    meets it names the shard, the launcher stops the job, and the last checkpoint verifies."""
+    import shutil
+
+    from benchmarks.s3server import S3Server
+    from pipeline.checkpoint import verify_marker
+
+    shutil.copytree(train_shards, tmp_path / "s3" / "own" / "set")
+    out = tmp_path / "run"
+    extra = {"train.max_steps": 1000, "tracking.enabled": "false", "probe.every_epochs": 1000}
+    extra |= {"data.s3_retries": 1, "data.s3_retry_seconds": 5, "data.s3_connect_timeout": 2}
+    with S3Server(tmp_path / "s3") as server:
+        proc = subprocess.Popen(
+            deepspeed_cmd(overrides("s3://own/set", out, "sqlite:///unused.db", **extra)),
+            cwd=REPO,
+            env=env() | server.env | {"AWS_MAX_ATTEMPTS": "1"},
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        latest = out / "checkpoints" / "latest"
+        deadline = time.time() + 600
+        while not (latest.exists() and latest.read_text().strip() == "step00000004"):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.05)
+        server.stop()
+        stopped = time.time()
+        try:
+            output = proc.communicate(timeout=180)[0]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    print(f"launcher exited {proc.returncode} {time.time() - stopped:.1f} s after the outage")
+    assert proc.returncode != 0
+    errors = [line for line in output.splitlines() if line.startswith("error: rank ")]
+    assert errors, output[-3000:]
+    assert re.search(r"s3://own/set/shard-\d{6}\.tar: still failing after 2 attempts", errors[0])
+    tags = sorted(p.name for p in (out / "checkpoints").glob("step*"))
+    assert latest.read_text().strip() == tags[-1]
+    verify_marker(out / "checkpoints" / tags[-1])

@@ -107,7 +107,9 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What every DeepSpeed job (pretraining, evaluations) shares under ``train.``."""
+
     output_dir: str = "runs/debug"
     effective_batch_size: int | None = None  # None: batch_size * world_size (no accumulation)
     precision: str = "fp32"  # fp32 | bf16 | fp16
@@ -119,6 +121,10 @@ class TrainConfig:
     keep_last: int = 2
     resume: str = "auto"  # auto | never | path to a checkpoint directory
     load_universal: bool = False  # resume from a DeepSpeed universal checkpoint (new world size)
+
+
+@dataclass
+class TrainConfig(RunConfig):
     recon_every_steps: int = 0  # 0: only at the end
     compile: bool = False  # torch.compile every transformer block (regional)
     compile_mode: str = (

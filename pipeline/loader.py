@@ -374,34 +374,11 @@ def _check_manifest(manifest: dict, root: str, audio: AudioFrontend, labels: boo
         )
 
 
-def build_loader(
-    cfg: DataConfig,
-    *,
-    audio: AudioFrontend,
-    image: ImageSpec,
-    rank: int,
-    world_size: int,
-    seed: int,
-    train: bool = True,
-    labels: bool = False,
-    device: torch.device | str = "cpu",
-    view: EvalView | None = None,
-) -> ShardLoader:
+def build_loader(cfg: DataConfig, **kwargs) -> ShardLoader:
     """The loader of ``rank`` for ``cfg.shards``; see :class:`ShardLoader` (``view``: which
     evaluation view an eval loader yields, multi-clip evaluation)."""
     if not cfg.shards:
         raise ValueError(
             "data.shards: empty — set it to a shard-set directory or s3://bucket/prefix"
         )
-    return ShardLoader(
-        cfg,
-        audio=audio,
-        image=image,
-        rank=rank,
-        world_size=world_size,
-        seed=seed,
-        train=train,
-        labels=labels,
-        device=device,
-        view=view,
-    )
+    return ShardLoader(cfg, **kwargs)

@@ -145,6 +145,27 @@ class Tracker:
         )
         self._thread.start()
 
+    @classmethod
+    def from_config(
+        cls,
+        tcfg,
+        is_main: bool,
+        run_id: str | None = None,
+        output_dir: str | Path | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> Tracker:
+        """The tracker of a job's ``tracking:`` section (``TrackingConfig``); off on other ranks."""
+        return cls(
+            tcfg.uri,
+            tcfg.experiment,
+            tcfg.run_name,
+            enabled=is_main and tcfg.enabled,
+            run_id=run_id,
+            system_metrics=tcfg.system_metrics,
+            output_dir=output_dir,
+            tags=tags,
+        )
+
     # -- public API (training thread; never blocks on the network) --------------------------
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled and not self.resumed:  # a resumed run keeps its original params

@@ -131,15 +131,7 @@ class Trainer:
             device=info.device,
             dtype=engine_dtype(cfg),
         )
-        self.tracker = Tracker(
-            cfg.tracking.uri,
-            cfg.tracking.experiment,
-            cfg.tracking.run_name,
-            enabled=info.is_main and cfg.tracking.enabled,
-            run_id=run_id,
-            system_metrics=cfg.tracking.system_metrics,
-            output_dir=self.out,
-        )
+        self.tracker = Tracker.from_config(cfg.tracking, info.is_main, run_id, self.out)
         epochs_steps = cfg.optim.epochs * self.steps_per_epoch
         self.report = RunReport(
             min(epochs_steps, cfg.train.max_steps or epochs_steps), self.progress.step

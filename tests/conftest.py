@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from benchmarks.s3server import S3Server
+
+# Every process the tests start finds the environment's tools first (deepspeed, rclone, and
+# ninja, which JIT-builds DeepSpeed's CPU comm op: a system ninja of another version disagrees
+# with the venv's about the build log, and each switch between them rebuilds the op, ≈ 60 s).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,6 @@ the model's sigmoid map and the centred Gaussian prior, each into a :class:`Segm
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,7 +17,7 @@ from torch import Tensor, nn
 from model.heads_dense import AVSHead
 from pipeline.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
+from pipeline.eval.dense_data import DenseSpec
 from pipeline.eval.dense_figures import overlay_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
 from pipeline.eval.dense_metrics import SegmentationMeter
@@ -33,7 +31,7 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
 
 def train_avs(r: DenseRun, frozen: bool = False) -> DenseModel:
     """The encoder + AVSHead trained on ``data.train`` (``frozen``: the head only)."""
-    cfg, info, acfg = r.cfg, r.info, r.cfg.avs
+    info, acfg = r.info, r.cfg.avs
     layers = [r.layer(i) for i in acfg.layers]
     head = AVSHead(r.mcfg.embed_dim, r.grid, tuple(acfg.channels)).to(info.device)
     r.encoder.requires_grad_(not frozen)
@@ -41,27 +39,12 @@ def train_avs(r: DenseRun, frozen: bool = False) -> DenseModel:
     train_spec = DenseSpec(
         r.size, r.audio, masks=True, train=True, jitter_seconds=acfg.audio_jitter
     )
-    n_train = check_members(cfg.data.train, train_spec)["num_samples"]
-
-    def epoch_batches(epoch: int):
-        items = itertools.chain.from_iterable(
-            dense_items(
-                cfg.data.train,
-                train_spec,
-                info.rank,
-                info.world_size,
-                seed=cfg.train.seed * 7919 + epoch * acfg.oversample + k,
-            )
-            for k in range(acfg.oversample)
-        )
-        return batches(items, cfg.data.batch_size)
 
     def loss_fn(m: nn.Module, batch: dict) -> Tensor:
         logits = avs_logits(m, r, layers, batch)
         return F.binary_cross_entropy_with_logits(logits, batch["mask"].float().to(logits.device))
 
-    steps = n_train * acfg.oversample // (cfg.data.batch_size * info.world_size)
-    r.train(model, epoch_batches, loss_fn, steps)
+    r.train(model, train_spec, loss_fn, passes=acfg.oversample)
     return model
 
 

@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import ConfigError, DataConfig, TrackingConfig, from_dict, raw_tree
+from pipeline.config import (
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    TrackingConfig,
+    from_dict,
+    raw_tree,
+)
 from pipeline.eval.dense_config import AVSConfig, LocalizationConfig, SeparationConfig
 
 TASK_NAMES = ("linear", "finetune", "avs", "separation", "localization")
@@ -73,18 +80,9 @@ class EvalOptimConfig:
 
 
 @dataclass
-class EvalTrainConfig:
+class EvalTrainConfig(RunConfig):
     output_dir: str = "runs/eval"
-    effective_batch_size: int | None = None  # None: batch_size * world_size (no accumulation)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (linear probe: fp32, no AMP)
-    zero_stage: int = 0
-    seed: int = 0
-    max_steps: int | None = None  # stop early (tests, smoke runs)
-    log_every: int = 10
-    save_every_steps: int = 0  # 0: only at epoch ends
-    keep_last: int = 2
-    resume: str = "auto"  # auto | never | path to a checkpoint directory
-    load_universal: bool = False
+    zero_stage: int = 0  # precision: the linear probe runs fp32, no AMP
 
 
 @dataclass

@@ -9,6 +9,7 @@ iterators rather than the streaming loader, so ZeRO sharding is not used here.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from model.presets import AudioFrontend, get_frontend
 from pipeline.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_data import DenseSpec, batches, dense_items
+from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
 from pipeline.eval.dense_metrics import centred_prior
 from pipeline.eval.encoder import LoadedEncoder, load_encoder
 from pipeline.eval.optim import apply_lr, layer_decay_groups, schedule
@@ -63,14 +64,12 @@ class DenseRun:
         self.out.mkdir(parents=True, exist_ok=True)
         record = self.out / RUN_RECORD
         resumed = cfg.train.resume != "never" and record.exists()
-        self.tracker = Tracker(
-            cfg.tracking.uri,
-            cfg.tracking.experiment,
-            cfg.tracking.run_name,
-            enabled=cfg.tracking.enabled and info.is_main,
-            run_id=json.loads(record.read_text())["mlflow_run_id"] if resumed else None,
-            system_metrics=cfg.tracking.system_metrics,
-            tags={"task": cfg.task, "encoder": loaded.source},
+        self.tracker = Tracker.from_config(
+            cfg.tracking,
+            info.is_main,
+            json.loads(record.read_text())["mlflow_run_id"] if resumed else None,
+            self.out,
+            {"task": cfg.task, "encoder": loaded.source},
         )
         self.tracker.log_params(asdict(cfg))
         if info.is_main:
@@ -88,20 +87,39 @@ class DenseRun:
         x = batch["image"].float().mul(self._scale).sub(self._shift)
         return x.to(self.info.device)
 
+    def epoch_batches(self, spec: DenseSpec, epoch: int, passes: int = 1) -> Iterator[dict]:
+        """This rank's training batches of ``epoch``: ``passes`` shuffled passes over
+        ``data.train`` (each its own seed, so oversampled items see other crops and jitter)."""
+        cfg, info = self.cfg, self.info
+        items = itertools.chain.from_iterable(
+            dense_items(
+                cfg.data.train,
+                spec,
+                info.rank,
+                info.world_size,
+                seed=cfg.train.seed * 7919 + epoch * passes + k,
+            )
+            for k in range(passes)
+        )
+        return batches(items, cfg.data.batch_size)
+
     def train(
         self,
         model: DenseModel,
-        batches: Callable[[int], Iterator[dict]],
+        spec: DenseSpec,
         loss_fn: Callable[[nn.Module, dict], Tensor],
-        steps_per_epoch: int,
         name: str = "model",
+        passes: int = 1,
     ) -> None:
-        """AdamW with layer decay, warm-up + cosine per iteration; a checkpoint after each epoch.
+        """AdamW with layer decay, warm-up + cosine per iteration over ``passes`` passes of
+        ``data.train`` per epoch; a checkpoint after each epoch.
 
         Every rank takes a step only while all ranks still have a batch (equal step counts).
         """
         cfg, opt_cfg = self.cfg, self.cfg.optim
         world = self.info.world_size
+        n = check_members(cfg.data.train, spec)["num_samples"]
+        steps_per_epoch = n * passes // (cfg.data.batch_size * world)
         lr = (
             opt_cfg.lr
             if opt_cfg.lr is not None
@@ -122,7 +140,7 @@ class DenseRun:
         step = start * steps_per_epoch
         for epoch in range(start, opt_cfg.epochs):
             torch.manual_seed(cfg.train.seed * 1000 + epoch)
-            for j, batch in enumerate(_while_all_ranks(batches(epoch))):
+            for j, batch in enumerate(_while_all_ranks(self.epoch_batches(spec, epoch, passes))):
                 apply_lr(optimizer, sched, epoch + j / max(steps_per_epoch, 1))
                 loss = loss_fn(ddp, batch)
                 optimizer.zero_grad(set_to_none=True)

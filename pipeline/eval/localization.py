@@ -23,7 +23,7 @@ from model.heads_dense import AVSHead
 from pipeline.distributed import DistInfo
 from pipeline.eval.avs import avs_logits, train_avs
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
+from pipeline.eval.dense_data import DenseSpec
 from pipeline.eval.dense_figures import heatmap_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
 from pipeline.eval.dense_metrics import LocalizationMeter
@@ -57,22 +57,7 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
         )
     if variant == "contrastive":
         spec = DenseSpec(r.size, r.audio, train=True)
-        n = check_members(cfg.data.train, spec)["num_samples"]
-        r.train(
-            model,
-            lambda epoch: batches(
-                dense_items(
-                    cfg.data.train,
-                    spec,
-                    info.rank,
-                    info.world_size,
-                    seed=cfg.train.seed * 7919 + epoch,
-                ),
-                cfg.data.batch_size,
-            ),
-            lambda m, batch: _contrastive_loss(r, getattr(m, "module", m), batch),
-            n // (cfg.data.batch_size * info.world_size),
-        )
+        r.train(model, spec, lambda m, batch: _contrastive_loss(r, getattr(m, "module", m), batch))
     return _evaluate(r, model)
 
 

@@ -79,17 +79,10 @@ class EvalLoop:
         self.step = self.epoch = self.step_in_epoch = 0
         self.out = Path(cfg.train.output_dir)
         run_id = self._resume()
-        self.tracker = Tracker(
-            cfg.tracking.uri,
-            cfg.tracking.experiment,
-            cfg.tracking.run_name,
-            enabled=info.is_main and cfg.tracking.enabled,
-            run_id=run_id,
-            system_metrics=cfg.tracking.system_metrics,
-            tags=tags,
-        )
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        self.tracker = Tracker.from_config(cfg.tracking, info.is_main, run_id, self.out, tags)
+        if info.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             self.tracker.log_params(
                 to_dict(cfg)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from functools import partial
 
 import mir_eval
 import numpy as np
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from model.heads_dense import SeparationHead
 from pipeline.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
+from pipeline.eval.dense_data import DenseSpec, batches, dense_items
 from pipeline.eval.dense_figures import spectrogram_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
 from pipeline.eval.separation_audio import mix, model_input, ratio_target, separate, stft
@@ -50,24 +51,8 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
         for name, enc in (("model", r.encoder), ("audio_only", blank))
     }
     spec = DenseSpec(r.size, r.audio, waveform=True, train=True)
-    n = check_members(cfg.data.train, spec)["num_samples"]
     for name, model in models.items():
-        r.train(
-            model,
-            lambda epoch: batches(
-                dense_items(
-                    cfg.data.train,
-                    spec,
-                    info.rank,
-                    info.world_size,
-                    seed=cfg.train.seed * 7919 + epoch,
-                ),
-                cfg.data.batch_size,
-            ),
-            lambda m, batch, name=name: _loss(r, m, layers, batch, visual=name == "model"),
-            n // (cfg.data.batch_size * info.world_size),
-            name=name,
-        )
+        r.train(model, spec, partial(_loss, r, layers, name == "model"), name=name)
     return _evaluate(r, models, layers)
 
 
@@ -85,7 +70,7 @@ def _mask_logits(
     ]
 
 
-def _loss(r: DenseRun, m: nn.Module, layers: list[int], batch: dict, visual: bool) -> Tensor:
+def _loss(r: DenseRun, layers: list[int], visual: bool, m: nn.Module, batch: dict) -> Tensor:
     wave = batch["wave"].to(r.info.device)
     mixture = mix(wave, wave.roll(1, 0))
     target, weight = ratio_target(

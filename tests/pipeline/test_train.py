@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -68,6 +69,25 @@ def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
+
+
+def train_once(*args: str, limit: int | None = None, **extra) -> subprocess.CompletedProcess:
+    """``python -m pipeline.train`` (one process) on configs/debug.yaml; ``limit``: a file-size
+    limit in bytes (``ulimit -f``)."""
+
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs/debug.yaml")]
+        + [*map(str, args)],
+        cwd=REPO,
+        env=env() | extra,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=set_limit if limit else None,
+    )
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -297,25 +317,13 @@ def test_rank_killed_stops_the_job_then_resume_continues_the_curve(
 
 
 def test_nan_loss_names_step_and_batch(train_shards, tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.train",
-            "--config",
-            str(REPO / "configs" / "debug.yaml"),
-            *overrides(
-                train_shards,
-                tmp_path / "nan",
-                f"sqlite:///{tmp_path}/mlruns.db",
-                **{"optim.lr": 1e30, "optim.warmup_epochs": 0},
-            ),
-        ],
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = train_once(
+        *overrides(
+            train_shards,
+            tmp_path / "nan",
+            f"sqlite:///{tmp_path}/mlruns.db",
+            **{"optim.lr": 1e30, "optim.warmup_epochs": 0},
+        )
     )
     assert proc.returncode != 0
     assert (
@@ -326,21 +334,7 @@ def test_nan_loss_names_step_and_batch(train_shards, tmp_path):
 
 
 def test_bad_config_key_is_named(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.train",
-            "--config",
-            str(REPO / "configs" / "debug.yaml"),
-            "train.zero_stagee=2",
-        ],
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = train_once("train.zero_stagee=2")
     assert proc.returncode != 0
     assert "train.zero_stagee: unknown key" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -459,21 +453,7 @@ def test_bad_setup_fails_before_deepspeed_starts(case, train_shards, tmp_path):
     extra = {k: str(v).format(tmp=tmp_path) for k, v in extra.items()} | {
         "tracking.enabled": "false"
     }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.train",
-            "--config",
-            str(REPO / "configs" / "debug.yaml"),
-            *overrides(train_shards, out, "sqlite:///unused.db", **extra),
-        ],
-        cwd=REPO,
-        env=env() | environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = train_once(*overrides(train_shards, out, "sqlite:///unused.db", **extra), **environment)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith(expected.format(tmp=tmp_path, out=out)), lines[-1]
@@ -483,27 +463,15 @@ def test_bad_setup_fails_before_deepspeed_starts(case, train_shards, tmp_path):
 def test_write_limit_during_a_checkpoint_save_keeps_the_last_one(train_shards, tmp_path):
     """#14.7: ``ulimit -f`` hit while saving: one line naming the step's folder and the kept
     checkpoint; the unfinished folder is gone and the earlier checkpoint still verifies."""
-    import resource
-
     from pipeline.checkpoint import verify_marker
 
     out = tmp_path / "run"
 
     def train(max_steps: int, limit: int | None = None) -> subprocess.CompletedProcess:
-        def set_limit():
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
         extra = {"train.max_steps": max_steps, "tracking.enabled": "false"}
         extra["probe.every_epochs"] = 1000
-        return subprocess.run(
-            [sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs/debug.yaml")]
-            + overrides(train_shards, out, "sqlite:///unused.db", **extra),
-            cwd=REPO,
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            preexec_fn=set_limit if limit else None,
+        return train_once(
+            *overrides(train_shards, out, "sqlite:///unused.db", **extra), limit=limit
         )
 
     first = train(4)

@@ -444,8 +444,13 @@ PREFLIGHT = {  # case → (overrides, environment, the error line's start)
 
 
 @pytest.mark.parametrize("case", PREFLIGHT)
-def test_bad_setup_fails_before_deepspeed_starts(case, train_shards, tmp_path):
-    """#14.4: each is one line naming the key or path, before any process group or engine."""
+def test_bad_setup_fails_before_deepspeed_starts(case, train_shards, tmp_path, monkeypatch, capsys):
+    """#14.4: each is one line naming the key or path, before any process group or engine
+    (in this process: the entry point's ``main``, so the test can see no group was joined)."""
+    import torch.distributed as dist
+
+    from pipeline.train import main
+
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     out = (blocker if case == "unwritable" else tmp_path) / "run"
@@ -453,11 +458,16 @@ def test_bad_setup_fails_before_deepspeed_starts(case, train_shards, tmp_path):
     extra = {k: str(v).format(tmp=tmp_path) for k, v in extra.items()} | {
         "tracking.enabled": "false"
     }
-    proc = train_once(*overrides(train_shards, out, "sqlite:///unused.db", **extra), **environment)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith(expected.format(tmp=tmp_path, out=out)), lines[-1]
-    assert "Initializing TorchBackend" not in proc.stdout + proc.stderr  # no process group
+    for k, v in environment.items():
+        monkeypatch.setenv(k, v)
+    code = main(
+        ["--config", str(REPO / "configs/debug.yaml")]
+        + overrides(train_shards, out, "sqlite:///unused.db", **extra)
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(expected.format(tmp=tmp_path, out=out)), lines[0]
+    assert not dist.is_initialized()
 
 
 def test_write_limit_during_a_checkpoint_save_keeps_the_last_one(train_shards, tmp_path):

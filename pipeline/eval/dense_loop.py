@@ -72,8 +72,6 @@ class DenseRun:
             {"task": cfg.task, "encoder": loaded.source},
         )
         self.tracker.log_params(asdict(cfg))
-        if info.is_main:
-            _atomic_write(record, json.dumps({"mlflow_run_id": self.tracker.run_id}).encode())
         self.epochs_done = 0
 
     def layer(self, i: int) -> int:
@@ -217,6 +215,13 @@ class DenseRun:
                 tmp,
             )
             tmp.replace(path)
+            # the run id is known once the tracker reached the server (it creates the run in the
+            # background); until then the tracking journal in out/ names the run to continue
+            if self.tracker.run_id is not None:
+                _atomic_write(
+                    self.out / RUN_RECORD,
+                    json.dumps({"mlflow_run_id": self.tracker.run_id}).encode(),
+                )
         dist.barrier()
 
 

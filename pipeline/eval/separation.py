@@ -40,6 +40,7 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
     r = DenseRun(cfg, info)
     layers = [r.layer(i) for i in cfg.separation.layers]
     grid = r.mcfg.audio_grid
+    r.encoder.requires_grad_(not cfg.separation.frozen)
     blank = copy.deepcopy(r.encoder)
     models = {
         name: DenseModel(

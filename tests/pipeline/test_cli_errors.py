@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
@@ -48,20 +47,26 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_error_line(case, tmp_path, shard_set):
+def test_bad_input_is_one_error_line(case, tmp_path, shard_set, capsys, monkeypatch):
+    """In this process (the console entry point's ``main``): the same code path, without a
+    Python start-up per case."""
+    import sys
+
+    from pipeline.cli import main
+
+    monkeypatch.setenv("AVFUSION_DEBUG", "")
     args = CASES[case](str(tmp_path / "missing"), str(tmp_path), str(shard_set))
-    proc = subprocess.run(
-        [*AVFUSION, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "AVFUSION_DEBUG": ""},
-    )
-    assert proc.returncode not in (0, 70), (case, proc.returncode, proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, (case, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr + proc.stdout, (case, proc.stderr[-2000:])
+    try:
+        code = main(args)
+    except SystemExit as e:  # what the interpreter would do with it
+        code = e.code if isinstance(e.code, int) else 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    out = capsys.readouterr()
+    assert code not in (0, 70), (case, code, out.err[-2000:])
+    errors = [line for line in out.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, (case, out.err[-2000:])
+    assert "Traceback" not in out.err + out.out, (case, out.err[-2000:])
 
 
 def test_debug_shows_the_traceback(tmp_path):

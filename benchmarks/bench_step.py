@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 from benchmarks.bench_model import peak_tflops, step_flops  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.distributed import deepspeed_config, engine_dtype, init_distributed  # noqa: E402
+from pipeline.distributed import build_engine, engine_dtype, init_distributed  # noqa: E402
 from pipeline.schedule import build_optimizer  # noqa: E402
 from pipeline.trainer import build_model, compile_blocks  # noqa: E402
 from pipeline.trainstep import TrainStep  # noqa: E402
@@ -90,7 +90,6 @@ class Variants:
     """The three step functions over copies of one initial model."""
 
     def __init__(self, cfg, info):
-        import deepspeed
 
         model, pretrained = build_model(cfg)
         self.device, self.dtype = info.device, engine_dtype(cfg)
@@ -101,10 +100,8 @@ class Variants:
         if cfg.train.compile:
             for m in (model, self.plain_model, self.only_model):
                 compile_blocks(m, cfg.train.compile_mode)
-        engine, *_ = deepspeed.initialize(
-            model=model,
-            config=deepspeed_config(cfg, 1),
-            optimizer=build_optimizer(model, cfg.optim, pretrained, 1e-4, info.device),
+        engine, _ = build_engine(
+            model, build_optimizer(model, cfg.optim, pretrained, 1e-4, info.device), cfg, 1
         )
         self.step = TrainStep(
             engine, seed=0, accum=1, rank=0, world_size=1, device=info.device, dtype=self.dtype
@@ -169,10 +166,17 @@ def measure(cfg, info, steps: int, rounds: int) -> dict:
     for fn in fns.values():  # warm-up (and compilation)
         timed(fn, 2, info.device)
     times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, steps, info.device))
+    order = list(fns)
+    for r in range(rounds):  # interleaved, the order rotated every round
+        for name in order[r % 3 :] + order[: r % 3]:
+            times[name].append(timed(fns[name], steps, info.device))
     step_s = {name: statistics.median(t) for name, t in times.items()}
+
+    def ratio(a: str, b: str) -> float:
+        """Median over rounds of the per-round ratio: a drift in machine load between rounds
+        (a shared VM) cancels, since both blocks of a round see the same load."""
+        return round(statistics.median(x / y for x, y in zip(times[a], times[b], strict=True)), 3)
+
     row = {
         "device": torch.cuda.get_device_name() if info.device.type == "cuda" else "cpu",
         "preset": cfg.model.preset,
@@ -181,8 +185,8 @@ def measure(cfg, info, steps: int, rounds: int) -> dict:
         "zero_stage": cfg.train.zero_stage,
         "compile": cfg.train.compile,
         "step_s": {k: round(s, 5) for k, s in step_s.items()},
-        "ratio_trainer_vs_plain": round(step_s["trainer"] / step_s["plain"], 3),
-        "ratio_trainer_vs_model_only": round(step_s["trainer"] / step_s["model_only"], 3),
+        "ratio_trainer_vs_plain": ratio("trainer", "plain"),
+        "ratio_trainer_vs_model_only": ratio("trainer", "model_only"),
         "samples_per_s": round(cfg.data.batch_size / step_s["trainer"], 1),
         **count_syncs(v),
     }
@@ -208,7 +212,7 @@ def main() -> None:
     )
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (medians taken)")
     parser.add_argument(
         "--cpu", action="store_true", help="stay on the CPU even when CUDA is present"
     )

@@ -31,7 +31,7 @@ from pipeline.checkpoint import (
     tag_for,
 )
 from pipeline.config import Config, to_dict
-from pipeline.distributed import DistInfo, deepspeed_config, engine_dtype
+from pipeline.distributed import DistInfo, build_engine, engine_dtype
 from pipeline.figures import save_reconstruction
 from pipeline.preflight import probe_data, shard_loader, steps_per_epoch
 from pipeline.probe import extract_features, knn_top1, merge_features
@@ -98,7 +98,6 @@ class Progress:
 
 class Trainer:
     def __init__(self, cfg: Config, info: DistInfo):
-        import deepspeed
 
         self.cfg, self.info = cfg, info
         torch.manual_seed(cfg.train.seed)
@@ -115,9 +114,7 @@ class Trainer:
         optimizer = build_optimizer(model, cfg.optim, pretrained, self.schedule.lr, info.device)
         if cfg.train.compile:
             compile_blocks(model, cfg.train.compile_mode)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg, info.world_size)
-        )
+        self.engine, self.optimizer = build_engine(model, optimizer, cfg, info.world_size)
         self.checkpoints = Checkpointer(
             self.engine, self.out / "checkpoints", cfg.train.keep_last, info.rank, info.world_size
         )

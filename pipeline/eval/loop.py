@@ -47,7 +47,6 @@ class EvalLoop:
         loader: ShardLoader,
         tags: dict[str, str],
     ):
-        import deepspeed
 
         self.cfg, self.info, self.loader = cfg, info, loader
         self.accum = D.accumulation_steps(cfg, info.world_size)
@@ -72,9 +71,7 @@ class EvalLoop:
             if o.name == "lars"
             else torch.optim.AdamW(groups, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
         )
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=D.deepspeed_config(cfg, info.world_size)
-        )
+        self.engine, self.optimizer = D.build_engine(model, optimizer, cfg, info.world_size)
         self.dtype = D.engine_dtype(cfg)
         self.step = self.epoch = self.step_in_epoch = 0
         self.out = Path(cfg.train.output_dir)

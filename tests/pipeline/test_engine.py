@@ -9,7 +9,7 @@ import torch
 from benchmarks.bench_step import HostReadCounter
 from pipeline.checkpoint import Checkpointer, NonFiniteWeights
 from pipeline.config import load_config
-from pipeline.distributed import deepspeed_config, engine_dtype
+from pipeline.distributed import build_engine, deepspeed_config, engine_dtype
 from pipeline.schedule import build_optimizer
 from pipeline.trainer import build_model
 from pipeline.trainstep import NonFiniteLoss, TrainStep
@@ -41,14 +41,10 @@ def process_group():
 
 
 def engine_for(cfg):
-    import deepspeed
 
     model, pretrained = build_model(cfg)
     optimizer = build_optimizer(model, cfg.optim, pretrained, 1e-3, CPU)
-    engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(cfg, 1)
-    )
-    return engine
+    return build_engine(model, optimizer, cfg, 1)[0]
 
 
 def debug_cfg(*overrides: str):
@@ -168,12 +164,9 @@ def test_compiled_blocks_train_like_eager(process_group):
         model, pretrained = build_model(cfg)
         if compiled:
             compile_blocks(model, cfg.train.compile_mode)
-        import deepspeed
 
-        engine, *_ = deepspeed.initialize(
-            model=model,
-            config=deepspeed_config(cfg, 1),
-            optimizer=build_optimizer(model, cfg.optim, pretrained, 1e-3, CPU),
+        engine, _ = build_engine(
+            model, build_optimizer(model, cfg.optim, pretrained, 1e-3, CPU), cfg, 1
         )
         step = TrainStep(
             engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=torch.float32

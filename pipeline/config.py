@@ -278,25 +278,37 @@ _CHOICES = {
 }
 
 
-def validate(cfg: Config) -> None:
-    """Value checks that types cannot express; each error names its key."""
-    for key, allowed in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+def lookup(cfg: Any, key: str) -> Any:
+    """``cfg.a.b`` for ``key`` = ``"a.b"``."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_values(cfg: Any, choices: dict[str, tuple], positive: tuple[str, ...]) -> None:
+    """Each ``choices`` key holds one of its values; each ``positive`` key is > 0 (or None)."""
+    for key, allowed in choices.items():
+        value = lookup(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
-    positive = {
-        "data.batch_size": cfg.data.batch_size,
-        "data.shuffle_buffer": cfg.data.shuffle_buffer,
-        "data.interleave": cfg.data.interleave,
-        "data.partitions": cfg.data.partitions,
-        "optim.epochs": cfg.optim.epochs,
-        "train.log_every": cfg.train.log_every,
-        "train.max_steps": 1 if cfg.train.max_steps is None else cfg.train.max_steps,
-    }
-    for key, value in positive.items():
-        if value <= 0:
+    for key in positive:
+        value = lookup(cfg, key)
+        if value is not None and value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types cannot express; each error names its key."""
+    positive = (
+        "data.batch_size",
+        "data.shuffle_buffer",
+        "data.interleave",
+        "data.partitions",
+        "optim.epochs",
+        "train.log_every",
+        "train.max_steps",
+    )
+    check_values(cfg, _CHOICES, positive)
     cfg.model.architecture()
     if not 0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs:
         raise ConfigError(

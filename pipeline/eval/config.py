@@ -16,7 +16,9 @@ from pipeline.config import (
     DataConfig,
     RunConfig,
     TrackingConfig,
+    check_values,
     from_dict,
+    lookup,
     raw_tree,
 )
 from pipeline.eval.dense_config import AVSConfig, LocalizationConfig, SeparationConfig
@@ -145,31 +147,10 @@ def load_eval_config(
     return cfg
 
 
-def _get(cfg: EvalConfig, key: str):
-    value = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def validate(cfg: EvalConfig) -> None:
     """Value checks that types cannot express; each error names its key."""
-    for key, allowed in _CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            raise ConfigError(
-                f"{key}: {_get(cfg, key)!r} is not one of {', '.join(map(str, allowed))}"
-            )
-    for key in (
-        "data.batch_size",
-        "optim.epochs",
-        "train.log_every",
-        "eval.every_epochs",
-        "eval.clips",
-        "eval.frames",
-        "eval.top_k",
-    ):
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)}")
+    positive = ("data.batch_size", "optim.epochs", "train.log_every", "eval.every_epochs")
+    check_values(cfg, _CHOICES, positive + ("eval.clips", "eval.frames", "eval.top_k"))
     if not 0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs:
         raise ConfigError(
             f"optim.warmup_epochs: must be in [0, optim.epochs], got {cfg.optim.warmup_epochs}"
@@ -196,5 +177,5 @@ def validate(cfg: EvalConfig) -> None:
             "encoder.preset: required with encoder.init=random and no encoder.checkpoint"
         )
     for key in ("data.train", "data.test"):
-        if not _get(cfg, key):
+        if not lookup(cfg, key):
             raise ConfigError(f"{key}: empty — set it to a labelled shard set (directory or s3://)")

@@ -8,19 +8,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.pipeline.helpers import AVFUSION, REPO, free_port
+from tests.pipeline.helpers import AVFUSION, REPO, cpu_env, deepspeed_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def dense_set(tmp_path_factory) -> Path:
         ],
         check=True,
         cwd=REPO,
-        env=_env(),
+        env=cpu_env(),
         capture_output=True,
     )
     subprocess.run(
@@ -67,7 +62,7 @@ def dense_set(tmp_path_factory) -> Path:
         ],
         check=True,
         cwd=REPO,
-        env=_env(),
+        env=cpu_env(),
         capture_output=True,
     )
     return root / "set"
@@ -100,23 +95,14 @@ def _last_json(stdout: str) -> dict:
 
 def _run(cmd: list[str], timeout: float = 900) -> dict:
     proc = subprocess.run(
-        cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+        cmd, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return _last_json(proc.stdout)
 
 
 def _deepspeed(args: list[str]) -> list[str]:
-    return [
-        str(Path(sys.executable).with_name("deepspeed")),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "--module",
-        "pipeline.evaluate",
-        *args,
-    ]
+    return deepspeed_module("pipeline.evaluate", *args)
 
 
 def test_localization_two_ranks_equal_one_and_the_prior_is_scored_independently(
@@ -155,7 +141,7 @@ def test_avs_killed_with_sigkill_resumes_to_the_same_result(dense_set, tmp_path)
     proc = subprocess.Popen(
         [*AVFUSION, "eval", *args],
         cwd=REPO,
-        env=_env(),
+        env=cpu_env(),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

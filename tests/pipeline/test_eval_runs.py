@@ -22,7 +22,7 @@ import torch
 from model import build_avmae
 from model.parity import apply_weight_rule
 from tests.pipeline.conftest import LABELS, write_shard_set
-from tests.pipeline.helpers import REPO, free_port
+from tests.pipeline.helpers import REPO, deepspeed_module
 from tests.pipeline.test_train import env, losses
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
@@ -132,20 +132,7 @@ def test_two_rank_zero3_finetune_of_an_official_checkpoint_on_multilabel_data(se
             "eval.random_vol_db": 2.0,
         },
     )
-    result = run(
-        [
-            str(Path(sys.executable).with_name("deepspeed")),
-            "--num_gpus",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "--module",
-            "pipeline.evaluate",
-            "--config",
-            str(CONFIG),
-            *args,
-        ]
-    )
+    result = run(deepspeed_module("pipeline.evaluate", "--config", str(CONFIG), *args))
     assert (
         result["task"] == "finetune" and result["videos"] == 24 and result["steps"] == 6
     )  # 48 / (8·2) · 2

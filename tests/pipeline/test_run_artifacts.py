@@ -5,7 +5,6 @@ to the database."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -17,12 +16,9 @@ from safetensors import safe_open
 
 from pipeline.tracking import Tracker, split_credentials
 from tests.pipeline.helpers import REPO, free_port, start_mlflow_server, stop
+from tests.pipeline.helpers import cpu_env as env
 
 PLANTED = "Planted-s3cret-7781"
-
-
-def env() -> dict:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def files_holding(secret: str, *roots: Path) -> list[str]:

@@ -21,17 +21,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.pipeline.helpers import REPO, free_port, start_mlflow_server, stop, synth_shards
+from tests.pipeline.helpers import (
+    REPO,
+    deepspeed_module,
+    free_port,
+    start_mlflow_server,
+    stop,
+    synth_shards,
+)
+from tests.pipeline.helpers import (
+    cpu_env as env,
+)
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 STEPS = 8
 GOLDEN = Path(__file__).with_name("golden_debug_losses.json")
 GOLDEN_REL = 1e-6
-
-
-def env() -> dict:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def overrides(shards: Path, out: Path, uri: str, **extra) -> list[str]:
@@ -53,16 +59,8 @@ def overrides(shards: Path, out: Path, uri: str, **extra) -> list[str]:
 
 
 def deepspeed_cmd(args: list[str], *launcher: str) -> list[str]:
-    launcher = launcher or ("--num_gpus", "2", "--master_port", str(free_port()))
-    return [
-        str(Path(sys.executable).with_name("deepspeed")),
-        *launcher,
-        "--module",
-        "pipeline.train",
-        "--config",
-        str(REPO / "configs" / "debug.yaml"),
-        *args,
-    ]
+    config = str(REPO / "configs" / "debug.yaml")
+    return deepspeed_module("pipeline.train", "--config", config, *args, launcher=launcher)
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -21,10 +21,14 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL", re.I)
-# A URL with userinfo or a signature/token parameter (pre-signed S3/GCS/Azure URLs). NOTE: deploy
-# imports nothing of ours, so this is its own check; preprocess/urls.py redacts the same kinds.
+# A URL with userinfo or a parameter that authorises a request (pre-signed S3/GCS/Azure/CloudFront
+# URLs, tokens). NOTE: deploy imports nothing of ours (DESIGN), so this is its own check of the
+# kinds preprocess/urls.py redacts; tests/deploy/test_render.py holds the two to the same table.
 CREDENTIAL_URL = re.compile(
-    r"://[^/\s'\"@]+@|[?&]([-\w]*(signature|credential|token)|sig|key|password)=", re.I
+    r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s'\"]*@"
+    r"|[?&]([^=&#\s]*(signature|credential|token|secret|passw(or)?d|api[-_]?key|access[-_]?key)"
+    r"[^=&#\s]*|sig|key|auth|policy|key-pair-id)=",
+    re.I,
 )
 SECRET_ADVICE = (
     "looks like a secret; put it in a Secret, not in a manifest (docs/DEPLOY.md, section 2)"

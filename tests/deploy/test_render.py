@@ -487,3 +487,15 @@ def test_urls_without_credentials_render(render):
         "HTTPS_PROXY=http://proxy:3128",
     )
     assert "https://minio.example.com:9000" in files["00-config.yaml"].read_text()
+
+
+def test_render_refuses_exactly_the_urls_that_redaction_masks():
+    """deploy's own check (it imports nothing of ours) agrees with preprocess.urls.redact."""
+    from deploy.render import CREDENTIAL_URL
+    from preprocess.urls import redact
+    from tests.preprocess.test_urls import CLEAN, CREDENTIALED
+
+    for url, _ in CREDENTIALED:
+        assert CREDENTIAL_URL.search(url) and redact(url) != url, url
+    for text in CLEAN:
+        assert not CREDENTIAL_URL.search(text) and redact(text) == text, text

@@ -16,49 +16,47 @@ from preprocess.urls import redact, redact_tree
 from .conftest import MEDIA, avfusion, load_set, meta
 
 
-@pytest.mark.parametrize(
-    "url,expected",
-    [
-        ("http://user:s3cret@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
-        ("https://token@mlflow.example.com/path?x=1", "https://***@mlflow.example.com/path?x=1"),
-        ("postgresql://mlflow:p%40ss@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
-        ("s3://AKIA:wJalr@bucket/key.mp4", "s3://***@bucket/key.mp4"),
-        (
-            "https://b.s3.amazonaws.com/v.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F2026"
-            "&X-Amz-Date=20261130T000000Z&X-Amz-Expires=3600&X-Amz-Security-Token=FwoG&X-Amz-Signature=ab12",
-            "https://b.s3.amazonaws.com/v.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***"
-            "&X-Amz-Date=20261130T000000Z&X-Amz-Expires=3600&X-Amz-Security-Token=***&X-Amz-Signature=***",
-        ),
-        (
-            "https://a.blob.core.windows.net/c/v.mp4?sv=2024&se=2026&sig=abc%3D",
-            "https://a.blob.core.windows.net/c/v.mp4?sv=2024&se=2026&sig=***",
-        ),
-        (
-            "https://storage.googleapis.com/b/v.mp4?X-Goog-Credential=x&X-Goog-Signature=y#t=3",
-            "https://storage.googleapis.com/b/v.mp4?X-Goog-Credential=***&X-Goog-Signature=***#t=3",
-        ),
-        (
-            "https://cdn.example.com/v.mp4?Policy=p&Signature=s&Key-Pair-Id=k&token=t&page=2",
-            "https://cdn.example.com/v.mp4?Policy=***&Signature=***&Key-Pair-Id=***&token=***&page=2",
-        ),
-    ],
-)
+CREDENTIALED = [
+    ("http://user:s3cret@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
+    ("https://token@mlflow.example.com/path?x=1", "https://***@mlflow.example.com/path?x=1"),
+    ("postgresql://mlflow:p%40ss@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
+    ("s3://AKIA:wJalr@bucket/key.mp4", "s3://***@bucket/key.mp4"),
+    (
+        "https://b.s3.amazonaws.com/v.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F2026"
+        "&X-Amz-Date=20261130T000000Z&X-Amz-Expires=3600&X-Amz-Security-Token=FwoG&X-Amz-Signature=ab12",
+        "https://b.s3.amazonaws.com/v.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***"
+        "&X-Amz-Date=20261130T000000Z&X-Amz-Expires=3600&X-Amz-Security-Token=***&X-Amz-Signature=***",
+    ),
+    (
+        "https://a.blob.core.windows.net/c/v.mp4?sv=2024&se=2026&sig=abc%3D",
+        "https://a.blob.core.windows.net/c/v.mp4?sv=2024&se=2026&sig=***",
+    ),
+    (
+        "https://storage.googleapis.com/b/v.mp4?X-Goog-Credential=x&X-Goog-Signature=y#t=3",
+        "https://storage.googleapis.com/b/v.mp4?X-Goog-Credential=***&X-Goog-Signature=***#t=3",
+    ),
+    (
+        "https://cdn.example.com/v.mp4?Policy=p&Signature=s&Key-Pair-Id=k&token=t&page=2",
+        "https://cdn.example.com/v.mp4?Policy=***&Signature=***&Key-Pair-Id=***&token=***&page=2",
+    ),
+]
+CLEAN = [
+    "sqlite:///runs/mlruns.db",
+    "/data/videos/a@b.mp4",
+    "s3://bucket/shards",
+    "http://127.0.0.1:5000",
+    "https://example.com/v.mp4?designer=x&keyframes=2",
+    "plain text, no URL: user:pw@host",
+]
+
+
+@pytest.mark.parametrize("url,expected", CREDENTIALED)
 def test_credentials_are_masked_and_the_resource_kept(url, expected):
     assert redact(url) == expected
     assert redact(expected) == expected  # idempotent
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "sqlite:///runs/mlruns.db",
-        "/data/videos/a@b.mp4",
-        "s3://bucket/shards",
-        "http://127.0.0.1:5000",
-        "https://example.com/v.mp4?designer=x&keyframes=2",
-        "plain text, no URL: user:pw@host",
-    ],
-)
+@pytest.mark.parametrize("text", CLEAN)
 def test_text_without_credentials_is_unchanged(text):
     assert redact(text) == text
 

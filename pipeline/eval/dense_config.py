@@ -27,8 +27,7 @@ class AVSConfig:
 class SeparationConfig:
     layers: list[int] = field(
         default_factory=lambda: [11, 8, 5, 2, 0]
-    )  # audio layers, deepest first (UNet bottom)
-    channels: list[int] = field(default_factory=lambda: [512, 256, 128, 64, 32])
+    )  # audio layers, finest scale first (release: deepest → finest, the last at the UNet bottom)
     frozen: bool = False  # train the heads only (the release fine-tunes the encoder too)
     silence: float = 1e-5  # references below this mean power are skipped
     artifacts: int = 4  # spectrogram panels logged

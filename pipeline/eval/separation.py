@@ -4,9 +4,9 @@
 Training (per batch): waveform windows ``w`` (3 s at the frame time) and frames; partner =
 the batch rolled by one; mixture = ``w + partner`` (exact sum) → mixture log-mel from the mixed
 waveform (on the training device) → encoder(frame of source 1, mixture mel) → SeparationHead
-over the audio states of ``separation.layers`` conditioned on the image tokens → weighted BCE
-against the release's ratio target. The audio-only baseline trains the same head without
-visual conditioning and with a blank frame (so no picture reaches the early-fusion encoder).
+(the release's UNet) over the audio states of ``separation.layers`` conditioned on the image tokens → weighted BCE
+against the release's ratio target. The audio-only baseline trains the same head with zero
+visual conditioning and a blank frame (so no picture reaches the early-fusion encoder).
 Scoring (centre frame of each test clip, pairs (i, i+1) within a batch): each source's estimate
 = iSTFT(mel mask → STFT bins × mixture STFT); SDR / SIR / SAR of both sources (no permutation),
 averaged; pairs with a near-silent reference (mean power < ``separation.silence``) are skipped.
@@ -45,9 +45,7 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
     models = {
         name: DenseModel(
             enc,
-            SeparationHead(
-                r.mcfg.embed_dim, grid, tuple(cfg.separation.channels), visual=name == "model"
-            ).to(info.device),
+            SeparationHead(r.mcfg.embed_dim, grid).to(info.device),
         )
         for name, enc in (("model", r.encoder), ("audio_only", blank))
     }
@@ -65,10 +63,7 @@ def _mask_logits(
     if not visual:
         image = torch.zeros_like(image)
     out = m.encoder(image, model_input(mixture, r.audio), return_layers=True)
-    head = m.head
-    return head([out.layers[i][1] for i in layers], out.image if head.film is not None else None)[
-        :, 0
-    ]
+    return m.head([out.layers[i][1] for i in layers], out.image if visual else None)[:, 0]
 
 
 def _loss(r: DenseRun, layers: list[int], visual: bool, m: nn.Module, batch: dict) -> Tensor:

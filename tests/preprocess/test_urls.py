@@ -15,7 +15,6 @@ from preprocess.urls import redact, redact_tree
 
 from .conftest import MEDIA, avfusion, load_set, meta
 
-
 CREDENTIALED = [
     ("http://user:s3cret@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
     ("https://token@mlflow.example.com/path?x=1", "https://***@mlflow.example.com/path?x=1"),

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import pickle
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,11 +142,16 @@ def check_model_preset(sd: dict[str, torch.Tensor], config: dict, source: str) -
 
 
 def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from model.checkpoints import adapt_keys
 
     tag_dir = resolve_tag_dir(ckpt, tag)
+    with _writing(out):  # the destination takes a file: known before the (long) consolidation
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".avfusion-export-"):
+            pass
     sd, client = consolidated_state_dict(tag_dir)
     config = client.get("config", {})
     check_model_preset(sd, config, str(tag_dir))
@@ -155,12 +161,31 @@ def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
         "step": str(client.get("step", "")),
         "config": yaml.safe_dump(redact_tree(config), sort_keys=False),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file(adapt_keys(sd, "official"), str(tmp), metadata=metadata)
-    tmp.chmod(0o644)  # a file meant to be shared (safetensors writes 0600)
-    tmp.replace(out)
+    with _writing(out):
+        try:
+            save_file(adapt_keys(sd, "official"), str(tmp), metadata=metadata)
+            tmp.chmod(0o644)  # a file meant to be shared (safetensors writes 0600)
+            tmp.replace(out)
+        except (OSError, SafetensorError):  # safetensors' I/O errors are not OSError
+            tmp.unlink(missing_ok=True)
+            raise
     return out
+
+
+class ExportNotWritten(Exception):
+    """The destination could not take the export (named, with the reason)."""
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ExportNotWritten(f"{out}: cannot write the export ({reason})") from e
 
 
 def run(args) -> int:
@@ -168,12 +193,10 @@ def run(args) -> int:
 
     try:
         path = export(Path(args.ckpt), Path(args.out), args.tag)
-    except (FileNotFoundError, UnsafeCheckpoint, CheckpointError) as e:
+    except (FileNotFoundError, UnsafeCheckpoint, CheckpointError, ExportNotWritten) as e:
         raise SystemExit(f"error: {e}") from None
     except OSError as e:
-        raise SystemExit(
-            f"error: {args.out}: cannot write the export ({e.strerror or e})"
-        ) from None
+        raise SystemExit(f"error: {e.filename or args.ckpt}: {e.strerror or e}") from None
     print(json.dumps({"out": str(path), "bytes": path.stat().st_size}))
     return 0
 

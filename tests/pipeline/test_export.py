@@ -101,6 +101,8 @@ def test_unwritable_destination_is_one_line(tmp_path):
     ckpt = _tag_dir(tmp_path, {"module": module, "config": {"model": {"preset": "debug"}}})
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = _export(ckpt, blocker / "sub" / "out.safetensors")
+    out = blocker / "sub" / "out.safetensors"
+    proc = _export(ckpt, out)
     assert proc.returncode != 0
-    assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.strip().startswith(f"error: {out}: cannot write the export (")
+    assert len(proc.stderr.strip().splitlines()) == 1

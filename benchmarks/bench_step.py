@@ -90,7 +90,6 @@ class Variants:
     """The three step functions over copies of one initial model."""
 
     def __init__(self, cfg, info):
-
         model, pretrained = build_model(cfg)
         self.device, self.dtype = info.device, engine_dtype(cfg)
         self.autocast = cfg.train.precision == "bf16"

@@ -27,6 +27,12 @@ from torch.nn import functional as F
 AVS_CHANNELS = (768, 384, 192, 128)
 
 
+def token_map(x: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Tokens ``[B, h·w, D]`` (row-major) → map ``[B, D, h, w]``."""
+    b, _, d = x.shape
+    return x.transpose(1, 2).reshape(b, d, *grid)
+
+
 class DoubleConv(nn.Module):
     """(3×3 conv → BatchNorm → ReLU) × 2."""
 
@@ -64,7 +70,9 @@ class AVSHead(nn.Module):
         self.out = nn.Conv2d(channels[-1], 1, 1)
 
     def forward(self, layers: list[Tensor], audio: Tensor) -> Tensor:
-        maps = [self._grid(norm(x)) for norm, x in zip(self.norms, layers, strict=True)]
+        maps = [
+            token_map(norm(x), (self.grid,) * 2) for norm, x in zip(self.norms, layers, strict=True)
+        ]
         sound = [
             proj(audio).mean(1)[:, :, None, None] for proj in self.audio_proj
         ]  # [B, c_s, 1, 1]
@@ -74,10 +82,6 @@ class AVSHead(nn.Module):
             skip = F.interpolate(maps[s], scale_factor=2**s, mode="bilinear", align_corners=False)
             x = stage(torch.cat((x, skip), 1)) + sound[s]
         return self.out(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
-
-    def _grid(self, x: Tensor) -> Tensor:
-        b, n, d = x.shape
-        return x.transpose(1, 2).reshape(b, d, self.grid, self.grid)
 
 
 class UpBlock(nn.Module):
@@ -102,7 +106,7 @@ class SeparationHead(nn.Module):
 
     def __init__(self, dim: int, grid: tuple[int, int]):
         super().__init__()
-        self.grid, self.dim = grid, dim
+        self.grid = grid
         width = [dim // 2**k for k in range(self.SCALES)]  # bottom (8×12) … finest (×16)
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in width)
         self.visual_norm = nn.LayerNorm(dim)
@@ -118,7 +122,9 @@ class SeparationHead(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, layers: list[Tensor], image: Tensor | None = None) -> Tensor:
-        maps = [self._grid(norm(x)) for norm, x in zip(self.norms, layers[::-1], strict=True)]
+        maps = [
+            token_map(norm(x), self.grid) for norm, x in zip(self.norms, layers[::-1], strict=True)
+        ]
         v = self.visual_norm(image.mean(1)) if image is not None else None
         x = self.bottom(torch.cat((maps[0], self._condition(v, 0, x_like=maps[0])), 1))
         for k, (lateral, stage) in enumerate(zip(self.lateral, self.stages, strict=True), 1):
@@ -134,10 +140,6 @@ class SeparationHead(nn.Module):
         if v is None:
             return x_like.new_zeros(b, c, h, w)
         return self.cond[k](v)[:, :, None, None].expand(b, c, h, w)
-
-    def _grid(self, x: Tensor) -> Tensor:
-        b, n, d = x.shape
-        return x.transpose(1, 2).reshape(b, d, *self.grid)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -142,7 +142,6 @@ def check_model_preset(sd: dict[str, torch.Tensor], config: dict, source: str) -
 
 
 def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
-    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from model.checkpoints import adapt_keys
@@ -162,14 +161,10 @@ def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
         "config": yaml.safe_dump(redact_tree(config), sort_keys=False),
     }
     tmp = out.with_name(out.name + ".tmp")
-    with _writing(out):
-        try:
-            save_file(adapt_keys(sd, "official"), str(tmp), metadata=metadata)
-            tmp.chmod(0o644)  # a file meant to be shared (safetensors writes 0600)
-            tmp.replace(out)
-        except (OSError, SafetensorError):  # safetensors' I/O errors are not OSError
-            tmp.unlink(missing_ok=True)
-            raise
+    with _writing(out, tmp):
+        save_file(adapt_keys(sd, "official"), str(tmp), metadata=metadata)
+        tmp.chmod(0o644)  # a file meant to be shared (safetensors writes 0600)
+        tmp.replace(out)
     return out
 
 
@@ -178,12 +173,16 @@ class ExportNotWritten(Exception):
 
 
 @contextlib.contextmanager
-def _writing(out: Path) -> Iterator[None]:
+def _writing(out: Path, tmp: Path | None = None) -> Iterator[None]:
+    """I/O errors inside (safetensors' own are not OSError) become one ExportNotWritten naming
+    ``out``; a partial ``tmp`` is removed."""
     from safetensors import SafetensorError
 
     try:
         yield
     except (OSError, SafetensorError) as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         reason = getattr(e, "strerror", None) or str(e)
         raise ExportNotWritten(f"{out}: cannot write the export ({reason})") from e
 

@@ -98,7 +98,6 @@ class Progress:
 
 class Trainer:
     def __init__(self, cfg: Config, info: DistInfo):
-
         self.cfg, self.info = cfg, info
         torch.manual_seed(cfg.train.seed)
         model, pretrained = build_model(cfg)

@@ -47,7 +47,6 @@ class EvalLoop:
         loader: ShardLoader,
         tags: dict[str, str],
     ):
-
         self.cfg, self.info, self.loader = cfg, info, loader
         self.accum = D.accumulation_steps(cfg, info.world_size)
         self.steps_per_epoch = len(loader) // self.accum

@@ -4,8 +4,8 @@
 Training (per batch): waveform windows ``w`` (3 s at the frame time) and frames; partner =
 the batch rolled by one; mixture = ``w + partner`` (exact sum) → mixture log-mel from the mixed
 waveform (on the training device) → encoder(frame of source 1, mixture mel) → SeparationHead
-(the release's UNet) over the audio states of ``separation.layers`` conditioned on the image tokens → weighted BCE
-against the release's ratio target. The audio-only baseline trains the same head with zero
+(the release's UNet) over the audio states of ``separation.layers`` conditioned on the image
+tokens → weighted BCE against the release's ratio target. The audio-only baseline trains the same head with zero
 visual conditioning and a blank frame (so no picture reaches the early-fusion encoder).
 Scoring (centre frame of each test clip, pairs (i, i+1) within a batch): each source's estimate
 = iSTFT(mel mask → STFT bins × mixture STFT); SDR / SIR / SAR of both sources (no permutation),

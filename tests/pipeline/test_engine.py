@@ -41,7 +41,6 @@ def process_group():
 
 
 def engine_for(cfg):
-
     model, pretrained = build_model(cfg)
     optimizer = build_optimizer(model, cfg.optim, pretrained, 1e-3, CPU)
     return build_engine(model, optimizer, cfg, 1)[0]

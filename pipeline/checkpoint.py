@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.export import UnsafeCheckpoint, model_states_file, safe_torch_loads
+from pipeline.export import model_states_file, safe_torch_loads, unsafe_checkpoint
 
 log = logging.getLogger("avfusion.checkpoint")
 
@@ -166,10 +166,7 @@ class Checkpointer:
             with safe_torch_loads():
                 _, state = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
         except pickle.UnpicklingError as e:
-            raise UnsafeCheckpoint(
-                f"{tag_dir}: refusing to unpickle a checkpoint that holds objects other than "
-                f"tensors and RNG states ({str(e).splitlines()[0][:160]})"
-            ) from None
+            raise unsafe_checkpoint(tag_dir, e) from None
         if state is None:
             raise CorruptCheckpoint(f"{tag_dir}: DeepSpeed found no checkpoint to load")
         return state

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +29,40 @@ from preprocess.urls import redact_tree
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
 
 
+def _allowed_enums() -> tuple[type[enum.Enum], ...]:
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return (ZeroStageEnum,)
+
+
+def enum_member(cls: object, name: object) -> enum.Enum:
+    """``builtins.getattr`` as the restricted unpickler sees it: only ``getattr(E, 'member')``
+    for an allowed enum class E.
+
+    Some Python 3.11 patch releases (Debian 12's 3.11.2 among them) pickle an ``int``-mixin enum
+    member as ``getattr(ZeroStageEnum, 'gradients')`` where 3.11.7, 3.12 and 3.13 write
+    ``ZeroStageEnum(2)``, so DeepSpeed's ZeRO optimizer states hold either form. Any other use of
+    ``getattr`` (another class, a dunder, a module attribute) raises UnpicklingError.
+    """
+    if (
+        isinstance(cls, type)
+        and cls in _allowed_enums()
+        and isinstance(name, str)
+        and name in cls.__members__
+    ):
+        return cls[name]
+    raise pickle.UnpicklingError(
+        f"refusing getattr({getattr(cls, '__name__', type(cls).__name__)}, {name!r}): only "
+        "members of allowed enum classes may be looked up"
+    )
+
+
 def safe_globals() -> list:
     """The only non-tensor classes our checkpoints hold: numpy arrays (RNG states in the client
     state) and DeepSpeed's plain data classes in its optimizer states (built from their fields,
-    no code runs)."""
+    no code runs), plus ``getattr`` restricted to enum members (:func:`enum_member`) under both
+    names a pickle may give it (``__builtin__`` at protocol 2, ``builtins`` above)."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
     return [
@@ -40,15 +70,32 @@ def safe_globals() -> list:
         np.ndarray,
         np.dtype,
         type(np.dtype(np.uint32)),
-        ZeroStageEnum,
+        *_allowed_enums(),
         LossScaler,
         DynamicLossScaler,
         fragment_address,
+        (enum_member, "builtins.getattr"),
+        (enum_member, "__builtin__.getattr"),
     ]
 
 
 class UnsafeCheckpoint(ValueError):
     """A checkpoint file needs full unpickling (it could run code); the message names the file."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_OBJECTION = re.compile(r"WeightsUnpickler error|GLOBAL|getattr|[Uu]nsupported|unrecognized")
+
+
+def unsafe_checkpoint(tag_dir: Path, e: pickle.UnpicklingError) -> UnsafeCheckpoint:
+    """The one-line refusal for ``tag_dir``: the line of torch's message that says what the
+    restricted unpickler objected to (not its boilerplate), without terminal colour codes."""
+    lines = [_ANSI.sub("", x).strip() for x in str(e).splitlines() if x.strip()]
+    why = next((x for x in lines if _OBJECTION.search(x)), lines[0] if lines else "")
+    return UnsafeCheckpoint(
+        f"{tag_dir}: refusing to unpickle a checkpoint that holds objects other than "
+        f"tensors and RNG states ({why.removeprefix('WeightsUnpickler error: ')[:160]})"
+    )
 
 
 @contextlib.contextmanager
@@ -110,10 +157,7 @@ def consolidated_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], dic
             else:
                 sd = states.get("module") or {}
     except pickle.UnpicklingError as e:
-        raise UnsafeCheckpoint(
-            f"{tag_dir}: refusing to unpickle a checkpoint that holds objects other than "
-            f"tensors and RNG states ({str(e).splitlines()[0][:160]})"
-        ) from None
+        raise unsafe_checkpoint(tag_dir, e) from None
     if not sd:
         raise UnsafeCheckpoint(f"{tag_dir}: the checkpoint holds an empty model state dict")
     return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}, client

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import enum
+import io
 import os
+import pickle
 import subprocess
+import types
 
+import numpy as np
+import pytest
 import torch
 
 from model import AVMAE, get_model_config
@@ -55,7 +61,8 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "refusing to unpickle" in lines[0]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "\x1b[" not in proc.stderr  # no colour codes
+    assert "GLOBAL posix.system" in lines[0]  # what the restricted unpickler objected to
 
 
 def test_empty_or_foreign_state_dict_is_refused(tmp_path):
@@ -106,3 +113,76 @@ def test_unwritable_destination_is_one_line(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith(f"error: {out}: cannot write the export (")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+class _GetattrPickler(pickle.Pickler):
+    """Pickles enum members as ``getattr(EnumClass, 'member')`` — what Python 3.11.2 writes for
+    ``int``-mixin enums — and ``_Lookup`` objects as the ``getattr`` call they stand for."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, enum.Enum):
+            return getattr, (type(obj), obj.name)
+        if isinstance(obj, _Lookup):
+            return getattr, (obj.owner, obj.name)
+        return NotImplemented
+
+
+class _Lookup:
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+
+_PICKLE_AS_3_11_2 = types.SimpleNamespace(Pickler=_GetattrPickler, __name__="pickle")
+
+
+def _load_restricted(path):
+    from pipeline.export import safe_torch_loads
+
+    with safe_torch_loads():
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_enum_members_pickled_as_getattr_load(tmp_path):
+    """#29: DeepSpeed's ZeroStageEnum in a ZeRO optimizer state, as Python 3.11.2 pickles it."""
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    path = tmp_path / "optim_states.pt"
+    state = {"zero_stage": ZeroStageEnum.gradients, "w": torch.ones(2)}
+    torch.save(state, path, pickle_module=_PICKLE_AS_3_11_2)
+    raw = path.read_bytes()
+    assert b"getattr" in raw and b"ZeroStageEnum" in raw  # the 3.11.2 form, not ZeroStageEnum(2)
+    loaded = _load_restricted(path)
+    assert loaded["zero_stage"] is ZeroStageEnum.gradients
+    assert torch.equal(loaded["w"], torch.ones(2))
+
+
+def test_getattr_on_anything_but_an_allowed_enum_member_is_refused(tmp_path):
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    marker = tmp_path / "pwned"
+    for i, lookup in enumerate(
+        (
+            _Lookup(np.ndarray, "tofile"),  # an allowed class, but not an enum
+            _Lookup(ZeroStageEnum, "__class__"),  # an allowed enum, but not a member
+            _Lookup(ZeroStageEnum, "_missing_"),
+        )
+    ):
+        path = tmp_path / f"evil{i}.pt"
+        torch.save({"x": lookup}, path, pickle_module=_PICKLE_AS_3_11_2)
+        with pytest.raises(pickle.UnpicklingError, match="getattr"):
+            _load_restricted(path)
+    # getattr(os, 'system')("touch pwned"), written by hand (os cannot be pickled directly)
+    evil = (
+        b"\x80\x02c__builtin__\ngetattr\nq\x00c__builtin__\n__import__\nX\x02\x00\x00\x00os"
+        b"\x85RX\x06\x00\x00\x00system\x86R"
+        + b"X"
+        + len(f"touch {marker}").to_bytes(4, "little")
+        + f"touch {marker}".encode()
+        + b"\x85R."
+    )
+    with pytest.raises(pickle.UnpicklingError):
+        from pipeline.export import safe_torch_loads
+
+        with safe_torch_loads():
+            torch.serialization._weights_only_unpickler.load(io.BytesIO(evil))
+    assert not marker.exists()

@@ -26,9 +26,10 @@ WORKDIR /src
 # are derived: every optional-dependency group of pyproject.toml except `dev` (the MLflow server's
 # `server`, the evaluations' extras...), so a new runtime extra reaches the image by itself.
 COPY pyproject.toml README.md ./
-RUN mkdir preprocess model pipeline deploy \
+RUN mkdir avbase preprocess model pipeline deploy \
  && extras=$(python3 -c "import tomllib; groups = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print(','.join(sorted(set(groups) - {'dev'})))") \
  && pip install --no-cache-dir "./[$extras]"
+COPY avbase avbase
 COPY preprocess preprocess
 COPY model model
 COPY pipeline pipeline

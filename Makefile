@@ -62,8 +62,8 @@ bench: install
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b" >&2; $(PY) $$b; done
 
 lint: install
-	$(VENV)/bin/ruff check preprocess model pipeline deploy tests benchmarks
-	$(VENV)/bin/ruff format --check preprocess model pipeline deploy tests benchmarks
+	$(VENV)/bin/ruff check avbase preprocess model pipeline deploy tests benchmarks
+	$(VENV)/bin/ruff format --check avbase preprocess model pipeline deploy tests benchmarks
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

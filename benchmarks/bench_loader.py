@@ -36,15 +36,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchaudio  # noqa: E402
 
+from avbase.features import FRONTENDS, ImageSpec  # noqa: E402
+from avbase.shardformat import MANIFEST  # noqa: E402
 from benchmarks import diversity  # noqa: E402
-from benchmarks.s3server import S3Server  # noqa: E402
 from benchmarks.tiling import tile  # noqa: E402
-from model.presets import FRONTENDS, ImageSpec  # noqa: E402
-from pipeline.augment import CROP_RATIO, Augment, crop_params  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
-from pipeline.jpeg import resize_uint8  # noqa: E402
-from pipeline.loader import build_loader  # noqa: E402
-from preprocess.shardformat import MANIFEST  # noqa: E402
+from pipeline.data.augment import CROP_RATIO, Augment, crop_params  # noqa: E402
+from pipeline.data.jpeg import resize_uint8  # noqa: E402
+from pipeline.data.loader import build_loader  # noqa: E402
+from tests.support.s3server import S3Server  # noqa: E402
 
 SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))
 VIDEOS = (

@@ -131,8 +131,9 @@ def ffmpeg_pipeline(files: list[Path], out: Path) -> int:
     import numpy as np
     from PIL import Image
 
-    from preprocess.features import log_mel, npy_bytes
-    from preprocess.shardformat import get_frontend
+    from avbase.features import get_frontend
+    from avbase.members import npy_bytes
+    from preprocess.features import log_mel
     from preprocess.shards import ShardWriter
     from preprocess.storage import Store
 

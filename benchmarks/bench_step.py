@@ -3,7 +3,7 @@
 Three variants on the same model, batch (already on the device), masks and precision, measured
 interleaved in one process:
 
-- ``trainer``: :class:`pipeline.trainstep.TrainStep` on the real DeepSpeed engine built exactly
+- ``trainer``: :class:`pipeline.engine.step.TrainStep` on the real DeepSpeed engine built exactly
   as the trainer builds it (generated config, param groups, fused/foreach AdamW);
 - ``plain``: forward under autocast (bf16) + backward + ``AdamW(foreach/fused).step()``, no
   DeepSpeed;
@@ -40,38 +40,11 @@ import torch  # noqa: E402
 
 from benchmarks.bench_model import peak_tflops, step_flops  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.distributed import build_engine, engine_dtype, init_distributed  # noqa: E402
-from pipeline.schedule import build_optimizer  # noqa: E402
-from pipeline.trainer import build_model, compile_blocks  # noqa: E402
-from pipeline.trainstep import TrainStep  # noqa: E402
-
-OWN_CODE = tuple(str(REPO / d) + os.sep for d in ("model", "pipeline"))
-HOST_READS = ("item", "__bool__", "tolist", "cpu", "numpy", "__float__", "__int__", "__index__")
-
-
-class HostReadCounter:
-    """Counts Tensor → host conversions whose caller is a file under model/ or pipeline/."""
-
-    def __init__(self):
-        self.count, self._saved = 0, {}
-
-    def __enter__(self):
-        for name in HOST_READS:
-            original = self._saved[name] = getattr(torch.Tensor, name)
-            setattr(torch.Tensor, name, self._wrap(original))
-        return self
-
-    def __exit__(self, *exc):
-        for name, original in self._saved.items():
-            setattr(torch.Tensor, name, original)
-
-    def _wrap(self, original):
-        def counted(tensor, *args, **kwargs):
-            if sys._getframe(1).f_code.co_filename.startswith(OWN_CODE):
-                self.count += 1
-            return original(tensor, *args, **kwargs)
-
-        return counted
+from pipeline.engine.distributed import build_engine, engine_dtype, init_distributed  # noqa: E402
+from pipeline.engine.schedule import build_optimizer  # noqa: E402
+from pipeline.engine.step import TrainStep  # noqa: E402
+from pipeline.pretrain.trainer import build_model, compile_blocks  # noqa: E402
+from tests.support.hostreads import HostReadCounter  # noqa: E402
 
 
 def make_batch(model, batch: int, device: torch.device, dtype: torch.dtype) -> dict:

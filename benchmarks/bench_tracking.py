@@ -29,9 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.corpus import AVFUSION, synth_shards  # noqa: E402
-from benchmarks.mlflowserver import start_mlflow_server, stop  # noqa: E402
-from benchmarks.s3server import free_port  # noqa: E402
+from tests.support.corpus import AVFUSION, synth_shards  # noqa: E402
+from tests.support.mlflowserver import start_mlflow_server, stop  # noqa: E402
+from tests.support.s3server import free_port  # noqa: E402
 
 
 def train(shards: Path, out: Path, steps: int, tracking: list[str]) -> dict:

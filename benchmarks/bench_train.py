@@ -25,10 +25,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.corpus import synth_shards  # noqa: E402
-from benchmarks.s3server import free_port  # noqa: E402
+from avbase.shardformat import MANIFEST  # noqa: E402
 from benchmarks.tiling import tile  # noqa: E402
-from preprocess.shardformat import MANIFEST  # noqa: E402
+from tests.support.corpus import synth_shards  # noqa: E402
+from tests.support.s3server import free_port  # noqa: E402
 
 H100_BF16_DENSE_FLOPS = 989e12
 

@@ -1,7 +1,7 @@
 """Batch diversity of the training loader: distinct source videos per batch ÷ the expectation for
 a uniformly random batch (1.0 = as diverse as the official map-style sampler).
 
-Computed over the loader's epoch plan (:mod:`pipeline.epochplan` — the exact sample order the
+Computed over the loader's epoch plan (:mod:`pipeline.data.epochplan` — the exact sample order the
 loader reads when no sample fails; tests/pipeline/test_data_stream.py checks the reader follows
 it) for a simulated corpus: ``videos`` sources sorted by class, each cut into ``clips`` clips
 that are consecutive in the input list, packed ``per_shard`` to a shard either in input order
@@ -17,7 +17,7 @@ import math
 import statistics
 
 from pipeline.config import DataConfig
-from pipeline.epochplan import EpochPlan
+from pipeline.data.epochplan import EpochPlan
 from preprocess.build import BuildConfig
 from preprocess.shuffle import rank, shuffled, windows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from preprocess.shardformat import read_samples
+from avbase.shardformat import read_samples
 from preprocess.shards import ShardWriter, write_manifest
 from preprocess.storage import Store
 

@@ -23,7 +23,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL", re.I)
 # A URL with userinfo or a parameter that authorises a request (pre-signed S3/GCS/Azure/CloudFront
 # URLs, tokens). NOTE: deploy imports nothing of ours (DESIGN), so this is its own check of the
-# kinds preprocess/urls.py redacts; tests/deploy/test_render.py holds the two to the same table.
+# kinds avbase/urls.py redacts; tests/deploy/test_render.py holds the two to the same table.
 CREDENTIAL_URL = re.compile(
     r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s'\"]*@"
     r"|[?&]([^=&#\s]*(signature|credential|token|secret|passw(or)?d|api[-_]?key|access[-_]?key)"

@@ -1,7 +1,11 @@
-"""DeepAVFusion encoder and AVMAE pre-training model: pure ``nn.Module`` code.
+"""DeepAVFusion encoder, AVMAE pre-training model and task heads: pure ``nn.Module`` code.
 
 ``build_avmae("debug")`` for CPU runs and tests, ``"vggsound"`` / ``"as2m"`` for the released
-architectures; ``model.checkpoints`` loads official checkpoints and MAE / AudioMAE towers.
+architectures. Modules: :mod:`~model.vit` (towers, blocks), :mod:`~model.fusion` (the fusion
+variants' registry), :mod:`~model.deepavfusion` (the encoder), :mod:`~model.masking`,
+:mod:`~model.avmae`, :mod:`~model.heads` (every task head), :mod:`~model.presets`,
+:mod:`~model.keys` (official ↔ our key names), :mod:`~model.checkpoints` (official files, MAE /
+AudioMAE towers), :mod:`~model.parity` (official-code fixtures). Imports only :mod:`avbase`.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .deepavfusion import DeepAVFusion, EncoderOutput
+from .keys import adapt_keys
 from .masking import Mask, mask_from_spec, random_masking
 from .presets import AVMAEConfig
 from .vit import DEFAULT_EPS, Block, init_linear_and_norm, sincos_pos_embed_2d
@@ -86,8 +87,6 @@ def _accept_official_keys(state_dict: dict, prefix: str, *_) -> None:
     """``load_state_dict`` pre-hook: official-layout decoder keys (``image_decoder_blocks.0.…``, as
     in the release and in checkpoints written before the decoders were submodules) are renamed to
     ours in place, so DeepSpeed resume and plain ``load_state_dict`` take either layout."""
-    from .checkpoints import adapt_keys  # checkpoints imports this module
-
     keys = [k for k in state_dict if k.startswith(prefix)]
     renamed = adapt_keys({k[len(prefix) :]: state_dict.pop(k) for k in keys}, "ours")
     state_dict.update({prefix + k: v for k, v in renamed.items()})

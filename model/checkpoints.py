@@ -9,16 +9,15 @@ user supplies, never bundled or downloaded.
 from __future__ import annotations
 
 import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from .avmae import AVMAE
 from .deepavfusion import DeepAVFusion
+from .keys import adapt_keys
 from .presets import MODEL_PRESETS, get_model_config
 
 ENCODER_PREFIX = "encoder."
@@ -27,24 +26,10 @@ TOWER_SKIP_PREFIXES = (
     "mask_token",
     "cls_token",
 )  # MAE/AudioMAE parts with no tower slot
-# A decoder part: official ``audio_decoder_blocks.3.…`` ↔ ours ``audio_decoder.blocks.3.…``.
-_DECODER_KEY = re.compile(
-    r"^(image|audio)_decoder[._](mask_token|pos_embed|embed|blocks|norm|pred)(?=\.|$)"
-)
 
 
 class CheckpointError(ValueError):
     """A checkpoint file or state dict cannot be used; the message names it and what was expected."""
-
-
-def adapt_keys(state: Mapping[str, Tensor], to: Literal["official", "ours"]) -> dict[str, Tensor]:
-    """``state`` with the decoder keys renamed to the official layout or to ours (timm's
-    ``checkpoint_filter_fn``); encoder keys are the same in both, so are left as they are.
-    Keys already in the target layout pass unchanged, so either layout may come in."""
-    sep = "_" if to == "official" else "."
-    return {
-        _DECODER_KEY.sub(lambda m: f"{m[1]}_decoder{sep}{m[2]}", k): v for k, v in state.items()
-    }
 
 
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> object:

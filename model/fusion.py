@@ -1,5 +1,9 @@
 """The three DeepAVFusion fusion blocks (REFERENCE.md §2.3–2.6), official key names.
 
+One registry, :data:`FUSION_ATTENTION` (``fusion_arch`` → attention class): a new variant is a
+class decorated with ``@register("name")`` taking ``(dim, num_heads, attn_ratio, num_tokens,
+attn_impl)``; config validation (``model.presets``) and :func:`build_fusion_block` read it.
+
 Every block is called as ``block(xf, xi, xa)``: fusion tokens ``[B, F, D]`` (F = 32 in the
 releases), image tokens ``[B, Ni, D]``, audio tokens ``[B, Na, D]`` → new fusion tokens ``[B, F, D]``.
 D = embed dim, H = heads, d = int(D · attn_ratio). All LayerNorms here use eps 1e-5.
@@ -12,6 +16,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .vit import DEFAULT_EPS, Mlp, attention, drop_path, merge_heads, split_heads
+
+FUSION_ATTENTION: dict[str, type[nn.Module]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an attention class the fusion variant ``name``."""
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        FUSION_ATTENTION[name] = cls
+        return cls
+
+    return add
 
 
 class CrossAttention(nn.Module):
@@ -34,6 +50,7 @@ class CrossAttention(nn.Module):
         return self.proj(merge_heads(attention(q, k, v, self.scale, self.attn_impl)))
 
 
+@register("factorized_mmi")
 class FactorizedAttention(nn.Module):
     """``factorized_mmi`` (the released variant, REFERENCE §2.4).
 
@@ -81,6 +98,7 @@ class FactorizedAttention(nn.Module):
         return torch.cat((m_f, m_v, m_a), dim=1)
 
 
+@register("token")
 class TokenAttention(nn.Module):
     """``token``: all fusion tokens attend to [audio ; image] patches (REFERENCE §2.5).
 
@@ -91,7 +109,14 @@ class TokenAttention(nn.Module):
     # ``norm1_aud`` and the audio tokens with ``norm1_img`` (REFERENCE §9.A.1).
     swaps_norms = True
 
-    def __init__(self, dim: int, num_heads: int, attn_ratio: float, attn_impl: str):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        attn_ratio: float,
+        num_tokens: tuple[int, int, int],
+        attn_impl: str,
+    ):
         super().__init__()
         d = int(dim * attn_ratio)
         self.num_heads, self.attn_impl = num_heads, attn_impl
@@ -108,6 +133,7 @@ class TokenAttention(nn.Module):
         return self.proj(merge_heads(attention(q, k, v, self.scale, self.attn_impl)))
 
 
+@register("dense_mmi")
 class DenseAttention(nn.Module):
     """``dense_mmi``: all fusion tokens attend to every (audio, image) token pair (REFERENCE §2.6).
 
@@ -119,7 +145,14 @@ class DenseAttention(nn.Module):
 
     swaps_norms = False  # norms are name-correct; the swap is in the pair layout
 
-    def __init__(self, dim: int, num_heads: int, attn_ratio: float, attn_impl: str):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        attn_ratio: float,
+        num_tokens: tuple[int, int, int],
+        attn_impl: str,
+    ):
         super().__init__()
         d = int(dim * attn_ratio)
         self.num_heads, self.attn_impl = num_heads, attn_impl
@@ -176,13 +209,8 @@ def build_fusion_block(
     num_tokens: tuple[int, int, int],
     attn_impl: str = "sdpa",
 ) -> FusionBlock:
-    """One fusion block of variant ``arch`` (``token`` | ``dense_mmi`` | ``factorized_mmi``)."""
-    if arch == "factorized_mmi":
-        attn = FactorizedAttention(dim, num_heads, attn_ratio, num_tokens, attn_impl)
-    elif arch == "token":
-        attn = TokenAttention(dim, num_heads, attn_ratio, attn_impl)
-    elif arch == "dense_mmi":
-        attn = DenseAttention(dim, num_heads, attn_ratio, attn_impl)
-    else:
-        raise ValueError(f"unknown fusion_arch {arch!r} (token | dense_mmi | factorized_mmi)")
+    """One fusion block of the registered variant ``arch`` (:data:`FUSION_ATTENTION`)."""
+    if arch not in FUSION_ATTENTION:
+        raise ValueError(f"unknown fusion_arch {arch!r} ({' | '.join(FUSION_ATTENTION)})")
+    attn = FUSION_ATTENTION[arch](dim, num_heads, attn_ratio, num_tokens, attn_impl)
     return FusionBlock(attn, dim, mlp_ratio)

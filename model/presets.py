@@ -1,7 +1,8 @@
 """Model presets: the AVMAE architecture configurations (REFERENCE.md §1, §2.7, §3).
 
-Pure Python (no torch import). The audio front ends and image spec they refer to live with the
-shard format (``preprocess.shardformat``) and are re-exported here.
+The fusion variants are :mod:`model.fusion`'s registry. The audio front ends and image spec a preset names are the
+feature specs of :mod:`avbase.features` (shared with the shard builder, which never imports the
+model).
 """
 
 from __future__ import annotations
@@ -9,15 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass, replace
 
-# The feature presets belong to the shard format (the builder must not import the model);
-# a model preset names its front end (``audio_frontend``).
-from preprocess.shardformat import FRONTENDS, AudioFrontend, ImageSpec, get_frontend
+from avbase.features import FRONTENDS, AudioFrontend, ImageSpec, get_frontend
+
+from .fusion import FUSION_ATTENTION
 
 __all__ = [
-    "FRONTENDS",
-    "AudioFrontend",
-    "ImageSpec",
-    "get_frontend",
     "AVMAEConfig",
     "MODEL_PRESETS",
     "ModelConfigError",
@@ -28,7 +25,6 @@ __all__ = [
 # Architecture presets (REFERENCE.md §1, §2.7, §3)
 # --------------------------------------------------------------------------------------------
 
-FUSION_ARCHS = ("token", "dense_mmi", "factorized_mmi")
 ATTN_IMPLS = ("sdpa", "naive")
 
 
@@ -120,10 +116,10 @@ class AVMAEConfig:
 
 def _config_problems(c: AVMAEConfig):
     """Yield (field, problem) for the constraints of REFERENCE §2.7 (and input-layout facts) ``c`` violates."""
-    if c.fusion_arch not in FUSION_ARCHS:
+    if c.fusion_arch not in FUSION_ATTENTION:
         yield (
             "fusion_arch",
-            f"fusion_arch {c.fusion_arch!r} is not one of {', '.join(FUSION_ARCHS)}",
+            f"fusion_arch {c.fusion_arch!r} is not one of {', '.join(FUSION_ATTENTION)}",
         )
     if c.attn_impl not in ATTN_IMPLS:
         yield "attn_impl", f"attn_impl {c.attn_impl!r} is not one of {', '.join(ATTN_IMPLS)}"

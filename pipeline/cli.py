@@ -2,7 +2,7 @@
 
 Each module in ``COMMANDS`` exposes ``register(subparsers)``, adding its subcommands with
 ``set_defaults(func=handler)``; ``handler(args) -> int`` is the exit code. Libraries raise
-exceptions; :func:`preprocess.errors.run_cli` turns them into one ``error: …`` line and the
+exceptions; :func:`avbase.errors.run_cli` turns them into one ``error: …`` line and the
 documented exit code (tracebacks only with ``--debug`` or ``AVFUSION_DEBUG=1``).
 """
 
@@ -13,19 +13,22 @@ import importlib
 import os
 import sys
 
-from preprocess.errors import run_cli
+from avbase.errors import run_cli
 
 # command: (module whose ``register`` adds it, one-line help). Only the module of the command
 # being run is imported, so `avfusion --help` and light commands start fast.
 COMMANDS = {
     "synth": ("preprocess.cli", "write a synthetic labelled video corpus (MP4: H.264 + AAC)"),
     "shards": ("preprocess.cli", "build, verify, inspect and merge WebDataset shard sets"),
-    "data": ("pipeline.loader_cli", "streaming loader tools (data bench)"),
+    "data": ("pipeline.data.cli", "streaming loader tools (data bench)"),
     "train": ("pipeline.train", "pretrain in this process (single rank)"),
     "eval": ("pipeline.evaluate", "downstream evaluation: linear probe, fine-tune, dense tasks"),
     "export": ("pipeline.export", "export a training checkpoint to official-key safetensors"),
-    "probe": ("pipeline.probe", "kNN probe of model weights on a labelled shard set"),
-    "runs": ("pipeline.runs", "compare MLflow runs; send a run's pending tracking records"),
+    "probe": ("pipeline.pretrain.probe", "kNN probe of model weights on a labelled shard set"),
+    "runs": (
+        "pipeline.tracking.runs",
+        "compare MLflow runs; send a run's pending tracking records",
+    ),
     "model": ("pipeline.model_cli", "model utilities (parity against the official code)"),
     "deploy": ("deploy.render", "Kubernetes manifests for cluster runs"),
 }

@@ -79,7 +79,7 @@ class DataConfig:
     batch_size: int = 8  # per-rank micro-batch
     workers: int = 2  # loader worker processes per rank
     shuffle_buffer: int = 256  # samples a stream holds to shuffle (memory: × sample size)
-    interleave: int = 8  # shards a stream reads at once (see pipeline/epochplan.py)
+    interleave: int = 8  # shards a stream reads at once (see pipeline/data/epochplan.py)
     partitions: int = 8  # canonical partitions: fix the epoch order at any world size
     remainder: str = "pad"  # pad | drop: how ranks are equalised per epoch
     max_error_rate: float = 0.05  # abort when data errors exceed this fraction

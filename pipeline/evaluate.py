@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.eval.config import load_eval_config
 
     cfg = load_eval_config(args.config, args.overrides)
-    from pipeline.distributed import process_group
+    from pipeline.engine.distributed import process_group
     from pipeline.eval.tasks import TASKS
 
     with process_group() as info:
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.distributed import rank_main
+    from pipeline.engine.distributed import rank_main
 
     return rank_main(run, build_parser().parse_args(argv))
 

@@ -34,9 +34,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    from pipeline.distributed import process_group
-    from pipeline.preflight import preflight
-    from pipeline.trainer import Trainer
+    from pipeline.engine.distributed import process_group
+    from pipeline.engine.preflight import preflight
+    from pipeline.pretrain.trainer import Trainer
 
     preflight(cfg)  # manifest, batch arithmetic, writable folders: before DeepSpeed starts
     with process_group() as info:
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.distributed import rank_main
+    from pipeline.engine.distributed import rank_main
 
     return rank_main(run, build_parser().parse_args(argv))
 

@@ -21,14 +21,15 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
 
-from preprocess import shardformat as fmt
+from avbase import shardformat as fmt
+from avbase.errors import AvfusionError
+from avbase.progress import progress as show_progress
+from avbase.urls import redact
 from preprocess.dense_members import declared_members
-from preprocess.errors import AvfusionError
 from preprocess.inputs import collect_sources, select_part, source_id
 from preprocess.labels import class_list, label_counts, label_index
 from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure, available_cores, ordered_map
-from preprocess.progress import progress as show_progress
 from preprocess.shards import (
     ShardWriter,
     make_manifest,
@@ -38,7 +39,6 @@ from preprocess.shards import (
 )
 from preprocess.shuffle import WindowBuffer, shuffled, windows
 from preprocess.storage import TMP_MARK, Store
-from preprocess.urls import redact
 
 CONFIG_RECORD = f"{fmt.PROGRESS_DIR}/config.json"
 WORKER = "preprocess.samples:run_task"  # imported only by the worker processes

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from preprocess.errors import AvfusionError
+from avbase.errors import AvfusionError
 from preprocess.pool import available_cores
 
 

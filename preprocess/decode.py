@@ -17,7 +17,7 @@ import av
 import fsspec
 import numpy as np
 
-from preprocess.shardformat import is_url
+from avbase.shardformat import is_url
 
 Target = tuple[float, float, float, tuple[int, int]]  # (time, clip_lo, clip_hi, key)
 MAX_GAP_SECONDS = 60.0  # larger audio timestamp jumps are treated as corrupt

@@ -1,4 +1,5 @@
-"""Optional dense-task members of a sample (docs/FORMAT.md): per-frame masks and the waveform.
+"""Building the optional dense-task members of a sample (docs/FORMAT.md; codecs in
+:mod:`avbase.members`): per-frame masks and the waveform.
 
 - ``<key>.fNN.mask.png``: 8-bit grey PNG, 255 = the sounding object, the size of the stored
   frame ``fNN``. Masks come from the list's ``masks`` column: a folder of PNGs, one per second of
@@ -15,13 +16,12 @@ import math
 import os
 import re
 
-import av
 import numpy as np
 from PIL import Image
 
+from avbase.members import MEMBERS, OPTIONAL, mask_ext
 from preprocess.clips import EPS
 from preprocess.decode import MediaError
-from preprocess.shardformat import MEMBERS, WAVE_EXT, frame_ext, mask_ext
 
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
@@ -47,83 +47,15 @@ def mask_members(files: list[str], frames: list[tuple[float, bytes]]) -> list[tu
 
 
 def _mask_png(path: str, size: tuple[int, int]) -> bytes:
+    """The mask image at ``path``, nearest-resized to ``size``, as the stored member."""
     try:
         with Image.open(path) as im:
             grey = np.array(im.convert("L").resize(size, Image.Resampling.NEAREST))
     except OSError as e:
         raise MediaError("masks", f"{path}: {e}") from None
-    buf = io.BytesIO()
-    Image.fromarray(np.where(grey > 127, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def flac_bytes(wave: np.ndarray, rate: int) -> bytes:
-    """float ``[n]`` in [-1, 1] → mono 16-bit FLAC."""
-    pcm = (np.clip(wave, -1, 1) * 32767).round().astype(np.int16)
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(pcm[None], format="s16", layout="mono")
-        frame.sample_rate = rate
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return buf.getvalue()
-
-
-def read_flac(data: bytes) -> tuple[np.ndarray, int]:
-    """FLAC bytes → (float32 ``[n]`` in [-1, 1], sample rate)."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        chunks = [f.to_ndarray().reshape(-1) for f in container.decode(stream)]
-        rate = stream.rate
-    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-    return pcm.astype(np.float32) / 32767, rate
-
-
-def read_mask(data: bytes) -> np.ndarray:
-    """PNG bytes → bool ``[H, W]``."""
-    with Image.open(io.BytesIO(data)) as im:
-        return np.array(im.convert("L")) > 127
+    return MEMBERS["mask"].encode(grey > 127)
 
 
 def declared_members(has_masks: bool, keep_waveform: bool) -> list[str]:
     """The manifest's ``members``: optional member kinds the set may hold."""
-    return [name for name, on in zip(MEMBERS, (has_masks, keep_waveform), strict=True) if on]
-
-
-def check_members(
-    files: dict[str, bytes], meta: dict, declared: list[str]
-) -> tuple[list[str], int]:
-    """(problems, number of optional members) of one sample's mask / flac members."""
-    masks = {n: d for n, d in files.items() if n.endswith(".mask.png")}
-    problems = []
-    if masks and "mask" not in declared or WAVE_EXT in files and "flac" not in declared:
-        problems.append(f"optional members not declared in the manifest's members {declared}")
-    for i in range(meta.get("n_frames", 0)):
-        data = masks.get(mask_ext(i))
-        if data is None:
-            continue
-        try:
-            mask = read_mask(data)
-            size = Image.open(io.BytesIO(files[frame_ext(i)])).size
-        except Exception as e:  # PIL raises many kinds
-            problems.append(f"{mask_ext(i)}: undecodable ({type(e).__name__})")
-            continue
-        if (mask.shape[1], mask.shape[0]) != size:
-            problems.append(
-                f"{mask_ext(i)}: {mask.shape[1]}x{mask.shape[0]}, frame is {size[0]}x{size[1]}"
-            )
-    if len(masks) != sum(mask_ext(i) in masks for i in range(meta.get("n_frames", 0))):
-        problems.append(f"mask members without a frame: {sorted(masks)}")
-    if WAVE_EXT in files:
-        try:
-            wave, rate = read_flac(files[WAVE_EXT])
-        except (av.FFmpegError, ValueError) as e:
-            return problems + [f"{WAVE_EXT}: undecodable ({e})"], len(masks) + 1
-        want = round(meta["clip_seconds"] * meta["sample_rate"])
-        if rate != meta["sample_rate"] or abs(len(wave) - want) > 1:
-            problems.append(
-                f"{WAVE_EXT}: {len(wave)} samples at {rate} Hz, expected {want} at "
-                f"{meta['sample_rate']} Hz"
-            )
-    return problems, len(masks) + (WAVE_EXT in files)
+    return [name for name, on in zip(OPTIONAL, (has_masks, keep_waveform), strict=True) if on]

@@ -1,12 +1,11 @@
 """Stored features: 16-kHz waveform → log-mel of the preset; video frame → resized JPEG.
 
-Audio parameters come from ``preprocess.shardformat.AudioFrontend`` (one place for them). Transforms
+Audio parameters come from ``avbase.features.AudioFrontend`` (one place for them). Transforms
 are built once per process and reused for every clip.
 """
 
 from __future__ import annotations
 
-import io
 from functools import lru_cache
 
 import av
@@ -15,7 +14,8 @@ import torch
 import torchaudio
 from PIL import Image
 
-from preprocess.shardformat import AudioFrontend
+from avbase.features import AudioFrontend
+from avbase.members import jpeg_bytes
 
 _ROTATE = {
     1: Image.Transpose.ROTATE_90,
@@ -82,12 +82,6 @@ def log_mel(wave: np.ndarray, fe: AudioFrontend) -> np.ndarray:
     return mel.to(torch.float16).numpy()
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
 def display_size(width: int, height: int, sar: float, short_side: int) -> tuple[int, int]:
     """(width, height) of the displayed picture (pixel aspect ratio applied) scaled so that
     its short side is ``short_side``; quarter-turn rotations keep the short side."""
@@ -104,6 +98,4 @@ def encode_frame(frame: av.VideoFrame, short_side: int, quality: int, sar: float
     image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_image()
     if quarter_turns:
         image = image.transpose(_ROTATE[quarter_turns])
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality, optimize=True)
-    return buf.getvalue()
+    return jpeg_bytes(image, quality)

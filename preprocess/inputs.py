@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import fsspec
 
-from preprocess.errors import AvfusionError
-from preprocess.shardformat import is_url
+from avbase.errors import AvfusionError
+from avbase.shardformat import is_url
 
 LIST_SUFFIXES = (".txt", ".csv")
 # Side files skipped when scanning directories (lists, metadata, docs next to the videos).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 
-from preprocess.errors import AvfusionError
+from avbase.errors import AvfusionError
 
 SEPARATOR = ";"
 HEADERS = ("name", "label", "class", "display_name")

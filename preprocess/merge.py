@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 
-from preprocess import shardformat as fmt
-from preprocess.errors import AvfusionError
+from avbase import shardformat as fmt
+from avbase.errors import AvfusionError
+from avbase.members import META_EXT
+from avbase.progress import progress
 from preprocess.labels import remap_index
-from preprocess.progress import progress
 from preprocess.shards import (
     ShardWriter,
     make_manifest,
@@ -109,7 +110,7 @@ def _relabel(sample: fmt.Sample, remap: list[int]) -> fmt.Sample:
     key, members = sample
     out = []
     for ext, data in members:
-        if ext == fmt.META_EXT:
+        if ext == META_EXT:
             meta = json.loads(data)
             if meta.get("label_index") is not None:
                 meta["label_index"] = remap_index(meta["label_index"], remap)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from preprocess import shardformat as fmt
+from avbase import shardformat as fmt
+from avbase.features import get_frontend
+from avbase.members import JPEG_QUALITY
 
 
 @dataclass(frozen=True)
@@ -17,14 +19,14 @@ class SampleOptions:
     min_clip_seconds: float = 2.0
     frame_rate: float = 1.0
     frame_size: int = 256
-    jpeg_quality: int = fmt.JPEG_QUALITY
+    jpeg_quality: int = JPEG_QUALITY
     keep_waveform: bool = False  # <key>.flac: the clip's mono waveform (separation)
 
     def problems(self) -> list[str]:
         """Unusable values, one line each (empty when all is well)."""
         out = []
         try:
-            fmt.get_frontend(self.preset)
+            get_frontend(self.preset)
         except fmt.FormatError as e:
             out.append(f"--preset: {e}")
         if not self.clip_seconds > 0:
@@ -46,7 +48,7 @@ class SampleOptions:
         """The manifest's ``preset`` entry (docs/FORMAT.md)."""
         record = asdict(self)
         del record["preset"], record["keep_waveform"]  # declared in the manifest's members
-        return {"audio": fmt.get_frontend(self.preset).as_dict(), **record}
+        return {"audio": get_frontend(self.preset).as_dict(), **record}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from preprocess.errors import AvfusionError
+from avbase.errors import AvfusionError
 
 
 def available_cores() -> int:

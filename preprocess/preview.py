@@ -10,8 +10,9 @@ import posixpath
 import numpy as np
 from PIL import Image
 
-from preprocess import shardformat as fmt
-from preprocess.errors import AvfusionError
+from avbase import shardformat as fmt
+from avbase.errors import AvfusionError
+from avbase.members import MEL_EXT, META_EXT, frame_ext
 from preprocess.shards import read_manifest
 from preprocess.storage import Store
 
@@ -44,7 +45,7 @@ def find_sample(store: Store, manifest: dict, key: str | None) -> fmt.Sample:
             for sample in fmt.read_samples(f):
                 if key is None or sample[0] == key:
                     return sample
-                meta = json.loads(dict(sample[1])[fmt.META_EXT])
+                meta = json.loads(dict(sample[1])[META_EXT])
                 source = posixpath.basename(meta["source"])
                 if key in (meta["source_id"], meta["source"], source) and (
                     match is None or meta["clip_index"] < match_clip
@@ -71,15 +72,14 @@ def figure(sample: fmt.Sample, audio: dict):
 
     key, members = sample
     files = dict(members)
-    meta = json.loads(files[fmt.META_EXT])
+    meta = json.loads(files[META_EXT])
     frames = [
-        Image.open(io.BytesIO(files[fmt.frame_ext(i)])).convert("RGB")
-        for i in range(meta["n_frames"])
+        Image.open(io.BytesIO(files[frame_ext(i)])).convert("RGB") for i in range(meta["n_frames"])
     ]
     frames = [
         f.resize((max(1, round(f.width * ROW_HEIGHT / f.height)), ROW_HEIGHT)) for f in frames
     ]
-    mel = np.load(io.BytesIO(files[fmt.MEL_EXT])).astype(np.float32)
+    mel = np.load(io.BytesIO(files[MEL_EXT])).astype(np.float32)
     fig = Figure(figsize=(10, 6), layout="constrained")
     top, bottom = fig.subplots(2, 1, height_ratios=(1, 2))
     label = f" [{meta['label']}]" if "label" in meta else ""
@@ -131,11 +131,11 @@ def _summary(url: str, m: dict) -> str:
 def _describe(sample: fmt.Sample) -> str:
     key, members = sample
     files = dict(members)
-    mel = np.load(io.BytesIO(files[fmt.MEL_EXT]))
+    mel = np.load(io.BytesIO(files[MEL_EXT]))
     sizes = [Image.open(io.BytesIO(data)).size for ext, data in members if ext.endswith(".jpg")]
     return "\n".join(
         [
-            f"sample {key}: {json.dumps(json.loads(files[fmt.META_EXT]))}",
+            f"sample {key}: {json.dumps(json.loads(files[META_EXT]))}",
             f"mel: {mel.dtype}{list(mel.shape)} min {mel.min():.2f} max {mel.max():.2f} "
             f"mean {mel.astype(np.float32).mean():.2f}",
             f"frames: {len(sizes)} JPEG {', '.join(f'{w}x{h}' for w, h in sizes[:3])}"

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 
-from preprocess import shardformat as fmt
+from avbase import shardformat as fmt
+from avbase.features import get_frontend
+from avbase.members import MEL_EXT, META_EXT, WAVE_EXT, flac_bytes, frame_ext, npy_bytes
+from avbase.urls import redact
 from preprocess.clips import EPS, clip_spans, frame_offsets, frame_targets
 from preprocess.decode import MediaError, MediaFile, decode_audio, decode_video
-from preprocess.dense_members import flac_bytes, mask_files, mask_members
-from preprocess.features import encode_frame, log_mel, npy_bytes, resample
+from preprocess.dense_members import mask_files, mask_members
+from preprocess.features import encode_frame, log_mel, resample
 from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure
-from preprocess.urls import redact
 
 
 def run_task(opts: SampleOptions, threads: int, task: Task) -> list[fmt.Sample] | Failure:
@@ -29,7 +31,7 @@ def run_task(opts: SampleOptions, threads: int, task: Task) -> list[fmt.Sample] 
 
 def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[fmt.Sample]:
     """All samples of one input, in clip order; ``MediaError`` when it yields none."""
-    fe = fmt.get_frontend(opts.preset)
+    fe = get_frontend(opts.preset)
     media = MediaFile(task.path)
     audio = decode_audio(media)
     if audio.end - audio.start < opts.min_clip_seconds - EPS:
@@ -95,8 +97,8 @@ def _sample(
     }
     if task.label is not None:
         meta.update(label=task.label, label_index=task.label_index)
-    members = [(fmt.META_EXT, json.dumps(meta).encode()), (fmt.MEL_EXT, npy_bytes(mel))]
-    members += [(fmt.frame_ext(i), jpeg) for i, (_, jpeg) in enumerate(frames)]
+    members = [(META_EXT, json.dumps(meta).encode()), (MEL_EXT, npy_bytes(mel))]
+    members += [(frame_ext(i), jpeg) for i, (_, jpeg) in enumerate(frames)]
     return f"{task.source_id}_{k}", members
 
 
@@ -105,7 +107,7 @@ def dense_members(
 ) -> list[tuple[str, bytes]]:
     """The optional ``fNN.mask.png`` and ``flac`` members (docs/FORMAT.md)."""
     members = mask_members(mask_files(task.masks), frames) if task.masks else []
-    return members + ([(fmt.WAVE_EXT, flac_bytes(clip, rate))] if opts.keep_waveform else [])
+    return members + ([(WAVE_EXT, flac_bytes(clip, rate))] if opts.keep_waveform else [])
 
 
 def _short(overlap: float, opts: SampleOptions) -> MediaError:

@@ -10,7 +10,7 @@ import json
 import tarfile
 from datetime import UTC, datetime
 
-from preprocess import shardformat as fmt
+from avbase import shardformat as fmt
 from preprocess.storage import Store, write_failed
 
 

@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-from preprocess.errors import AvfusionError
-from preprocess.shardformat import Sample
+from avbase.errors import AvfusionError
+from avbase.shardformat import Sample
 
 T = TypeVar("T")
 

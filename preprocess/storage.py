@@ -20,7 +20,7 @@ from typing import IO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from preprocess.errors import AvfusionError
+from avbase.errors import AvfusionError
 
 TMP_MARK = ".tmp-"
 

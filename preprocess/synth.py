@@ -29,7 +29,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from preprocess.progress import progress
+from avbase.progress import progress
 
 WIDTH, HEIGHT, FPS = 320, 240, 10
 SAMPLE_RATE = 22050

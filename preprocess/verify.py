@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-from PIL import Image
-
-from preprocess import shardformat as fmt
-from preprocess.dense_members import check_members
+from avbase import shardformat as fmt
+from avbase.features import AudioFrontend
+from avbase.members import MEL_EXT, MEMBERS, META_EXT, WAVE_EXT, MemberError, frame_ext, mask_ext
+from avbase.progress import progress
 from preprocess.labels import label_problem
-from preprocess.progress import progress
 from preprocess.shards import read_errors, read_manifest
 from preprocess.storage import Store
 
@@ -80,10 +77,11 @@ def _verify_shard(store: Store, entry: dict, check: _SampleCheck) -> tuple[list[
 
 
 class _SampleCheck:
-    """One sample against the manifest's preset and label list."""
+    """One sample against the manifest's preset and label list, member by member through
+    :data:`avbase.members.MEMBERS` (decode, then the kind's check)."""
 
     def __init__(self, manifest: dict):
-        self.fe = fmt.AudioFrontend(**manifest["preset"]["audio"])
+        self.fe = AudioFrontend(**manifest["preset"]["audio"])
         self.frame_size = manifest["preset"]["frame_size"]
         self.labels = manifest.get("labels", [])
         self.multi_label = bool(manifest.get("multi_label"))
@@ -93,25 +91,21 @@ class _SampleCheck:
         key, members = sample
         files = dict(members)
         try:
-            meta = json.loads(files[fmt.META_EXT])
-            mel = np.load(io.BytesIO(files[fmt.MEL_EXT]), allow_pickle=False)
-            return self._problems(key, files, meta, mel)
+            meta = json.loads(files[META_EXT])
+            mel = MEMBERS["mel"].read(files[MEL_EXT])
+            want = (self.fe.n_mels, self.fe.clip_frames(meta["clip_seconds"]))
         except (KeyError, TypeError, ValueError) as e:
             return [f"missing or undecodable json/mel or metadata field ({type(e).__name__}: {e})"]
-
-    def _problems(
-        self, key: str, files: dict[str, bytes], meta: dict, mel: np.ndarray
-    ) -> list[str]:
-        out = []
-        want = (self.fe.n_mels, self.fe.clip_frames(meta["clip_seconds"]))
-        if mel.dtype != np.float16 or mel.shape != want or not np.isfinite(mel).all():
-            out.append(f"mel {mel.dtype}{list(mel.shape)}, expected float16{list(want)} finite")
+        out = MEMBERS["mel"].check(mel, meta, want)
         if key != f"{meta.get('source_id')}_{meta.get('clip_index')}":
             out.append("key does not match source_id/clip_index")
+        return out + self._frames(files, meta) + self._optional(files, meta) + self._labels(meta)
+
+    def _frames(self, files: dict[str, bytes], meta: dict) -> list[str]:
         times = meta.get("frame_times", [])
-        frames = [files.get(fmt.frame_ext(i)) for i in range(meta.get("n_frames", -1))]
-        dense_problems, optional = check_members(files, meta, self.members)
-        out += dense_problems
+        frames = [files.get(frame_ext(i)) for i in range(meta.get("n_frames", -1))]
+        optional = sum(n.endswith(".mask.png") or n == WAVE_EXT for n in files)
+        out = []
         if (
             not frames
             or len(times) != len(frames)
@@ -124,26 +118,42 @@ class _SampleCheck:
             )
         if any(not 0 <= t < meta["clip_seconds"] for t in times):
             out.append(f"frame_times outside [0, {meta['clip_seconds']}): {times}")
-        out += [
-            p
-            for i, jpg in enumerate(frames)
-            if jpg is not None
-            for p in self._jpeg(fmt.frame_ext(i), jpg)
-        ]
-        problem = label_problem(meta, self.labels, self.multi_label)
-        if problem:
-            out.append(problem)
+        for i, jpg in enumerate(frames):
+            if jpg is not None:
+                out += _member_problems("frame", jpg, frame_ext(i), self.frame_size)
         return out
 
-    def _jpeg(self, name: str, data: bytes) -> list[str]:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                size, kind = im.size, im.format
-        except Exception as e:  # PIL raises many kinds
-            return [f"{name}: undecodable ({type(e).__name__})"]
-        if kind != "JPEG" or min(size) != self.frame_size:
-            return [
-                f"{name}: {kind} {size[0]}x{size[1]}, expected JPEG short side {self.frame_size}"
-            ]
-        return []
+    def _optional(self, files: dict[str, bytes], meta: dict) -> list[str]:
+        """Masks (each the size of its frame) and the waveform, declared in the manifest."""
+        masks = sorted(n for n in files if n.endswith(".mask.png"))
+        out = []
+        if masks and "mask" not in self.members or WAVE_EXT in files and "flac" not in self.members:
+            out.append(f"optional members not declared in the manifest's members {self.members}")
+        frames = {mask_ext(i): frame_ext(i) for i in range(meta.get("n_frames", 0))}
+        stray = [n for n in masks if n not in frames]
+        if stray:
+            out.append(f"mask members without a frame: {stray}")
+        for name in masks:
+            if name in frames and frames[name] in files:
+                try:
+                    size = MEMBERS["frame"].read(files[frames[name]]).size
+                except MemberError:
+                    continue  # reported with the frame
+                out += _member_problems("mask", files[name], name, size)
+        if WAVE_EXT in files:
+            out += _member_problems("flac", files[WAVE_EXT], WAVE_EXT, meta)
+        return out
+
+    def _labels(self, meta: dict) -> list[str]:
+        problem = label_problem(meta, self.labels, self.multi_label)
+        return [problem] if problem else []
+
+
+def _member_problems(kind: str, data: bytes, name: str, *context) -> list[str]:
+    """The problems of member ``name`` of ``kind``: undecodable, or its kind's check."""
+    member = MEMBERS[kind]
+    try:
+        value = member.read(data, name)
+    except MemberError as e:
+        return [str(e)]
+    return [f"{name}: {p}" for p in member.check(value, *context)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.s3server import S3Server
+from tests.support.s3server import S3Server
 
 # Every process the tests start finds the environment's tools first (deepspeed, rclone, and
 # ninja, which JIT-builds DeepSpeed's CPU comm op: a system ninja of another version disagrees

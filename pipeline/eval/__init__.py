@@ -12,16 +12,16 @@ How a task plugs in:
    other tasks' YAML files stay valid; value checks go into ``validate_task`` there.
 2. Code: a module ``pipeline/eval/<task>.py`` with ``run(cfg: EvalConfig, info: DistInfo) -> dict``.
    It is registered in :data:`pipeline.eval.tasks.TASKS` (imported lazily, so a task's
-   dependencies load only when it runs). ``info`` comes from ``pipeline.distributed.init_distributed``.
+   dependencies load only when it runs). ``info`` comes from ``pipeline.engine.distributed.init_distributed``.
 3. The encoder: :func:`pipeline.eval.encoder.load_encoder` builds the ``DeepAVFusion`` from
    ``cfg.encoder`` (training checkpoint, safetensors export or official file; strict ``encoder.*``
    load) and returns the pretraining run id when the source records one.
 4. Result: ``run`` returns a flat dict of final metrics (JSON-serialisable). The entry point prints
    it as the last line of stdout on rank 0 (``{"task": ..., **metrics}``). Libraries raise
    (``AvfusionError`` or ``ValueError`` subclasses for bad input); the entry point turns them into
-   one ``error: …`` line through ``preprocess.errors.run_cli``.
+   one ``error: …`` line through ``avbase.errors.run_cli``.
 
-Shared pieces for trainable tasks live in :mod:`pipeline.eval.loop` (DeepSpeed engine, epoch loop,
-checkpoints with kill -9 resume, MLflow run) and :mod:`pipeline.eval.optim` (LARS, layer-wise LR
+Shared pieces for trainable tasks live in :mod:`pipeline.engine.loop` (DeepSpeed engine, epoch loop,
+checkpoints with kill -9 resume, MLflow run) and :mod:`pipeline.engine.optim` (LARS, layer-wise LR
 decay groups, the warm-up + cosine schedule with per-group scales).
 """

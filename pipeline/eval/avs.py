@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.heads_dense import AVSHead
-from pipeline.distributed import DistInfo
+from pipeline.data.dense import DenseSpec
+from pipeline.engine.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_data import DenseSpec
-from pipeline.eval.dense_figures import overlay_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
 from pipeline.eval.dense_metrics import SegmentationMeter
+from pipeline.eval.figures import overlay_grid
 
 
 def run(cfg: EvalConfig, info: DistInfo) -> dict:

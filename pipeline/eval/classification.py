@@ -21,20 +21,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.presets import get_frontend
-from pipeline import checkpoint as C
-from pipeline import distributed as D
-from pipeline.augment import EvalView
+from avbase.errors import AvfusionError
+from avbase.features import get_frontend
+from avbase.shardformat import MANIFEST
+from model.heads.classification import ALL_HEADS, AVClassifier, frequency_bias
+from pipeline.data.augment import EvalView
+from pipeline.data.loader import build_loader
+from pipeline.data.shardio import join
+from pipeline.engine import checkpoint as C
+from pipeline.engine import distributed as D
+from pipeline.engine.loop import EvalLoop
+from pipeline.engine.optim import layer_decay_groups
 from pipeline.eval import metrics as M
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.encoder import load_encoder
-from pipeline.eval.heads import ALL_HEADS, AVClassifier, frequency_bias
-from pipeline.eval.loop import EvalLoop
-from pipeline.eval.optim import layer_decay_groups
-from pipeline.loader import build_loader
-from pipeline.shardio import join
-from preprocess.errors import AvfusionError
-from preprocess.shardformat import MANIFEST
 
 log = logging.getLogger("avfusion.eval")
 

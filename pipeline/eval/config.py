@@ -2,7 +2,7 @@
 
 Field names shared with the pretraining tree (``data.batch_size``, ``train.effective_batch_size``,
 ``train.zero_stage``, ``train.precision``, ``train.resume``, ``train.output_dir``,
-``train.load_universal``, ``optim.grad_clip``) mean the same, so :mod:`pipeline.distributed`'s
+``train.load_universal``, ``optim.grad_clip``) mean the same, so :mod:`pipeline.engine.distributed`'s
 DeepSpeed-config, accumulation and resume helpers take an ``EvalConfig`` as they take a ``Config``.
 """
 
@@ -21,7 +21,6 @@ from pipeline.config import (
     lookup,
     raw_tree,
 )
-from pipeline.eval.dense_config import AVSConfig, LocalizationConfig, SeparationConfig
 
 TASK_NAMES = ("linear", "finetune", "avs", "separation", "localization")
 
@@ -107,6 +106,43 @@ class ClassificationConfig:
     # None: on for finetune (as released), off for linear
     bias_init: str = "zero"  # zero | class_freq (fine-tune: log((f+1e-3)/(1-f+1e-3)))
     batchnorm: bool = True  # linear probe: BatchNorm1d(affine=False) before each head
+
+
+# Dense tasks. Layer lists index the encoder's layers (negative: from the end), so the
+# recipes' ViT-B lists ([0, 3, 7, 11], [11, 8, 5, 2, 0]) and the debug model's are written alike.
+
+
+@dataclass
+class AVSConfig:
+    layers: list[int] = field(
+        default_factory=lambda: [0, 3, 7, 11]
+    )  # image layers feeding the UNet (first = top)
+    channels: list[int] = field(
+        default_factory=lambda: [768, 384, 192, 128]
+    )  # UNet widths per scale (REFERENCE §8)
+    oversample: int = 10  # passes over the training set per epoch
+    audio_jitter: float = 0.99  # training: audio window centre ± seconds
+    prior_sigma: float = 0.25  # centred Gaussian baseline (fraction of side)
+    artifacts: int = 8  # overlays logged (predicted vs true mask)
+
+
+@dataclass
+class SeparationConfig:
+    layers: list[int] = field(
+        default_factory=lambda: [11, 8, 5, 2, 0]
+    )  # audio layers, finest scale first (release: deepest → finest, the last at the UNet bottom)
+    frozen: bool = False  # train the heads only (the release fine-tunes the encoder too)
+    silence: float = 1e-5  # references below this mean power are skipped
+    artifacts: int = 4  # spectrogram panels logged
+
+
+@dataclass
+class LocalizationConfig:
+    layer: int = -1  # image layer whose patch tokens are compared
+    embedding: str = "audio"  # audio | fusion: the clip's query embedding
+    trained: str = "none"  # none | contrastive | masks (docs/EVAL.md)
+    prior_sigma: float = 0.25
+    artifacts: int = 8  # heatmaps on frames logged
 
 
 @dataclass

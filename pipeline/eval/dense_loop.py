@@ -21,14 +21,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from model.presets import AudioFrontend, get_frontend
-from pipeline.distributed import DistInfo
+from avbase.features import AudioFrontend, get_frontend
+from pipeline.data.dense import DenseSpec, batches, check_members, dense_items
+from pipeline.engine.distributed import DistInfo
+from pipeline.engine.optim import apply_lr, layer_decay_groups, schedule
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
 from pipeline.eval.dense_metrics import centred_prior
 from pipeline.eval.encoder import LoadedEncoder, load_encoder
-from pipeline.eval.optim import apply_lr, layer_decay_groups, schedule
-from pipeline.tracking import Tracker
+from pipeline.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "dense-{name}.pt"  # per trained model (the task's, a trained baseline's)

@@ -93,7 +93,7 @@ def _read_source(cfg: EncoderConfig) -> tuple[dict, dict, str | None, str]:
 
 
 def _training_checkpoint(path: Path) -> tuple[dict, dict, str | None, str]:
-    from pipeline.export import consolidated_state_dict, resolve_tag_dir
+    from pipeline.engine.safeload import consolidated_state_dict, resolve_tag_dir
 
     root = path / "checkpoints" if (path / "checkpoints" / "latest").is_file() else path
     tag_dir = resolve_tag_dir(root)

@@ -17,29 +17,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from model.heads.localization import Projections
 from model.heads_dense import AVSHead
-from pipeline.distributed import DistInfo
+from pipeline.data.dense import DenseSpec
+from pipeline.engine.distributed import DistInfo
 from pipeline.eval.avs import avs_logits, train_avs
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_data import DenseSpec
-from pipeline.eval.dense_figures import heatmap_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
 from pipeline.eval.dense_metrics import LocalizationMeter
+from pipeline.eval.figures import heatmap_grid
 
-PROJ_DIM, TEMPERATURE = 128, 0.07
-
-
-class Projections(nn.Module):
-    """The trained variant's head: ``(patches [B, N, D], query [B, D]) → ([B, N, d], [B, d])``, unit norm."""
-
-    def __init__(self, dim: int, out: int = PROJ_DIM):
-        super().__init__()
-        self.patch, self.query = nn.Linear(dim, out), nn.Linear(dim, out)
-
-    def forward(self, patches: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
-        return F.normalize(self.patch(patches), dim=-1), F.normalize(self.query(query), dim=-1)
+TEMPERATURE = 0.07
 
 
 def run(cfg: EvalConfig, info: DistInfo) -> dict:

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.heads_dense import SeparationHead
-from pipeline.distributed import DistInfo
+from pipeline.data.dense import DenseSpec, batches, dense_items
+from pipeline.engine.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_data import DenseSpec, batches, dense_items
-from pipeline.eval.dense_figures import spectrogram_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
+from pipeline.eval.figures import spectrogram_grid
 from pipeline.eval.separation_audio import mix, model_input, ratio_target, separate, stft
 
 METRICS = ("sdr", "sir", "sar")

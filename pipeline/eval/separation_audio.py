@@ -16,7 +16,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from model.presets import AudioFrontend
+from avbase.features import AudioFrontend
 
 
 @lru_cache(maxsize=4)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from pipeline.distributed import DistInfo
+from pipeline.engine.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
 
 Task = Callable[[EvalConfig, DistInfo], dict]

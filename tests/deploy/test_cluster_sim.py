@@ -29,7 +29,7 @@ import yaml
 from deploy.manifests import COMPLETION_INDEX, MLFLOW_PORT, MLFLOW_SERVICE
 from tests.deploy.helpers import REPO, env_of, node_pod, render_cli
 from tests.deploy.validators import load_docs
-from tests.pipeline.helpers import AVFUSION, free_port
+from tests.support.procs import AVFUSION, free_port
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 

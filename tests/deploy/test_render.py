@@ -490,9 +490,9 @@ def test_urls_without_credentials_render(render):
 
 
 def test_render_refuses_exactly_the_urls_that_redaction_masks():
-    """deploy's own check (it imports nothing of ours) agrees with preprocess.urls.redact."""
+    """deploy's own check (it imports nothing of ours) agrees with avbase.urls.redact."""
+    from avbase.urls import redact
     from deploy.render import CREDENTIAL_URL
-    from preprocess.urls import redact
     from tests.preprocess.test_urls import CLEAN, CREDENTIALED
 
     for url, _ in CREDENTIALED:

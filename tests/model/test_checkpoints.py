@@ -260,7 +260,7 @@ def test_plain_load_state_dict_takes_the_official_decoder_layout():
     """Checkpoints written before the decoders became submodules (and official files) hold
     ``image_decoder_blocks.…`` keys; ``load_state_dict`` (DeepSpeed resume) must take them."""
     from model import AVMAE, get_model_config
-    from model.checkpoints import adapt_keys
+    from model.keys import adapt_keys
 
     torch.manual_seed(0)
     src = AVMAE(get_model_config("debug"))

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
+from avbase.features import FRONTENDS
 from model import MODEL_PRESETS, get_model_config
-from model.presets import FRONTENDS, ModelConfigError
+from model.presets import ModelConfigError
 
 
 def test_release_presets():

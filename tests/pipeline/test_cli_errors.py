@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.pipeline.helpers import AVFUSION, REPO
+from tests.support.procs import AVFUSION, REPO
 
 DEBUG_YAML = str(REPO / "configs/debug.yaml")
 # case → arguments, given a folder that does not exist (M), a scratch folder (T) and a shard set (S)
@@ -81,7 +81,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_internal_errors_are_one_line_with_the_hint(capsys):
-    from preprocess.errors import EXIT_INTERNAL, run_cli
+    from avbase.errors import EXIT_INTERNAL, run_cli
 
     def buggy():
         raise KeyError("oops")

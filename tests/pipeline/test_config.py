@@ -78,7 +78,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_generated_deepspeed_config():
     """The vggsound recipe on 4 × 8 GPUs: 512 = 16 per GPU × 32 ranks × 1; on 8 GPUs: accumulation 4."""
-    from pipeline.distributed import deepspeed_config
+    from pipeline.engine.distributed import deepspeed_config
 
     cfg = load_config(
         REPO / "configs" / "vggsound.yaml", ["data.batch_size=16", "train.precision=bf16"]
@@ -117,7 +117,7 @@ def test_model_section_is_a_preset_plus_avmae_config_fields():
     import dataclasses
 
     from model import AVMAEConfig, get_model_config
-    from pipeline.trainer import build_model
+    from pipeline.pretrain.trainer import build_model
 
     for f in dataclasses.fields(AVMAEConfig):  # a new field needs no pipeline edit
         assert f.name in to_dict(load_config(REPO / "configs" / "debug.yaml"))["model"]

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from model import AVMAE, get_model_config
-from model.checkpoints import adapt_keys
-from tests.pipeline.helpers import AVFUSION
+from model.keys import adapt_keys
+from tests.support.procs import AVFUSION
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -136,7 +136,7 @@ _PICKLE_AS_3_11_2 = types.SimpleNamespace(Pickler=_GetattrPickler, __name__="pic
 
 
 def _load_restricted(path):
-    from pipeline.export import safe_torch_loads
+    from pipeline.engine.safeload import safe_torch_loads
 
     with safe_torch_loads():
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -181,7 +181,7 @@ def test_getattr_on_anything_but_an_allowed_enum_member_is_refused(tmp_path):
         + b"\x85R."
     )
     with pytest.raises(pickle.UnpicklingError):
-        from pipeline.export import safe_torch_loads
+        from pipeline.engine.safeload import safe_torch_loads
 
         with safe_torch_loads():
             torch.serialization._weights_only_unpickler.load(io.BytesIO(evil))

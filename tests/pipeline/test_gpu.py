@@ -6,9 +6,9 @@ from itertools import islice
 import pytest
 import torch
 
-from model.presets import FRONTENDS, ImageSpec
+from avbase.features import FRONTENDS, ImageSpec
 from pipeline.config import DataConfig
-from pipeline.loader import build_loader
+from pipeline.data.loader import build_loader
 
 pytestmark = [
     pytest.mark.gpu,

@@ -64,7 +64,7 @@ def cli_error(capsys, *args) -> str:
 
 def load_set(out: Path) -> tuple[dict, list[dict], dict[str, dict]]:
     """(manifest, errors, {key: {ext: bytes}}) of a local shard set."""
-    from preprocess.shardformat import read_samples
+    from avbase.shardformat import read_samples
 
     manifest = json.loads((out / "manifest.json").read_text())
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]

@@ -13,10 +13,10 @@ import torch
 import torchaudio
 from PIL import Image
 
+from avbase.features import FRONTENDS, ImageSpec
 from pipeline.config import DataConfig
-from pipeline.loader import build_loader
+from pipeline.data.loader import build_loader
 from preprocess.decode import MediaFile, decode_audio
-from preprocess.shardformat import FRONTENDS, ImageSpec
 
 from .conftest import MEDIA, avfusion, load_set, media_rows, mel, meta
 

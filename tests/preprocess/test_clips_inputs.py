@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from avbase.errors import AvfusionError
 from preprocess.clips import clip_spans, frame_offsets, frame_targets
-from preprocess.errors import AvfusionError
 from preprocess.inputs import Source, collect_sources, label_names, select_part, source_id
 
 

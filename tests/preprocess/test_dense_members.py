@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.presets import get_frontend
-from preprocess.dense_members import read_flac, read_mask
+from avbase.features import get_frontend
+from avbase.members import read_flac, read_mask
 from preprocess.features import log_mel
 from preprocess.synth import SAMPLE_RATE, class_pattern, synth
 
@@ -123,7 +123,7 @@ def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
             np.abs(log_mel(wave, fe).astype(np.float32) - stored).max() < 0.05
         )  # the clip's own sound
 
-    from pipeline.eval.dense_data import DenseSpec, dense_items
+    from pipeline.data.dense import DenseSpec, dense_items
 
     items = list(dense_items(str(out), DenseSpec(64, fe, masks=True, waveform=True)))
     assert len(items) == 3 * 3  # every masked frame

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from preprocess.shardformat import read_samples
+from avbase.shardformat import read_samples
 
 from .conftest import BUILD_ARGS, MEDIA, REPO, cli, cli_error, load_set
 

@@ -1,4 +1,4 @@
-"""preprocess.urls.redact: credentials out, everything that says which resource in."""
+"""avbase.urls.redact: credentials out, everything that says which resource in."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from preprocess.errors import AvfusionError, error_line
-from preprocess.urls import redact, redact_tree
+from avbase.errors import AvfusionError, error_line
+from avbase.urls import redact, redact_tree
 
 from .conftest import MEDIA, avfusion, load_set, meta
 

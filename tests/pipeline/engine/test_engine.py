@@ -1,0 +1,221 @@
+"""The DeepSpeed engine as the trainer builds it (one CPU process, gloo): the values the recipe
+depends on, the bf16 path, the sync-free step and its non-finite stop, the checkpoint guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.engine.checkpoint import Checkpointer, NonFiniteWeights
+from pipeline.engine.distributed import build_engine, deepspeed_config, engine_dtype
+from pipeline.engine.schedule import build_optimizer
+from pipeline.engine.step import NonFiniteLoss, TrainStep
+from pipeline.pretrain.trainer import build_model
+from tests.support.hostreads import HostReadCounter
+from tests.support.procs import REPO, free_port
+
+SHIPPED = ("debug", "vggsound", "as2m")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    import torch.distributed as dist
+
+    from pipeline.engine.distributed import init_distributed
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "DS_ACCELERATOR": "cpu",
+        }.items():
+            mp.setenv(key, value)
+        init_distributed()
+        yield
+        dist.destroy_process_group()
+
+
+def engine_for(cfg):
+    model, pretrained = build_model(cfg)
+    optimizer = build_optimizer(model, cfg.optim, pretrained, 1e-3, CPU)
+    return build_engine(model, optimizer, cfg, 1)[0]
+
+
+def debug_cfg(*overrides: str):
+    return load_config(REPO / "configs" / "debug.yaml", ["data.batch_size=2", *overrides])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_config_engine_honours_the_recipe(process_group, name):
+    """DeepSpeed 0.19 defaults gradient_clipping to 1.0 and a synchronising throughput timer;
+    the engine built from each shipped config has the recipe's values instead."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", ["model.preset=debug"])
+    parsed = DeepSpeedConfig(deepspeed_config(cfg, 1))
+    assert parsed.gradient_clipping == cfg.optim.grad_clip == 0.0
+    assert not parsed.prescale_gradients and parsed.gradient_predivide_factor == 1.0
+    assert not parsed.timers_config.enabled and not parsed.timers_config.synchronized
+    assert not parsed.bfloat16_config.enabled
+    if (
+        cfg.train.precision == "fp16"
+    ):  # GradScaler's constants: 2**16, halve at once, double after 2000
+        fp16 = parsed.float16_config
+        assert (
+            fp16.enabled,
+            fp16.loss_scale,
+            fp16.initial_scale_power,
+            fp16.hysteresis,
+            fp16.loss_scale_window,
+        ) == (True, 0, 16, 1, 2000)
+        cfg = load_config(
+            REPO / "configs" / f"{name}.yaml", ["model.preset=debug", "train.precision=fp32"]
+        )
+    engine = engine_for(cfg)  # fp16 has no CPU kernels: the engine is built in fp32 there
+    assert engine.gradient_clipping() == 0.0
+    assert not engine.tput_timer.config.enabled and not engine.wall_clock_breakdown()
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_bf16_is_autocast_over_fp32_master_weights(process_group, stage):
+    cfg = debug_cfg("train.precision=bf16", f"train.zero_stage={stage}")
+    engine = engine_for(cfg)
+    if stage == 0:  # no DeepSpeed wrapper: our AdamW steps the fp32 parameters directly
+        assert isinstance(engine.optimizer, torch.optim.AdamW)
+    seen = []
+    linear = next(m for m in engine.module.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    step = TrainStep(
+        engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=engine_dtype(cfg)
+    )
+    assert step.dtype == torch.float32  # inputs stay fp32; autocast casts inside the matmuls
+    step.micro(batch(engine.module), 0, 0)
+    assert seen == [torch.bfloat16]
+    params = dict(engine.module.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    assert sum(not torch.equal(before[n], p) for n, p in params.items()) > len(params) // 2
+
+
+def batch(model, n: int = 2, fill: float | None = None) -> dict:
+    cfg = model.config
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=gen)
+    if fill is not None:
+        image[1] = fill
+    return {
+        "image": image,
+        "audio": torch.randn(n, 1, *cfg.audio_size, generator=gen),
+        "key": [f"key{i}" for i in range(n)],
+    }
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_step_reads_nothing_back_and_totals_are_the_losses(process_group, stage):
+    engine = engine_for(debug_cfg(f"train.zero_stage={stage}"))
+    step = TrainStep(engine, seed=0, accum=2, rank=0, world_size=1, device=CPU, dtype=torch.float32)
+    with HostReadCounter() as counter:
+        outs = [step.micro(batch(engine.module), 0, micro) for micro in range(2)]
+    assert counter.count == 0
+    image, audio, bad, data_s, errors = step.totals(errors=3, epoch=0)
+    assert image == pytest.approx(sum(o.loss_image.item() for o in outs), rel=1e-12)
+    assert audio == pytest.approx(sum(o.loss_audio.item() for o in outs), rel=1e-12)
+    assert (bad, data_s, errors) == (0, 0.0, 3)
+
+
+def test_non_finite_loss_names_steps_and_keys(process_group):
+    engine = engine_for(debug_cfg("train.zero_stage=0"))
+    step = TrainStep(engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=torch.float32)
+    step.micro(batch(engine.module), 4, 0)
+    step.micro(batch(engine.module, fill=float("nan")), 5, 0)
+    step.micro(batch(engine.module), 6, 0)  # the window keeps counting after the bad step
+    with pytest.raises(
+        NonFiniteLoss, match=r"at steps 5–7 \(epoch 2\) on rank 0; batch keys: \['key0'"
+    ):
+        step.totals(errors=0, epoch=2)
+
+
+def test_checkpoint_refuses_non_finite_weights(process_group, tmp_path):
+    engine = engine_for(debug_cfg("train.zero_stage=2"))
+    with torch.no_grad():
+        next(engine.module.parameters())[0] = float("inf")
+    with pytest.raises(NonFiniteWeights, match="after step 3: no checkpoint written"):
+        Checkpointer(engine, tmp_path, keep_last=2, rank=0, world_size=1).save(
+            3, {}, loader=None, run_id=None
+        )
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(process_group):
+    """train.compile: regionally compiled blocks under a ZeRO-2 engine give the eager losses."""
+    from pipeline.pretrain.trainer import compile_blocks
+
+    curves = []
+    for compiled in (False, True):
+        cfg = debug_cfg("train.zero_stage=2", f"train.compile={str(compiled).lower()}")
+        torch.manual_seed(0)
+        model, pretrained = build_model(cfg)
+        if compiled:
+            compile_blocks(model, cfg.train.compile_mode)
+
+        engine, _ = build_engine(
+            model, build_optimizer(model, cfg.optim, pretrained, 1e-3, CPU), cfg, 1
+        )
+        step = TrainStep(
+            engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=torch.float32
+        )
+        curves.append([step.micro(batch(engine.module), s, 0).loss.item() for s in range(3)])
+    assert curves[1] == pytest.approx(curves[0], rel=1e-4)
+    assert curves[0][2] != curves[0][0]  # the weights moved between the compared steps
+
+
+def test_resume_names_a_truncated_checkpoint_and_falls_back(
+    process_group, shard_set, tmp_path, caplog
+):
+    """#14.3: the newest checkpoint's model file is cut short → a warning naming it, and the
+    older complete checkpoint is loaded (weights and counters of step 1)."""
+    from avbase.features import get_frontend
+    from pipeline.config import DataConfig
+    from pipeline.data.loader import build_loader
+    from pipeline.engine.checkpoint import resume_candidates
+    from pipeline.engine.safeload import model_states_file
+
+    engine = engine_for(debug_cfg("train.zero_stage=0"))
+    mcfg = engine.module.config
+    loader = build_loader(
+        DataConfig(shards=str(shard_set), batch_size=2, workers=0),
+        audio=get_frontend(mcfg.audio_frontend),
+        image=mcfg.image,
+        rank=0,
+        world_size=1,
+        seed=0,
+        train=True,
+    )
+    ck = Checkpointer(engine, tmp_path, keep_last=5, rank=0, world_size=1)
+    state = {"step": 1, "epoch": 0, "epoch_start": 0, "samples_seen": 2}
+    ck.save(1, state, loader, run_id="run-a")
+    at_step1 = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    TrainStep(engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=torch.float32).micro(
+        batch(engine.module), 1, 0
+    )
+    ck.save(2, state | {"step": 2, "samples_seen": 4}, loader, run_id="run-a")
+    states = model_states_file(tmp_path / "step00000002")
+    states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
+
+    candidates = resume_candidates("auto", tmp_path)
+    assert candidates == [tmp_path / "step00000002", tmp_path / "step00000001"]
+    assert resume_candidates(str(tmp_path / "step00000001"), tmp_path) == [
+        tmp_path / "step00000001"
+    ]
+    with caplog.at_level("WARNING", logger="avfusion.checkpoint"):
+        loaded = ck.load(candidates, loader)
+    assert (loaded["step"], loaded["samples_seen"], loaded["mlflow_run_id"]) == (1, 2, "run-a")
+    assert str(states) in caplog.text and "expected" in caplog.text
+    for name, p in engine.module.named_parameters():
+        assert torch.equal(p, at_step1[name]), name

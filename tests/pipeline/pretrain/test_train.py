@@ -1,0 +1,541 @@
+"""Real multi-process DeepSpeed runs of configs/debug.yaml on CPU (gloo).
+
+One uninterrupted 2-rank ZeRO-2 run, tracked by a real `mlflow server`, is the reference: ZeRO-3,
+a simulated 2-node launch and a `kill -9` + resume must reproduce its per-step losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support.procs import (
+    REPO,
+    deepspeed_module,
+    free_port,
+    start_mlflow_server,
+    stop,
+    synth_shards,
+)
+from tests.support.procs import (
+    cpu_env as env,
+)
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
+
+STEPS = 8
+GOLDEN = Path(__file__).with_name("golden_debug_losses.json")
+GOLDEN_REL = 1e-6
+
+
+def overrides(shards: Path, out: Path, uri: str, **extra) -> list[str]:
+    base = {
+        "data.shards": shards,
+        "probe.shards": shards,
+        "train.output_dir": out,
+        "tracking.uri": uri,
+        "data.batch_size": 4,
+        "data.workers": 1,
+        "train.log_every": 1,
+        "train.max_steps": STEPS,
+        "train.save_every_steps": 4,
+        "probe.every_epochs": 2,
+        "tracking.system_metrics": "false",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def deepspeed_cmd(args: list[str], *launcher: str) -> list[str]:
+    config = str(REPO / "configs" / "debug.yaml")
+    return deepspeed_module("pipeline.train", "--config", config, *args, launcher=launcher)
+
+
+def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def train_once(*args: str, limit: int | None = None, **extra) -> subprocess.CompletedProcess:
+    """``python -m pipeline.train`` (one process) on configs/debug.yaml; ``limit``: a file-size
+    limit in bytes (``ulimit -f``)."""
+
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs/debug.yaml")]
+        + [*map(str, args)],
+        cwd=REPO,
+        env=env() | extra,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=set_limit if limit else None,
+    )
+
+
+def losses(out: Path) -> dict[int, float]:
+    """Per-step train/loss from metrics.jsonl; a re-logged step keeps its last value."""
+    result = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "train/loss" in rec:
+            result[rec["step"]] = rec["train/loss"]
+    return result
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory):
+    return synth_shards(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    server = start_mlflow_server(root, port)
+    yield f"http://127.0.0.1:{port}"
+    stop(server)
+
+
+@pytest.fixture(scope="module")
+def reference(train_shards, mlflow_uri, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero2")
+    run(
+        deepspeed_cmd(
+            overrides(
+                train_shards,
+                out,
+                mlflow_uri,
+                **{"tracking.run_name": "reference", "train.keep_last": 10},
+            )
+        )
+    )
+    return out
+
+
+def test_reference_run_learns_and_is_tracked(reference, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    curve = losses(reference)
+    assert sorted(curve) == list(range(1, STEPS + 1))
+    assert all(torch.isfinite(torch.tensor(v)) for v in curve.values())
+    first, last = (curve[1] + curve[2]) / 2, (curve[STEPS - 1] + curve[STEPS]) / 2
+    assert last < 0.97 * first, f"the loss did not fall: {curve}"
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("avfusion-demo")
+    (run_,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'reference'")
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["model.preset"] == "debug"
+    assert run_.data.params["derived.world_size"] == "2"
+    history = client.get_metric_history(run_.info.run_id, "train/loss")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == sorted(
+        (s, round(v, 6)) for s, v in curve.items()
+    )
+    for key in (
+        "train/loss_image",
+        "train/loss_audio",
+        "train/lr",
+        "train/samples_per_s",
+        "data/errors",
+        "probe/knn_top1",
+    ):
+        assert key in run_.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
+    assert {"config.yaml", "manifest.json", "reconstructions"} <= artifacts
+    recon = client.list_artifacts(run_.info.run_id, "reconstructions")
+    assert recon and recon[-1].path.endswith(f"step{STEPS:08d}.png")
+
+
+def test_loss_curve_is_pinned(reference):
+    """The debug loss curve under seed 0; rewritten only with AVFUSION_UPDATE_GOLDEN=1.
+
+    Two runs of the same code reproduce it to the last bit on one machine; ``GOLDEN_REL`` leaves
+    room only for another CPU's float rounding.
+    """
+    curve = {str(k): v for k, v in losses(reference).items()}
+    if os.environ.get("AVFUSION_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(curve, indent=1) + "\n")
+    if not GOLDEN.exists():
+        pytest.fail(
+            f"{GOLDEN} is missing; regenerate it with:\n  AVFUSION_UPDATE_GOLDEN=1 python -m pytest "
+            f"{Path(__file__).relative_to(REPO)}::test_loss_curve_is_pinned"
+        )
+    golden = json.loads(GOLDEN.read_text())
+    assert golden.keys() == curve.keys()
+    for step, value in golden.items():
+        assert curve[step] == pytest.approx(value, rel=GOLDEN_REL), step
+
+
+def test_zero3_matches_zero2_and_exports(reference, train_shards, mlflow_uri, tmp_path):
+    from safetensors.torch import load_file
+
+    from model.checkpoints import load_official, official_state_dict
+    from pipeline.export import export
+
+    out = tmp_path / "zero3"
+    run(
+        deepspeed_cmd(
+            overrides(
+                train_shards, out, mlflow_uri, **{"train.zero_stage": 3, "train.max_steps": 4}
+            )
+        )
+    )
+    ref, got = losses(reference), losses(out)
+    for step in range(1, 5):
+        assert got[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-5), step
+    # export → strict official load; ZeRO-3 partitions merge to the same weights as ZeRO-2's
+    zero3 = load_file(export(out / "checkpoints", tmp_path / "zero3.safetensors"))
+    zero2 = load_file(
+        export(reference / "checkpoints", tmp_path / "zero2.safetensors", tag="step00000004")
+    )
+    official = official_state_dict(
+        load_official(str(tmp_path / "zero3.safetensors"), preset="debug")
+    )
+    assert set(zero3) == set(zero2) == set(official)
+    for key, value in zero3.items():
+        torch.testing.assert_close(value, zero2[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(official[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_two_nodes_on_localhost_match_one_node(reference, train_shards, mlflow_uri, tmp_path):
+    """Two launcher invocations (`--no_ssh --node_rank`), one process each, world size 2."""
+    out = tmp_path / "two_nodes"
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = str(free_port())
+    args = overrides(train_shards, out, mlflow_uri, **{"train.max_steps": 4})
+    procs = [
+        subprocess.Popen(
+            deepspeed_cmd(
+                args,
+                "--hostfile",
+                str(hostfile),
+                "--no_ssh",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+            ),
+            cwd=REPO,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(x[-3000:] for x in logs)
+    ref, got = losses(reference), losses(out)
+    for step in range(1, 5):
+        assert got[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-5), step
+
+
+def rank_process(launcher: subprocess.Popen, rank: int):
+    """The training process of local ``rank`` under a ``deepspeed`` launcher."""
+    import psutil
+
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if f"--local_rank={rank}" in child.cmdline():
+                return child
+    raise AssertionError(f"no rank {rank} under the launcher")
+
+
+def test_rank_killed_stops_the_job_then_resume_continues_the_curve(
+    reference, train_shards, mlflow_uri, tmp_path
+):
+    """#14.7: SIGKILL of one rank of two: the launcher stops the other within a bounded time
+    and exits non-zero; resume from the last checkpoint reproduces the uninterrupted losses."""
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "killed"
+    # The killed run has no step limit (the schedule does not depend on it) and dies mid-run.
+    args = overrides(
+        train_shards, out, mlflow_uri, **{"train.max_steps": 1000, "tracking.run_name": "killed"}
+    )
+    proc = subprocess.Popen(
+        deepspeed_cmd(args),
+        cwd=REPO,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while not (latest.exists() and latest.read_text().strip() == "step00000004"):
+        assert proc.poll() is None and time.time() < deadline, (
+            "run ended before its first checkpoint"
+        )
+        time.sleep(0.02)
+    rank_process(proc, 1).kill()
+    killed = time.time()
+    try:
+        code = proc.wait(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code != 0, "the launcher must report the lost rank"
+    print(f"launcher exited {code} {time.time() - killed:.1f} s after the rank was killed")
+    killed_at = max(losses(out))
+    assert killed_at < STEPS, "the run must die before the reference's last step"
+    run(deepspeed_cmd(overrides(train_shards, out, mlflow_uri, **{"tracking.run_name": "killed"})))
+    ref, got = losses(reference), losses(out)
+    for step in range(5, STEPS + 1):
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
+    # retention: keep_last=2 of the saves at steps 3, 4, 6 (epoch ends, every 4) and 8
+    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == [
+        "step00000006",
+        "step00000008",
+    ]
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("avfusion-demo")
+    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'killed'")
+    assert len(runs) == 1  # the resumed run continued the same MLflow run
+    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")}
+    assert steps == set(range(1, STEPS + 1))
+
+
+def test_nan_loss_names_step_and_batch(train_shards, tmp_path):
+    proc = train_once(
+        *overrides(
+            train_shards,
+            tmp_path / "nan",
+            f"sqlite:///{tmp_path}/mlruns.db",
+            **{"optim.lr": 1e30, "optim.warmup_epochs": 0},
+        )
+    )
+    assert proc.returncode != 0
+    assert (
+        "non-finite loss" in proc.stderr
+        and "at step" in proc.stderr
+        and "batch keys: [" in proc.stderr
+    )
+
+
+def test_bad_config_key_is_named(tmp_path):
+    proc = train_once("train.zero_stagee=2")
+    assert proc.returncode != 0
+    assert "train.zero_stagee: unknown key" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_probe_command_matches_the_trainers_probe(reference, train_shards, tmp_path):
+    """`avfusion export` + `avfusion probe` on the step-6 weights reproduce the in-training kNN."""
+    from tests.support.procs import AVFUSION
+
+    logged = {
+        json.loads(line)["step"]: json.loads(line)["probe"]
+        for line in (reference / "metrics.jsonl").read_text().splitlines()
+        if '"probe"' in line
+    }
+    assert set(logged) == {3, 6}  # after epoch 1 and epoch 2 (probe.every_epochs=2)
+    weights = tmp_path / "step6.safetensors"
+    run(
+        [
+            *AVFUSION,
+            "export",
+            str(reference / "checkpoints"),
+            "--tag",
+            "step00000006",
+            "--out",
+            str(weights),
+        ]
+    )
+    proc = run([*AVFUSION, "probe", str(weights), "--shards", str(train_shards), "--workers", "1"])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["samples"] == 24
+    one_sample = 100 / 24
+    for name, value in logged[6].items():
+        assert abs(result["knn_top1"][name] - value) <= one_sample + 1e-6, name
+
+
+def test_universal_checkpoint_resumes_at_another_world_size(reference, train_shards, tmp_path):
+    """The documented path (docs/RECIPES.md): 2-rank ZeRO-2 step 8 → universal → 1 rank."""
+    universal = tmp_path / "universal"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(reference / "checkpoints" / "step00000008"),
+            "--output_folder",
+            str(universal / "step00000008_universal"),
+            "--inject_missing_state",
+        ]
+    )
+    (universal / "latest").write_text("step00000008_universal")
+    out = tmp_path / "one_rank"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            "--config",
+            str(REPO / "configs" / "debug.yaml"),
+            *overrides(
+                train_shards,
+                out,
+                f"sqlite:///{tmp_path}/mlruns.db",
+                **{
+                    "train.resume": universal,
+                    "train.load_universal": "true",
+                    "train.max_steps": 10,
+                    "train.effective_batch_size": 8,
+                    "probe.shards": "null",
+                    "tracking.enabled": "false",
+                },
+            ),
+        ]
+    )
+    assert not (tmp_path / "mlruns.db").exists()  # tracking off: no MLflow store at all
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [9, 10]
+    # 24 samples / 8 per step = 3 steps per epoch at both world sizes: step 9 ends epoch 3
+    assert records[0]["train/epoch"] == pytest.approx(3.0)
+    assert all(math.isfinite(r["train/loss"]) for r in records)
+
+
+PREFLIGHT = {  # case → (overrides, environment, the error line's start)
+    "unwritable": (
+        {},
+        {},
+        "error: train.output_dir: cannot write checkpoints to {out}/checkpoints",
+    ),
+    "no shards": ({"data.shards": "{tmp}/none"}, {}, "error: {tmp}/none/manifest.json: not found"),
+    "no probe set": (
+        {"probe.shards": "{tmp}/none"},
+        {},
+        "error: {tmp}/none/manifest.json: not found",
+    ),
+    "batch arithmetic": (
+        {"train.effective_batch_size": 12},
+        {"WORLD_SIZE": "2", "RANK": "0"},
+        "error: train.effective_batch_size: 12 is not a multiple of data.batch_size × world size = 4 × 2",
+    ),
+    "epoch too short": (
+        {"train.effective_batch_size": 48},  # 24 samples: 6 of 12 micro-batches
+        {},
+        "error: data.shards: 6 batches per rank per epoch is fewer than one optimizer step",
+    ),
+    "preset": ({"model.preset": "vit-h"}, {}, "error: model.preset: unknown model preset 'vit-h'"),
+}
+
+
+@pytest.mark.parametrize("case", PREFLIGHT)
+def test_bad_setup_fails_before_deepspeed_starts(case, train_shards, tmp_path, monkeypatch, capsys):
+    """#14.4: each is one line naming the key or path, before any process group or engine
+    (in this process: the entry point's ``main``, so the test can see no group was joined)."""
+    import torch.distributed as dist
+
+    from pipeline.train import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = (blocker if case == "unwritable" else tmp_path) / "run"
+    extra, environment, expected = PREFLIGHT[case]
+    extra = {k: str(v).format(tmp=tmp_path) for k, v in extra.items()} | {
+        "tracking.enabled": "false"
+    }
+    for k, v in environment.items():
+        monkeypatch.setenv(k, v)
+    code = main(
+        ["--config", str(REPO / "configs/debug.yaml")]
+        + overrides(train_shards, out, "sqlite:///unused.db", **extra)
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(expected.format(tmp=tmp_path, out=out)), lines[0]
+    assert not dist.is_initialized()
+
+
+def test_write_limit_during_a_checkpoint_save_keeps_the_last_one(train_shards, tmp_path):
+    """#14.7: ``ulimit -f`` hit while saving: one line naming the step's folder and the kept
+    checkpoint; the unfinished folder is gone and the earlier checkpoint still verifies."""
+    from pipeline.engine.checkpoint import verify_marker
+
+    out = tmp_path / "run"
+
+    def train(max_steps: int, limit: int | None = None) -> subprocess.CompletedProcess:
+        extra = {"train.max_steps": max_steps, "tracking.enabled": "false"}
+        extra["probe.every_epochs"] = 1000
+        return train_once(
+            *overrides(train_shards, out, "sqlite:///unused.db", **extra), limit=limit
+        )
+
+    first = train(4)
+    assert first.returncode == 0, first.stderr[-2000:]
+    kept = out / "checkpoints" / "step00000004"
+    largest = max(f.stat().st_size for f in kept.iterdir())
+    limited = train(8, limit=largest // 2)
+    assert limited.returncode == 2, limited.stderr[-2000:]
+    line = limited.stderr.strip().splitlines()[-1]
+    print(line)
+    assert line.startswith(f"error: {out}/checkpoints/step0000000"), line
+    assert line.endswith("; the newest complete one, step00000004, is intact"), line
+    assert [p.name for p in (out / "checkpoints").glob("step*")] == [kept.name]
+    assert (out / "checkpoints" / "latest").read_text().strip() == kept.name
+    verify_marker(kept)
+
+
+def test_unreachable_shards_stop_every_rank_and_keep_the_checkpoint(train_shards, tmp_path):
+    """#14.2: the S3 endpoint goes away mid-run (2 ranks): past the retry budget the rank that
+    meets it names the shard, the launcher stops the job, and the last checkpoint verifies."""
+    import shutil
+
+    from pipeline.engine.checkpoint import verify_marker
+    from tests.support.s3server import S3Server
+
+    shutil.copytree(train_shards, tmp_path / "s3" / "own" / "set")
+    out = tmp_path / "run"
+    extra = {"train.max_steps": 1000, "tracking.enabled": "false", "probe.every_epochs": 1000}
+    extra |= {"data.s3_retries": 1, "data.s3_retry_seconds": 5, "data.s3_connect_timeout": 2}
+    with S3Server(tmp_path / "s3") as server:
+        proc = subprocess.Popen(
+            deepspeed_cmd(overrides("s3://own/set", out, "sqlite:///unused.db", **extra)),
+            cwd=REPO,
+            env=env() | server.env | {"AWS_MAX_ATTEMPTS": "1"},
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        latest = out / "checkpoints" / "latest"
+        deadline = time.time() + 600
+        while not (latest.exists() and latest.read_text().strip() == "step00000004"):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.05)
+        server.stop()
+        stopped = time.time()
+        try:
+            output = proc.communicate(timeout=180)[0]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    print(f"launcher exited {proc.returncode} {time.time() - stopped:.1f} s after the outage")
+    assert proc.returncode != 0
+    errors = [line for line in output.splitlines() if line.startswith("error: rank ")]
+    assert errors, output[-3000:]
+    assert re.search(r"s3://own/set/shard-\d{6}\.tar: still failing after 2 attempts", errors[0])
+    tags = sorted(p.name for p in (out / "checkpoints").glob("step*"))
+    assert latest.read_text().strip() == tags[-1]
+    verify_marker(out / "checkpoints" / tags[-1])

@@ -5,7 +5,8 @@ it into one ``error: …`` line and an exit code, through :func:`run_cli`.
 
 Exit codes of every command: 0 success; 2 unusable input or data (the ``error:`` line names the
 file or key and what was expected); 70 an internal error (a bug: one line naming the exception;
-``AVFUSION_DEBUG=1`` or ``avfusion --debug`` shows the traceback); 130 interrupted. Commands may
+``AVFUSION_DEBUG=1`` or ``avfusion --debug`` shows the traceback); 130 interrupted; 143 training
+stopped by SIGTERM / SIGINT after saving a checkpoint (run the same command to resume). Commands may
 add their own (``shards build``: 1 nothing usable, 3 some inputs failed with ``--strict``).
 """
 
@@ -20,10 +21,15 @@ from avbase.urls import redact
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped by a signal after saving a checkpoint; rerun resumes
 
 
 class AvfusionError(Exception):
     """An expected failure; ``str(e)`` is the one line to show the user."""
+
+
+class Preempted(AvfusionError):
+    """Training stopped on SIGTERM / SIGINT after a complete checkpoint (exit 143)."""
 
 
 # Failures that are the input's fault and whose message says what was expected: ours, bad
@@ -62,6 +68,10 @@ def run_cli(
     """
     try:
         return int(func(*args) or 0)
+    except Preempted as e:
+        if not (quiet(e) if callable(quiet) else quiet):
+            print(f"avfusion: {e}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("avfusion: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -40,10 +40,11 @@ import torch  # noqa: E402
 
 from benchmarks.bench_model import peak_tflops, step_flops  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.engine.distributed import build_engine, engine_dtype, init_distributed  # noqa: E402
+from pipeline.engine.distributed import build_engine, init_distributed  # noqa: E402
+from pipeline.engine.loop import compile_blocks  # noqa: E402
 from pipeline.engine.schedule import build_optimizer  # noqa: E402
 from pipeline.engine.step import TrainStep  # noqa: E402
-from pipeline.pretrain.trainer import build_model, compile_blocks  # noqa: E402
+from pipeline.pretrain.trainer import Pretraining  # noqa: E402
 from tests.support.hostreads import HostReadCounter  # noqa: E402
 
 
@@ -63,8 +64,9 @@ class Variants:
     """The three step functions over copies of one initial model."""
 
     def __init__(self, cfg, info):
-        model, pretrained = build_model(cfg)
-        self.device, self.dtype = info.device, engine_dtype(cfg)
+        task = Pretraining(cfg, info)
+        model, pretrained = task.model(), task.pretrained
+        self.device, self.dtype = info.device, task.dtype
         self.autocast = cfg.train.precision == "bf16"
         self.plain_model = copy.deepcopy(model).to(info.device)
         self.only_model = copy.deepcopy(model).to(info.device)
@@ -73,10 +75,20 @@ class Variants:
             for m in (model, self.plain_model, self.only_model):
                 compile_blocks(m, cfg.train.compile_mode)
         engine, _ = build_engine(
-            model, build_optimizer(model, cfg.optim, pretrained, 1e-4, info.device), cfg, 1
+            model,
+            build_optimizer(model, cfg.optim, pretrained, 1e-4, info.device),
+            cfg.engine_spec(),
+            1,
         )
         self.step = TrainStep(
-            engine, seed=0, accum=1, rank=0, world_size=1, device=info.device, dtype=self.dtype
+            engine,
+            task.step,
+            task.losses,
+            seed=0,
+            accum=1,
+            rank=0,
+            world_size=1,
+            device=self.device,
         )
         self.batch = make_batch(model, cfg.data.batch_size, info.device, self.dtype)
         self.index = 0

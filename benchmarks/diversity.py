@@ -2,7 +2,7 @@
 a uniformly random batch (1.0 = as diverse as the official map-style sampler).
 
 Computed over the loader's epoch plan (:mod:`pipeline.data.epochplan` — the exact sample order the
-loader reads when no sample fails; tests/pipeline/test_data_stream.py checks the reader follows
+loader reads when no sample fails; tests/pipeline/data/test_data_stream.py checks the reader follows
 it) for a simulated corpus: ``videos`` sources sorted by class, each cut into ``clips`` clips
 that are consecutive in the input list, packed ``per_shard`` to a shard either in input order
 (``shards build --no-shuffle``) or in the order ``shards build`` writes them by default — the

@@ -47,7 +47,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     )
     parser.epilog = (
         "exit codes: 0 success, 2 unusable input or data (one 'error:' line naming the file "
-        "or key), 70 internal error, 130 interrupted; 'shards build' also 1 and 3"
+        "or key), 70 internal error, 130 interrupted, 143 training stopped by SIGTERM/SIGINT "
+        "after saving a checkpoint (rerun to resume); 'shards build' also 1 and 3"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)

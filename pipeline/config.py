@@ -121,15 +121,15 @@ class RunConfig:
     keep_last: int = 2
     resume: str = "auto"  # auto | never | path to a checkpoint directory
     load_universal: bool = False  # resume from a DeepSpeed universal checkpoint (new world size)
+    compile: bool = False  # torch.compile every transformer block (regional)
+    compile_mode: str = (
+        "default"  # default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
+    )
 
 
 @dataclass
 class TrainConfig(RunConfig):
     recon_every_steps: int = 0  # 0: only at the end
-    compile: bool = False  # torch.compile every transformer block (regional)
-    compile_mode: str = (
-        "default"  # default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
-    )
 
 
 @dataclass
@@ -148,6 +148,17 @@ class ProbeConfig:
     max_samples: int = 2000
 
 
+@dataclass(frozen=True)
+class EngineSpec:
+    """What the training engine reads of a job's config (pretraining and evaluations alike)."""
+
+    train: RunConfig
+    batch_size: int  # per-rank micro-batch of the training data
+    epochs: int
+    grad_clip: float
+    batch_key: str = "data.batch_size"  # where batch_size comes from (for error lines)
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -156,6 +167,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def engine_spec(self) -> EngineSpec:
+        return EngineSpec(self.train, self.data.batch_size, self.optim.epochs, self.optim.grad_clip)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -212,7 +226,10 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"{key}: {p!r} is not a section")
         tree = node
-    tree[leaf] = value
+    if isinstance(tree.get(leaf), dict) and not isinstance(value, dict):
+        tree[leaf]["shards"] = value  # a loader section given its shard set: keep its other keys
+    else:
+        tree[leaf] = value
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
@@ -241,6 +258,8 @@ def _checked_fields(cls: type, data: Any, prefix: str) -> dict:
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if tp is DataConfig and not isinstance(value, dict):
+        value = {"shards": value}  # a loader section given as its shard set alone
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key + ".")
     origin, args = typing.get_origin(tp), typing.get_args(tp)

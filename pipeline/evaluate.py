@@ -14,6 +14,7 @@ import json
 import sys
 
 from pipeline.train import build_parser as _add_arguments
+from pipeline.train import dry_run
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.eval.config import load_eval_config
 
     cfg = load_eval_config(args.config, args.overrides)
+    if args.dry_run:
+        return dry_run(args, cfg, cfg.optim, cfg.data.train)
     from pipeline.engine.distributed import process_group
     from pipeline.eval.tasks import TASKS
 

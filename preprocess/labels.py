@@ -6,7 +6,8 @@ list is given (``--classes FILE``: one name per line, or the first CSV column; a
 one index, or else it is the sorted set of names seen. ``label_index`` is the position of the
 class in that list — a list of positions in multi-label sets. The manifest records ``labels``,
 ``multi_label``, ``labelled_inputs`` and ``label_counts`` (labelled source inputs per class;
-failed inputs excluded) — class frequencies are ``label_counts / labelled_inputs``.
+failed inputs excluded); the evaluations' class frequencies are ``label_counts / sum(label_counts)``
+(the release's ``class_dist``).
 """
 
 from __future__ import annotations

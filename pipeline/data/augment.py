@@ -29,6 +29,7 @@ import json
 import math
 import random
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as NF
@@ -125,6 +126,21 @@ def pad_frames(x: torch.Tensor, n: int, fe: AudioFrontend) -> torch.Tensor:
     return x[:, torch.where(r < t, r, period - r)]
 
 
+class Transform(Protocol):
+    """What the loader's workers apply to a raw sample (:class:`Augment`, the dense tasks'
+    :class:`pipeline.data.dense.DenseTransform`): ``(raw, rng) → item`` whose last element is the
+    label; ``batch(items, shared)`` stacks items into the batch's tensors (uint8 images under
+    ``"image"``, which the receiving process normalises with ``normalise``)."""
+
+    image: ImageSpec
+
+    def __call__(self, raw: dict, rng: random.Random | None) -> tuple: ...
+
+    def batch(self, items: list[tuple], shared: bool) -> dict: ...
+
+    def normalise(self, image: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class EvalView:
     """One evaluation view: window ``clip`` of ``clips`` (centres evenly spaced over the clip),
@@ -156,9 +172,6 @@ class Augment:
         self.audio, self.image, self.train, self.view = audio, image, train, view or EvalView()
         self.defer = train and defer_image
         self.half = audio.window_seconds / 2
-        std = torch.tensor(image.std).view(1, 3, 1, 1)
-        self.img_scale = 1.0 / (255.0 * std)
-        self.img_shift = torch.tensor(image.mean).view(1, 3, 1, 1) / std
 
     def __call__(
         self, raw: dict, rng: random.Random | None
@@ -275,14 +288,20 @@ class Augment:
             audio.sub_(fe.norm_mean).div_(2 * fe.norm_std)
         return image, audio
 
-    def normalise(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, 3, S, S]`` → float32 (x/255 − mean)/std.
+    def batch(self, items: list[tuple], shared: bool) -> dict:
+        image, audio = self.collate(items, shared)
+        return {"image": image, "audio": audio}
 
-        NOTE: done by the receiving process — a float32 batch is 4× the bytes to move through
-        shared memory, whose fresh pages cost more than this conversion.
-        """
-        return (
-            image.float()
-            .mul_(self.img_scale.to(image.device))
-            .sub_(self.img_shift.to(image.device))
-        )
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        return normalise(image, self.image)
+
+
+def normalise(image: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
+    """uint8 ``[B, 3, S, S]`` → float32 (x/255 − mean)/std.
+
+    NOTE: done by the receiving process — a float32 batch is 4× the bytes to move through shared
+    memory, whose fresh pages cost more than this conversion.
+    """
+    std = torch.tensor(spec.std, device=image.device).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, device=image.device).view(1, 3, 1, 1)
+    return image.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from avbase.features import AudioFrontend, ImageSpec
 from avbase.shardformat import MANIFEST, is_url
 from pipeline.config import DataConfig
-from pipeline.data.augment import Augment, EvalView
+from pipeline.data.augment import Augment, EvalView, Transform
 from pipeline.data.epochplan import EpochPlan
 from pipeline.data.jpeg import decode_crops
 from pipeline.data.shardio import ShardReadError, join, read_manifest
@@ -93,7 +93,10 @@ class _EpochStreams(IterableDataset):
 
 class ShardLoader:
     """Batches of one rank: {"image" [B,3,S,S], "audio" [B,1,F,T] (time-major [B,1,T,F]),
-    "key" list[str], "label" int64 [B] (-1 unlabelled; multi-label sets: multi-hot float32 [B, C])}; see the module docstring.
+    "key" list[str], "label" int64 [B] (-1 unlabelled; multi-label sets: multi-hot float32 [B, C]),
+    "padded" bool [B] (a sample this rank already yielded this epoch: a pad copy or a refill)};
+    see the module docstring. A ``transform`` (the dense tasks') replaces the default
+    :class:`~pipeline.data.augment.Augment` and adds its own fields.
 
     One iteration is live at a time: ``iter()`` closes the previous one (and its workers).
     Image and audio arrive on ``device``: images cross to it as uint8 and are normalised there
@@ -116,6 +119,7 @@ class ShardLoader:
         labels: bool = False,
         device: torch.device | str = "cpu",
         view: EvalView | None = None,
+        transform: Transform | None = None,
     ):
         self.cfg, self.rank, self.world_size, self.device = (
             cfg,
@@ -125,24 +129,13 @@ class ShardLoader:
         )
         self.manifest = read_manifest(cfg.shards)
         _check_manifest(self.manifest, cfg.shards, audio, labels)
-        self.plan = EpochPlan(
-            tuple(s["num_samples"] for s in self.manifest["shards"]),
-            seed,
-            world_size,
-            max(cfg.workers, 1),
-            cfg.batch_size,
-            cfg.remainder,
-            shuffle=train,
-            buffer=cfg.shuffle_buffer,
-            partitions=cfg.partitions,
-            interleave=cfg.interleave,
-        )
+        self.plan = epoch_plan(cfg, self.manifest, seed, world_size, train)
         defer = cfg.decode == "device" or (cfg.decode == "auto" and self.device.type == "cuda")
         self.spec = StreamSpec(
             cfg.shards,
             self.manifest["shards"],
             self.plan,
-            Augment(audio, image, train, defer_image=defer, view=view),
+            transform or Augment(audio, image, train, defer_image=defer, view=view),
             rank,
             labels,
             cfg.max_error_rate,
@@ -207,7 +200,7 @@ class ShardLoader:
             for batch in source:
                 self._account(batch.pop("_meta"))
                 batch["audio"] = batch["audio"].to(self.device)
-                batch["image"] = self.spec.augment.normalise(self._images(batch["image"]))
+                batch["image"] = self.spec.transform.normalise(self._images(batch["image"]))
                 yield batch
         except Exception as e:
             error = worker_error(e)
@@ -223,7 +216,7 @@ class ShardLoader:
         if isinstance(image, torch.Tensor):
             return image.to(self.device, non_blocking=True)
         try:
-            return decode_crops(image, self.spec.augment.image.size, self.device)
+            return decode_crops(image, self.spec.transform.image.size, self.device)
         except RuntimeError as e:
             # NOTE: a worker checks only the JPEG header; a frame whose body is corrupt fails here,
             # in the batch, where it can no longer be skipped
@@ -372,6 +365,51 @@ def _check_manifest(manifest: dict, root: str, audio: AudioFrontend, labels: boo
         raise ValueError(
             f"{url}: no 'labels' — the shard set is unlabelled, but labels were requested"
         )
+
+
+def epoch_plan(
+    cfg: DataConfig, manifest: dict, seed: int, world_size: int, train: bool
+) -> EpochPlan:
+    """The epoch plan of ``cfg`` over ``manifest``'s shards (one stream per worker)."""
+    return EpochPlan(
+        tuple(s["num_samples"] for s in manifest["shards"]),
+        seed,
+        world_size,
+        max(cfg.workers, 1),
+        cfg.batch_size,
+        cfg.remainder,
+        shuffle=train,
+        buffer=cfg.shuffle_buffer,
+        partitions=cfg.partitions,
+        interleave=cfg.interleave,
+    )
+
+
+def shard_loader(
+    data: DataConfig,
+    mcfg,
+    rank: int,
+    world_size: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    train: bool = True,
+    labels: bool = False,
+    **kwargs,
+) -> ShardLoader:
+    """The loader of ``rank`` over ``data.shards`` with the audio / image spec of ``mcfg`` (an
+    ``AVMAEConfig``: its ``frontend`` and ``image``); reads and checks the manifest."""
+    return build_loader(
+        data,
+        audio=mcfg.frontend,
+        image=mcfg.image,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        train=train,
+        labels=labels,
+        device=device,
+        **kwargs,
+    )
 
 
 def build_loader(cfg: DataConfig, **kwargs) -> ShardLoader:

@@ -21,7 +21,7 @@ import torch
 
 from avbase.errors import AvfusionError
 from avbase.shardformat import CorruptShard
-from pipeline.data.augment import Augment, SampleError
+from pipeline.data.augment import SampleError, Transform
 from pipeline.data.epochplan import Entry, EpochPlan, mix_seed
 from pipeline.data.shardio import ShardStore
 
@@ -138,7 +138,7 @@ class StreamSpec:
     root: str
     shards: list[dict]
     plan: EpochPlan
-    augment: Augment
+    transform: Transform  # raw sample → item (training / evaluation views, dense items)
     rank: int
     labels: bool
     max_error_rate: float
@@ -178,8 +178,9 @@ class Tally:
 def usable_samples(
     spec: StreamSpec, epoch: int, stream: int, cursor: int, tally: Tally
 ) -> Iterator[tuple[int, str, tuple, bool]]:
-    """(cursor after it, key, augmented item, is a refill) for each usable sample of a stream;
-    failures are skipped and tallied, never replaced."""
+    """(cursor after it, key, transformed item, is a refill, is a repeat) for each usable sample
+    of a stream (a repeat: a pad copy or a refill, a sample this rank already yielded this
+    epoch); failures are skipped and tallied, never replaced."""
     plan = spec.plan
     entries = plan.stream_entries(epoch, spec.rank, stream)
     n = len(entries)
@@ -203,14 +204,15 @@ def usable_samples(
                 if plan.shuffle
                 else None
             )
-            item = spec.augment(raw, rng)
+            item = spec.transform(raw, rng)
         except SampleError as err:
             dead.add(entries[i][:2])
             tally.add(err.stage, f"{raw['__key__']}: {err}" if raw else str(err))
             check_error_rate(tally.total, good, spec.max_error_rate, tally.last_error)
             continue
         good, since_good = good + 1, 0
-        yield position + 1, raw["__key__"], item, position >= n
+        refill = position >= n
+        yield position + 1, raw["__key__"], item, refill, refill or entries[i].copy > 0
 
 
 def collate_labels(labels: list, wanted: bool, classes: int) -> torch.Tensor:
@@ -243,21 +245,20 @@ def stream_batches(
     samples = usable_samples(spec, epoch, stream, cursor, tally)
     for j in batch_ids:
         chunk = [next(samples) for _ in range(spec.plan.batch_size)]
-        items = [item for _, _, item, _ in chunk]
-        image, audio = spec.augment.collate(items, shared)
-        labels = collate_labels([lab for *_, lab in items], spec.labels, spec.classes)
+        items = [item for _, _, item, _, _ in chunk]
+        labels = collate_labels([item[-1] for item in items], spec.labels, spec.classes)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         yield {
-            "image": image,
-            "audio": audio,
-            "key": [key for _, key, _, _ in chunk],
+            **spec.transform.batch(items, shared),
+            "key": [key for _, key, *_ in chunk],
             "label": labels,
+            "padded": torch.tensor([repeat for *_, repeat in chunk]),
             "_meta": {
                 "batch": j,
                 "stream": stream,
                 "cursor": chunk[-1][0],
                 "errors": dict(tally.batch),
-                "refilled": sum(r for *_, r in chunk),
+                "refilled": sum(refill for _, _, _, refill, _ in chunk),
                 "last_error": tally.last_error,
                 "rss_mb": rss_mb(),
                 "rss_growth_mb": rss_mb() - start_rss,

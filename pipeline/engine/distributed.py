@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from avbase.errors import AvfusionError, error_line, run_cli
-from pipeline.config import Config
+from avbase.errors import AvfusionError, Preempted, error_line, run_cli
+from pipeline.config import EngineSpec
 
 
 @dataclass(frozen=True)
@@ -62,31 +62,31 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
-def accumulation_steps(cfg: Config, world_size: int) -> int:
+def accumulation_steps(spec: EngineSpec, world_size: int) -> int:
     """Micro-batches per optimizer step so that batch × world × accum = effective batch."""
-    per_step = cfg.data.batch_size * world_size
-    target = cfg.train.effective_batch_size or per_step
+    per_step = spec.batch_size * world_size
+    target = spec.train.effective_batch_size or per_step
     if target % per_step:
         raise ValueError(
-            f"train.effective_batch_size: {target} is not a multiple of data.batch_size × world size "
-            f"= {cfg.data.batch_size} × {world_size}"
+            f"train.effective_batch_size: {target} is not a multiple of {spec.batch_key} × world "
+            f"size = {spec.batch_size} × {world_size}"
         )
     return target // per_step
 
 
-def deepspeed_config(cfg: Config, world_size: int) -> dict:
+def deepspeed_config(spec: EngineSpec, world_size: int) -> dict:
     """The DeepSpeed JSON config generated from ours (the optimizer is built by us).
 
     Every value the recipe depends on is written out: DeepSpeed 0.19 defaults
     ``gradient_clipping`` to 1.0 and turns on a synchronising throughput timer.
     """
-    accum = accumulation_steps(cfg, world_size)
+    accum = accumulation_steps(spec, world_size)
     ds = {
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "train_micro_batch_size_per_gpu": spec.batch_size,
         "gradient_accumulation_steps": accum,
-        "train_batch_size": cfg.data.batch_size * world_size * accum,
-        "zero_optimization": _zero_config(cfg),
-        "gradient_clipping": cfg.optim.grad_clip,  # 0.0: no clipping (the official recipe)
+        "train_batch_size": spec.batch_size * world_size * accum,
+        "zero_optimization": _zero_config(spec),
+        "gradient_clipping": spec.grad_clip,  # 0.0: no clipping (the official recipe)
         "prescale_gradients": False,
         "gradient_predivide_factor": 1.0,
         "steps_per_print": 10**9,
@@ -97,13 +97,13 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
     }
-    if cfg.train.load_universal:  # see docs/RECIPES.md: resuming at another world size
+    if spec.train.load_universal:  # see docs/RECIPES.md: resuming at another world size
         ds["checkpoint"] = {"load_universal": True}
-    ds.update(_precision_config(cfg.train.precision))
+    ds.update(_precision_config(spec.train.precision))
     return ds
 
 
-def _zero_config(cfg: Config) -> dict:
+def _zero_config(spec: EngineSpec) -> dict:
     """The ZeRO section: at stages 1–2 the cheapest gradient path DeepSpeed offers.
 
     NOTE: DeepSpeed computes the global gradient norm every step by default (a per-tensor pass
@@ -113,10 +113,10 @@ def _zero_config(cfg: Config) -> dict:
     benchmarks/bench_step.py (CPU, debug preset, ZeRO 2: 0.649 → 0.567 s per step, 1.27 → 1.11×
     the plain loop).
     """
-    zero = {"stage": cfg.train.zero_stage}
-    if cfg.train.zero_stage in (1, 2):
+    zero = {"stage": spec.train.zero_stage}
+    if spec.train.zero_stage in (1, 2):
         zero["contiguous_gradients"] = False
-        if cfg.optim.grad_clip == 0:
+        if spec.grad_clip == 0:
             zero["compute_grad_norm"] = False
     return zero
 
@@ -157,7 +157,7 @@ def _precision_config(precision: str) -> dict:
     return off
 
 
-def build_engine(model: torch.nn.Module, optimizer, cfg: Config, world_size: int):
+def build_engine(model: torch.nn.Module, optimizer, spec: EngineSpec, world_size: int):
     """``(engine, optimizer)``: DeepSpeed around ``model`` with the generated config.
 
     NOTE: at ZeRO 0 with one rank the engine's after-backward all-reduce is switched off: it
@@ -168,16 +168,16 @@ def build_engine(model: torch.nn.Module, optimizer, cfg: Config, world_size: int
     import deepspeed
 
     engine, optimizer, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size)
+        model=model, optimizer=optimizer, config=deepspeed_config(spec, world_size)
     )
-    if world_size == 1 and cfg.train.zero_stage == 0:
+    if world_size == 1 and spec.train.zero_stage == 0:
         engine.enable_backward_allreduce = False
     return engine, optimizer
 
 
-def engine_dtype(cfg: Config) -> torch.dtype:
+def engine_dtype(spec: EngineSpec) -> torch.dtype:
     """The dtype of the engine's parameters, which is the dtype batches are fed in."""
-    return torch.float16 if cfg.train.precision == "fp16" else torch.float32
+    return torch.float16 if spec.train.precision == "fp16" else torch.float32
 
 
 @contextlib.contextmanager
@@ -191,8 +191,8 @@ def process_group() -> Iterator[DistInfo]:
     info = init_distributed()
     try:
         yield info
-    except FloatingPointError:
-        raise  # non-finite loss or weights: all-reduced checks, the same on every rank
+    except (FloatingPointError, Preempted):
+        raise  # non-finite loss or weights, a stop signal: agreed by all ranks, the same on each
     except Exception as e:
         if info.world_size > 1:  # this rank's own failure (a shard, a save): it reports it
             raise RankFailed(info.rank, e) from e

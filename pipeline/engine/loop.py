@@ -1,236 +1,288 @@
-"""Training loop shared by the trainable evaluations (linear probe, fine-tune, dense tasks).
+"""The one training loop: every task (pretraining, linear probe, fine-tune, AVS, separation,
+localization) is a :class:`Task` run by an :class:`Engine`.
 
-One optimizer step = ``accum`` micro-batches on a DeepSpeed engine (ZeRO 0–3); the LR is set
-from the fractional epoch before every step (warm-up + cosine, per-group ``lr_scale``). Each
-epoch ends with a checkpoint (model, optimizer, step, loader position, RNG, MLflow run id) and,
-every ``eval.every_epochs`` and at the end, an evaluation; so ``kill -9`` then the same command
-continues the same curve in the same MLflow run (``train.resume=auto``).
-
-A task supplies ``step_fn(module, batch, generator) -> loss`` and
-``evaluate_fn(final: bool) -> metrics`` (run on every rank; rank 0's metrics are logged).
+One optimizer step = ``accum`` micro-batches (DeepSpeed averages them); the LR is set from the
+fractional epoch before every step; masks and other draws come from a generator seeded by
+(seed, micro-step, rank), so a resumed run draws what an uninterrupted one would. The step never
+waits for the device (:mod:`pipeline.engine.step`); the host reads the window on log steps and
+before a checkpoint, where a non-finite loss stops every rank. Checkpoints (markers, fallback,
+safe loading, pruning) are :mod:`pipeline.engine.checkpoint`'s; the journal-backed tracker and
+``metrics.jsonl`` are the :class:`~pipeline.engine.output.RunFolder`'s. SIGTERM / SIGINT stop
+every rank at the next step boundary with a complete checkpoint (:mod:`pipeline.engine.stop`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import yaml
-from torch import nn
 
-from pipeline.config import to_dict
+from pipeline.config import EngineSpec
 from pipeline.data.loader import ShardLoader
-from pipeline.engine import checkpoint as C
-from pipeline.engine import distributed as D
-from pipeline.engine.optim import LARS, apply_lr, schedule
-from pipeline.eval.config import EvalConfig
-from pipeline.tracking.tracker import Tracker
+from pipeline.engine.checkpoint import Checkpointer, check_writable, resume_candidates
+from pipeline.engine.distributed import DistInfo, accumulation_steps, build_engine
+from pipeline.engine.output import RunFolder
+from pipeline.engine.report import RunReport
+from pipeline.engine.schedule import LRSchedule
+from pipeline.engine.step import TrainStep
+from pipeline.engine.stop import StopSignal
 
-log = logging.getLogger("avfusion.eval")
-
-StepFn = Callable[[nn.Module, dict, torch.Generator], torch.Tensor]
-EvaluateFn = Callable[[bool], dict]
+log = logging.getLogger("avfusion.train")
 
 
-class EvalLoop:
-    def __init__(
-        self,
-        cfg: EvalConfig,
-        info: D.DistInfo,
-        model: nn.Module,
-        groups: list[dict],
-        loader: ShardLoader,
-        tags: dict[str, str],
-    ):
-        self.cfg, self.info, self.loader = cfg, info, loader
-        self.accum = D.accumulation_steps(cfg, info.world_size)
-        self.steps_per_epoch = len(loader) // self.accum
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"data.train: {len(loader)} batches per rank per epoch is fewer than one optimizer "
-                f"step ({self.accum} micro-batches); use more data or a smaller batch"
-            )
-        self.effective_batch = cfg.data.batch_size * info.world_size * self.accum
-        o = cfg.optim
-        lr = o.lr if o.lr is not None else o.blr * self.effective_batch / 256
-        self.schedule = schedule(lr, o.epochs, o.warmup_epochs)
-        optimizer = (
-            LARS(
-                groups,
-                lr=lr,
-                weight_decay=o.weight_decay,
-                momentum=o.momentum,
-                trust_coefficient=o.trust_coefficient,
-            )
-            if o.name == "lars"
-            else torch.optim.AdamW(groups, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
-        )
-        self.engine, self.optimizer = D.build_engine(model, optimizer, cfg, info.world_size)
-        self.dtype = D.engine_dtype(cfg)
-        self.step = self.epoch = self.step_in_epoch = 0
-        self.out = Path(cfg.train.output_dir)
-        run_id = self._resume()
-        if info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        self.tracker = Tracker.from_config(cfg.tracking, info.is_main, run_id, self.out, tags)
-        if info.is_main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-            self.tracker.log_params(
-                to_dict(cfg)
-                | {
-                    "derived": {
-                        "world_size": info.world_size,
-                        "accumulation_steps": self.accum,
-                        "lr": lr,
-                        "effective_batch_size": self.effective_batch,
-                        "steps_per_epoch": self.steps_per_epoch,
-                    }
-                }
-            )
-            self.tracker.log_artifact(self.out / "config.yaml")
+@dataclass
+class Progress:
+    """Where training stands; every other counter is derived from these."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    epoch_start: int = 0  # ``step`` when the current epoch began
+    samples_seen: int = 0
 
     @property
-    def module(self) -> nn.Module:
+    def step_in_epoch(self) -> int:
+        return self.step - self.epoch_start
+
+    @classmethod
+    def from_state(cls, state: dict) -> Progress:
+        """From a checkpoint's client state (older ones hold ``step_in_epoch``)."""
+        start = state.get("epoch_start", state["step"] - state.get("step_in_epoch", 0))
+        return cls(state["step"], state["epoch"], start, state["samples_seen"])
+
+
+class Task:
+    """What a task brings to the engine. ``name`` (several models in one job) puts the
+    checkpoints under ``checkpoints/<name>`` and the metrics under ``train/<name>/``."""
+
+    name: str = ""
+    losses: tuple[str, ...] = ("loss",)  # components step() returns; logged train/<component>
+
+    def model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def loader(self) -> ShardLoader:
+        """The training loader (the one data path)."""
+        raise NotImplementedError
+
+    def schedule(self, effective_batch: int) -> LRSchedule:
+        raise NotImplementedError
+
+    def optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def step(self, engine, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, components ``[len(losses)]``) of one micro-batch; see :data:`StepFn`."""
+        raise NotImplementedError
+
+    def after_epoch(self, engine: Engine) -> None:
+        """At each epoch end, after its checkpoint (probes, periodic evaluations)."""
+
+    def after_step(self, engine: Engine) -> None:
+        """After each optimizer step (figures on a step interval)."""
+
+
+def compile_blocks(model: torch.nn.Module, mode: str) -> None:
+    """``torch.compile`` every transformer block in place (regional compilation; keys unchanged).
+
+    NOTE: per block rather than the whole model: data-dependent parts (masking, gathers) and
+    DeepSpeed's module hooks stay eager, and each block is compiled once and reused (the blocks
+    of a ModuleList share code and shapes). ``train.compile_mode=reduce-overhead`` adds CUDA
+    graphs (see docs/BENCHMARKS.md for when it pays).
+    """
+    for blocks in [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]:
+        for block in blocks:
+            block.compile(mode=None if mode == "default" else mode, dynamic=False)
+
+
+class Engine:
+    """Trains one task's model on DeepSpeed; ``fit()`` to ``epochs`` (or ``train.max_steps``)."""
+
+    def __init__(self, spec: EngineSpec, info: DistInfo, task: Task, folder: RunFolder):
+        self.spec, self.info, self.task, self.folder = spec, info, task, folder
+        run = spec.train
+        self.loader = task.loader()
+        self.accum = accumulation_steps(spec, info.world_size)
+        self.steps_per_epoch = len(self.loader) // self.accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{spec.batch_key}: {len(self.loader)} batches per rank per epoch is fewer than "
+                f"one optimizer step ({self.accum} micro-batches); use more data or a smaller batch"
+            )
+        self.effective_batch = spec.batch_size * info.world_size * self.accum
+        self.schedule = task.schedule(self.effective_batch)
+        root = Path(run.output_dir) / "checkpoints" / task.name
+        check_writable(root)
+        model = task.model()
+        optimizer = task.optimizer(model, self.schedule.lr)
+        if run.compile:
+            compile_blocks(model, run.compile_mode)
+        self.engine, self.optimizer = build_engine(model, optimizer, spec, info.world_size)
+        self.checkpoints = Checkpointer(
+            self.engine, root, run.keep_last, info.rank, info.world_size
+        )
+        self.progress, run_id = self._resume()
+        self.steps = TrainStep(
+            self.engine,
+            task.step,
+            task.losses,
+            seed=run.seed,
+            accum=self.accum,
+            rank=info.rank,
+            world_size=info.world_size,
+            device=info.device,
+        )
+        folder.start(run_id, self.derived(), f"derived.{task.name}" if task.name else "derived")
+        planned = spec.epochs * self.steps_per_epoch
+        self.report = RunReport(min(planned, run.max_steps or planned), self.progress.step)
+        self.stop = StopSignal()
+        if info.is_main:
+            self.report.banner(
+                samples=self.loader.num_samples,
+                steps_per_epoch=self.steps_per_epoch,
+                epochs=spec.epochs,
+                batch=spec.batch_size,
+                world=info.world_size,
+                accum=self.accum,
+                output_dir=str(folder.out),
+                tracking=folder.tracker.uri if folder.tracker.enabled else "off",
+                task=task.name or None,
+            )
+
+    @property
+    def module(self) -> torch.nn.Module:
         return self.engine.module
 
-    # -- loop ------------------------------------------------------------------------------
-    def fit(self, step_fn: StepFn, evaluate_fn: EvaluateFn) -> dict:
-        """Train to ``optim.epochs`` (or ``train.max_steps``), then the final evaluation."""
-        cfg = self.cfg
+    def derived(self) -> dict:
+        """The values the config implies at this world size (MLflow ``derived.*``, dry runs)."""
+        return {
+            "world_size": self.info.world_size,
+            "accumulation_steps": self.accum,
+            "effective_batch_size": self.effective_batch,
+            "lr": self.schedule.lr,
+            "steps_per_epoch": self.steps_per_epoch,
+            "num_samples": self.loader.num_samples,
+        }
+
+    def _resume(self) -> tuple[Progress, str | None]:
+        candidates = resume_candidates(self.spec.train.resume, self.checkpoints.root)
+        if not candidates:
+            return Progress(), None
+        state = self.checkpoints.load(candidates, self.loader)
+        progress = Progress.from_state(state)
+        if not state["same_world"]:
+            # NOTE: a new world size restarts the epoch's sample stream at the saved sample count
+            # (see pipeline/data/loader.py); steps per epoch change, so the position is re-derived.
+            done = min(
+                self.loader.state_dict().get("batches", 0) // self.accum, self.steps_per_epoch
+            )
+            progress.epoch_start = progress.step - done
+        return progress, state.get("mlflow_run_id")
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to the last epoch (or ``train.max_steps``); returns the last logged metrics.
+        The run stays open: the task logs its final evaluation, then calls :meth:`finish`."""
+        p, last = self.progress, {}
         try:
-            while self.epoch < cfg.optim.epochs and not self._done():
-                self._train_epoch(step_fn)
-                if self.step_in_epoch < self.steps_per_epoch:
-                    break  # max_steps inside the epoch
-                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            with self.stop:
+                while p.epoch < self.spec.epochs and not self.done:
+                    if p.step_in_epoch == 0:
+                        self.loader.set_epoch(p.epoch)
+                    batches = iter(self.loader)
+                    while p.step_in_epoch < self.steps_per_epoch and not self.done:
+                        last = self._optimizer_step(batches) or last
+                        self.stop.check(self)  # a signal: save here, exit with Preempted
+                    if p.step_in_epoch >= self.steps_per_epoch:
+                        p.epoch, p.epoch_start = p.epoch + 1, p.step
+                        self.save()
+                        self.task.after_epoch(self)
                 self.save()
-                if self.epoch % cfg.eval.every_epochs == 0 and self.epoch < cfg.optim.epochs:
-                    self.log_metrics({f"eval/{k}": v for k, v in evaluate_fn(False).items()})
-            self.save()
-            final = evaluate_fn(True)
-            self.log_metrics({f"eval/{k}": v for k, v in final.items()})
-        except BaseException:
-            self.tracker.close("FAILED")
+        except BaseException as e:
+            self.folder.close(self.stop.status(e))
             raise
         finally:
             self.loader.close()
-        self.tracker.close("FINISHED")
-        return final
-
-    def _done(self) -> bool:
-        return self.cfg.train.max_steps is not None and self.step >= self.cfg.train.max_steps
-
-    def _train_epoch(self, step_fn: StepFn) -> None:
-        if self.step_in_epoch == 0:
-            self.loader.set_epoch(self.epoch)
-        batches, window, t0 = (
-            iter(self.loader),
-            torch.zeros(2, dtype=torch.float64),
-            time.perf_counter(),
-        )
-        while self.step_in_epoch < self.steps_per_epoch and not self._done():
-            lr = apply_lr(
-                self.optimizer,
-                self.schedule,
-                self.epoch + self.step_in_epoch / self.steps_per_epoch,
-            )
-            for micro in range(self.accum):
-                window += torch.tensor(
-                    [self._micro_step(step_fn, next(batches), micro), 1.0], dtype=torch.float64
-                )
-            self.step += 1
-            self.step_in_epoch += 1
-            if (
-                self.step % self.cfg.train.log_every == 0
-                or self.step_in_epoch == self.steps_per_epoch
-            ):
-                self.log_metrics(
-                    {
-                        "train/loss": window[0].item() / window[1].item(),
-                        "train/lr": lr,
-                        "train/epoch": self.epoch + self.step_in_epoch / self.steps_per_epoch,
-                        "train/samples_per_s": window[1].item()
-                        * self.cfg.data.batch_size
-                        * self.info.world_size
-                        / (time.perf_counter() - t0),
-                    }
-                )
-                window, t0 = torch.zeros(2, dtype=torch.float64), time.perf_counter()
-            if self.cfg.train.save_every_steps and self.step % self.cfg.train.save_every_steps == 0:
-                self.save()
-
-    def _micro_step(self, step_fn: StepFn, batch: dict, micro: int) -> float:
-        """Forward/backward one micro-batch; returns the loss averaged over ranks."""
-        info = self.info
-        seed = (
-            self.cfg.train.seed * 1_000_003
-            + (self.step * self.accum + micro) * info.world_size
-            + info.rank
-        )
-        gen = torch.Generator().manual_seed(seed)
-        loss = step_fn(self.engine, batch, gen)
-        mean = loss.detach().float().reshape(1).clone()
-        dist.all_reduce(mean)
-        if not torch.isfinite(mean).all():
-            raise FloatingPointError(
-                f"non-finite loss at step {self.step + 1} (epoch {self.epoch}) on rank "
-                f"{info.rank}; batch keys: {list(batch['key'])}"
-            )
-        self.engine.backward(loss)
-        self.engine.step()
-        return mean.item() / info.world_size
-
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        if not self.info.is_main:
-            return
-        self.tracker.log_metrics(metrics, step=self.step)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
-        log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.tracker.log_artifact(path, artifact_path)
-
-    # -- checkpoints -----------------------------------------------------------------------
-    def save(self) -> None:
-        tag, root = C.tag_for(self.step), self.out / "checkpoints"
-        if (root / "latest").is_file() and (root / "latest").read_text().strip() == tag:
-            return  # this step is already saved
-        state = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "config": to_dict(self.cfg),
-            "loader": C.gather_objects(self.loader.state_dict()),
-            "rng": C.gather_objects(C.rng_state()),
-            "mlflow_run_id": C.gather_objects(self.tracker.run_id)[0],
-        }
-        self.engine.save_checkpoint(str(root), tag=tag, client_state=state)
-        dist.barrier()
         if self.info.is_main:
-            C.prune_checkpoints(root, self.cfg.train.keep_last)
+            self.report.summary(
+                p.step,
+                p.epoch + p.step_in_epoch / self.steps_per_epoch,
+                (p.step - self.report.start_step) * self.effective_batch,
+                last,
+                str(self.folder.out),
+            )
+        return last
 
-    def _resume(self) -> str | None:
-        candidates = C.resume_candidates(self.cfg.train.resume, self.out / "checkpoints")
-        if not candidates:
-            return None
-        path = candidates[0]
-        _, state = self.engine.load_checkpoint(str(path.parent), tag=path.name)
-        if state is None:
-            raise RuntimeError(f"train.resume: could not load the checkpoint in {path}")
-        self.step, self.epoch, self.step_in_epoch = (
-            state["step"],
-            state["epoch"],
-            state["step_in_epoch"],
+    @property
+    def done(self) -> bool:
+        limit = self.spec.train.max_steps
+        return limit is not None and self.progress.step >= limit
+
+    def _optimizer_step(self, batches) -> dict:
+        p = self.progress
+        lr = self.schedule.apply(self.optimizer, p.epoch + p.step_in_epoch / self.steps_per_epoch)
+        for micro in range(self.accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            self.steps.window.data_s += time.perf_counter() - t0
+            self.steps.micro(batch, p.step, micro)
+        p.step += 1
+        p.samples_seen += self.effective_batch
+        metrics = {}
+        run = self.spec.train
+        if p.step % run.log_every == 0 or self.done or p.step_in_epoch == self.steps_per_epoch:
+            metrics = self._log_window(lr)
+        if run.save_every_steps and p.step % run.save_every_steps == 0:
+            self.save()
+        self.task.after_step(self)
+        return metrics
+
+    def _log_window(self, lr: float) -> dict:
+        p, info, w = self.progress, self.info, self.steps.window
+        *losses, _, data_s, errors = self.steps.totals(self.data_errors(), p.epoch)
+        n = max(w.count, 1) * info.world_size  # loss sums are over ranks and micro-steps
+        elapsed = time.perf_counter() - w.t0
+        prefix = f"train/{self.task.name}/" if self.task.name else "train/"
+        metrics = {f"{prefix}{k}": v / n for k, v in zip(w.names, losses, strict=True)}
+        if len(losses) > 1:
+            metrics[f"{prefix}loss"] = sum(losses) / n
+        epoch = p.epoch + p.step_in_epoch / self.steps_per_epoch
+        metrics |= {
+            f"{prefix}lr": lr,
+            f"{prefix}epoch": epoch,
+            f"{prefix}samples_per_s": w.count * self.spec.batch_size * info.world_size / elapsed,
+            f"{prefix}data_wait_frac": data_s / info.world_size / elapsed,
+            "data/errors": errors,
+        }
+        loss = metrics[f"{prefix}loss"]
+        parts = " ".join(f"{k} {v / n:.4f}" for k, v in zip(w.names, losses, strict=True))
+        self.folder.log(
+            metrics,
+            p.step,
+            f"{self.task.name + ' ' if self.task.name else ''}step {self.report.eta(p.step)} "
+            f"epoch {epoch:.2f} loss {loss:.4f}"
+            + (f" ({parts})" if len(losses) > 1 else "")
+            + f" lr {lr:.3g} {metrics[f'{prefix}samples_per_s']:.1f} samples/s",
         )
-        same_world = len(state["loader"]) == self.info.world_size
-        self.loader.load_state_dict(state["loader"][self.info.rank if same_world else 0])
-        if same_world:
-            C.set_rng_state(state["rng"][self.info.rank])
-        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
-        return state.get("mlflow_run_id")
+        if info.is_main:
+            self.report.data_errors(int(errors), self.loader.error_counts())
+        w.reset()
+        return metrics
+
+    def data_errors(self) -> int:
+        return sum(self.loader.error_counts().values())
+
+    def save(self) -> None:
+        """Checkpoint this step; the loss window is checked first (no save after a non-finite
+        loss)."""
+        p = self.progress
+        self.steps.totals(self.data_errors(), p.epoch)
+        self.checkpoints.save(
+            p.step, {**asdict(p), "config": self.folder.config}, self.loader, self.folder.run_id
+        )
+
+    def log(self, metrics: dict, line: str | None = None) -> None:
+        """Task metrics (evaluations) at the current step."""
+        self.folder.log(metrics, self.progress.step, line)

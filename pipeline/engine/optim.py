@@ -4,8 +4,7 @@
   trust · ‖p‖ / ‖g + wd·p‖ (MAE's LARS; 1-D tensors — biases — get no adaptation and no decay).
 - :func:`layer_decay_groups` (fine-tune, dense tasks): AdamW groups with layer-wise LR scales
   0.75^(L+1 − id) and weight decay on ≥ 2-D parameters only.
-- :func:`apply_lr`: warm-up + cosine base LR (pretraining's :class:`LRSchedule`, no tower ramp)
-  times each group's ``lr_scale``.
+The LR of every group is set by :class:`pipeline.engine.schedule.LRSchedule` (its ``lr_scale``).
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ import re
 
 import torch
 from torch import nn
-
-from pipeline.engine.schedule import LRSchedule
 
 
 class LARS(torch.optim.Optimizer):
@@ -115,16 +112,3 @@ def layer_decay_groups(
         )
         group["params"].append(p)
     return [groups[k] for k in sorted(groups)]
-
-
-def schedule(lr: float, epochs: float, warmup_epochs: float) -> LRSchedule:
-    """Warm-up + cosine to 0 (REFERENCE §7.3) without the pretraining tower ramp."""
-    return LRSchedule(lr, epochs, warmup_epochs, ramp_start=1.0, ramp_end=1.0, ramp_epochs=1.0)
-
-
-def apply_lr(optimizer: torch.optim.Optimizer, sched: LRSchedule, e: float) -> float:
-    """Set every group's LR to base(e) · ``lr_scale``; returns base(e)."""
-    base = sched.base(e)
-    for group in optimizer.param_groups:
-        group["lr"] = base * group.get("lr_scale", 1.0)
-    return base

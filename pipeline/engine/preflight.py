@@ -13,37 +13,12 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from avbase.features import get_frontend
-from model.presets import AVMAEConfig
-from pipeline.config import Config, DataConfig
-from pipeline.data.loader import ShardLoader, build_loader
+from pipeline.config import Config, DataConfig, EngineSpec
+from pipeline.data.loader import ShardLoader, epoch_plan, shard_loader
+from pipeline.data.shardio import read_manifest
 from pipeline.engine.checkpoint import check_writable
 from pipeline.engine.distributed import accumulation_steps
-
-
-def shard_loader(
-    cfg: Config,
-    mcfg: AVMAEConfig,
-    data: DataConfig,
-    rank: int,
-    world_size: int,
-    device="cpu",
-    train: bool = True,
-    labels: bool = False,
-) -> ShardLoader:
-    """The loader of ``rank`` over ``data.shards`` with the model's audio/image spec (reads and
-    checks the manifest)."""
-    return build_loader(
-        data,
-        audio=get_frontend(mcfg.audio_frontend),
-        image=mcfg.image,
-        rank=rank,
-        world_size=world_size,
-        seed=cfg.train.seed,
-        train=train,
-        labels=labels,
-        device=device,
-    )
+from pipeline.engine.schedule import scaled_lr
 
 
 def probe_data(cfg: Config) -> DataConfig:
@@ -51,13 +26,14 @@ def probe_data(cfg: Config) -> DataConfig:
     return replace(cfg.data, shards=cfg.probe.shards, remainder="pad")
 
 
-def steps_per_epoch(cfg: Config, loader: ShardLoader, world_size: int) -> tuple[int, int]:
-    """(micro-batches per optimizer step, optimizer steps per epoch), both at least 1."""
-    accum = accumulation_steps(cfg, world_size)
+def steps_per_epoch(spec: EngineSpec, loader: ShardLoader, world_size: int) -> tuple[int, int]:
+    """(micro-batches per optimizer step, optimizer steps per epoch), both at least 1 — the
+    arithmetic the engine does, before DeepSpeed starts."""
+    accum = accumulation_steps(spec, world_size)
     steps = len(loader) // accum
     if steps == 0:
         raise ValueError(
-            f"data.shards: {len(loader)} batches per rank per epoch is fewer than one "
+            f"{spec.batch_key}: {len(loader)} batches per rank per epoch is fewer than one "
             f"optimizer step ({accum} micro-batches); use more data or a smaller batch"
         )
     return accum, steps
@@ -67,11 +43,34 @@ def preflight(cfg: Config) -> None:
     """Fail now, with one line, on what would otherwise fail after DeepSpeed start-up."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mcfg = cfg.model.architecture()
-    loader = shard_loader(cfg, mcfg, cfg.data, rank, world_size)
+    loader = shard_loader(cfg.data, mcfg, rank, world_size, cfg.train.seed)
     try:
-        steps_per_epoch(cfg, loader, world_size)
+        steps_per_epoch(cfg.engine_spec(), loader, world_size)
     finally:
         loader.close()
     if cfg.probe.shards:
-        shard_loader(cfg, mcfg, probe_data(cfg), rank, world_size, train=False, labels=True).close()
+        probe = probe_data(cfg)
+        shard_loader(
+            probe, mcfg, rank, world_size, cfg.train.seed, train=False, labels=True
+        ).close()
     check_writable(Path(cfg.train.output_dir) / "checkpoints")
+
+
+def dry_run(spec: EngineSpec, optim, data: DataConfig, seed: int, world_size: int) -> dict:
+    """The values a launch at ``world_size`` would derive (``--dry-run``): accumulation,
+    effective batch, LR and — when the training manifest is readable — steps per epoch."""
+    accum = accumulation_steps(spec, world_size)
+    effective = spec.batch_size * world_size * accum
+    derived = {
+        "world_size": world_size,
+        "accumulation_steps": accum,
+        "effective_batch_size": effective,
+        "lr": scaled_lr(optim, effective),
+        "steps_per_epoch": None,
+    }
+    try:
+        plan = epoch_plan(data, read_manifest(data.shards), seed, world_size, train=True)
+        derived["steps_per_epoch"] = plan.batches // accum
+    except (OSError, ValueError) as e:
+        derived["steps_per_epoch_unknown"] = str(e).splitlines()[0]
+    return derived

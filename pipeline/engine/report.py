@@ -36,12 +36,14 @@ class RunReport:
         accum: int,
         output_dir: str,
         tracking: str,
+        task: str | None = None,
     ) -> None:
         resumed = f", resuming at step {self.start_step}" if self.start_step else ""
         capped = "" if self.total == steps_per_epoch * epochs else ", stopping at train.max_steps"
         log.info(
-            "training: %d samples, %d steps/epoch × %d epochs, %d steps%s%s; effective batch %d "
+            "training%s: %d samples, %d steps/epoch × %d epochs, %d steps%s%s; effective batch %d "
             "(%d per rank × %d ranks × %d accumulation); output %s; tracking %s",
+            f" {task}" if task else "",
             samples,
             steps_per_epoch,
             epochs,

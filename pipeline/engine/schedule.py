@@ -54,6 +54,11 @@ def build_optimizer(
     )
 
 
+def scaled_lr(cfg, effective_batch: int) -> float:
+    """``optim.lr``, else ``optim.blr × effective batch / 256`` (the recipes' linear scaling)."""
+    return cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
+
+
 @dataclass(frozen=True)
 class LRSchedule:
     """Linear warm-up then cosine to exactly 0; towers get an extra cosine ramp s0 → s1.
@@ -71,9 +76,20 @@ class LRSchedule:
 
     @classmethod
     def from_config(cls, cfg: OptimConfig, effective_batch: int) -> LRSchedule:
-        lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
         ramp = cfg.ramp_epochs if cfg.ramp_epochs is not None else cfg.epochs / 2
-        return cls(lr, cfg.epochs, cfg.warmup_epochs, cfg.ramp_start, cfg.ramp_end, ramp)
+        return cls(
+            scaled_lr(cfg, effective_batch),
+            cfg.epochs,
+            cfg.warmup_epochs,
+            cfg.ramp_start,
+            cfg.ramp_end,
+            ramp,
+        )
+
+    @classmethod
+    def plain(cls, cfg, effective_batch: int) -> LRSchedule:
+        """Warm-up + cosine without the tower ramp (the evaluations' recipes)."""
+        return cls(scaled_lr(cfg, effective_batch), cfg.epochs, cfg.warmup_epochs, 1.0, 1.0, 0.0)
 
     def base(self, e: float) -> float:
         if e < self.warmup_epochs:
@@ -90,9 +106,10 @@ class LRSchedule:
         )
 
     def apply(self, optimizer: torch.optim.Optimizer, e: float) -> float:
-        """Set every group's LR for fractional epoch ``e``; returns the base LR."""
-        base = self.base(e)
-        ramp = self.ramp(e)
+        """Set every group's LR for fractional epoch ``e`` to base(e) × its ``lr_scale`` (layer
+        decay; 1 when absent) × the tower ramp for ``ramp`` groups; returns base(e)."""
+        base, ramp = self.base(e), self.ramp(e)
         for group in optimizer.param_groups:
-            group["lr"] = base * ramp if group.get("ramp") else base
+            scale = group.get("lr_scale", 1.0) * (ramp if group.get("ramp") else 1.0)
+            group["lr"] = base * scale
         return base

@@ -1,32 +1,44 @@
-"""The optimizer step on a DeepSpeed engine, free of host synchronisation.
+"""The optimizer step on a DeepSpeed engine, free of host synchronisation (every task's).
 
-Each micro-step runs forward/backward/step and adds its two losses to a device-side window;
-nothing is read back. :meth:`TrainStep.totals` is the only host read: one all-reduce of the
-window (losses, a non-finite flag, data-wait seconds, data errors), done on log steps and before
-every checkpoint, where a non-finite loss on any rank stops every rank.
+Each micro-step runs the task's forward (``step_fn``), backward and step, and adds the task's
+loss components to a device-side window; nothing is read back. :meth:`TrainStep.totals` is the
+only host read: one all-reduce of the window (loss components, a non-finite flag, data-wait
+seconds, data errors), done on log steps and before every checkpoint, where a non-finite loss on
+any rank stops every rank.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+
+# step_fn(engine, batch, generator) → (loss to backpropagate, its components [K], detached or not)
+StepFn = Callable[[torch.nn.Module, dict, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN/inf; the message names the steps and the batch keys."""
 
 
-class Window:
-    """Loss sums on the device over the micro-steps since the last read; the batch keys and the
-    step range on the host (named when a loss is non-finite).
+def micro_seed(seed: int, index: int, world_size: int, rank: int) -> int:
+    """Seed of micro-step ``index`` (all steps × accumulation, 0-based) on ``rank``: the same at
+    any resume point, different on every rank and micro-step."""
+    return seed * 1_000_003 + index * world_size + rank
 
-    losses ``[2]`` float64 (image, audio), summed over micro-steps.
+
+class Window:
+    """Loss components summed on the device over the micro-steps since the last read; the batch
+    keys and the step range on the host (named when a loss is non-finite).
+
+    losses ``[K]`` float64, one per component name.
     """
 
-    def __init__(self, device: torch.device):
-        self.losses = torch.zeros(2, dtype=torch.float64, device=device)
+    def __init__(self, names: tuple[str, ...], device: torch.device):
+        self.names = names
+        self.losses = torch.zeros(len(names), dtype=torch.float64, device=device)
         self.reset()
 
     def reset(self) -> None:
@@ -34,51 +46,51 @@ class Window:
         self.count, self.data_s, self.keys, self.steps = 0, 0.0, [], (0, 0)
         self.t0 = time.perf_counter()
 
-    def add(self, loss_image: torch.Tensor, loss_audio: torch.Tensor, keys, step: int) -> None:
-        self.losses += torch.stack([loss_image.detach(), loss_audio.detach()]).double()
+    def add(self, parts: torch.Tensor, keys, step: int) -> None:
+        self.losses += parts.detach().reshape(-1).double()
         self.keys.extend(keys)
         self.steps = (self.steps[0] or step, step)
         self.count += 1
 
 
 class TrainStep:
-    """Micro-steps of one rank: masks seeded by (seed, micro-step index, rank), inputs moved
-    with ``non_blocking``, losses into :attr:`window`."""
+    """Micro-steps of one rank: a generator seeded by (seed, micro-step index, rank) for the
+    task's random draws (masks, mixup), the task's forward, backward and step, its loss
+    components into :attr:`window`."""
 
     def __init__(
         self,
         engine,
+        step_fn: StepFn,
+        names: tuple[str, ...],
         *,
         seed: int,
         accum: int,
         rank: int,
         world_size: int,
         device: torch.device,
-        dtype: torch.dtype,
     ):
-        self.engine, self.seed, self.accum = engine, seed, accum
-        self.rank, self.world_size, self.device, self.dtype = rank, world_size, device, dtype
-        self.window = Window(device)
+        self.engine, self.step_fn, self.seed, self.accum = engine, step_fn, seed, accum
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.window = Window(names, device)
 
-    def micro(self, batch: dict, step: int, micro: int):
+    def micro(self, batch: dict, step: int, micro: int) -> torch.Tensor:
         """Forward/backward/step micro-batch ``micro`` of optimizer step ``step`` (0-based);
-        returns the model output. image ``[B, 3, S, S]``, audio ``[B, 1, F, T]``."""
+        returns the loss (on the device, not read)."""
         index = step * self.accum + micro
         gen = torch.Generator(device=self.device).manual_seed(
-            self.seed * 1_000_003 + index * self.world_size + self.rank
+            micro_seed(self.seed, index, self.world_size, self.rank)
         )
-        image = batch["image"].to(self.device, self.dtype, non_blocking=True)
-        audio = batch["audio"].to(self.device, self.dtype, non_blocking=True)
-        out = self.engine(image, audio, generator=gen)
-        self.engine.backward(out.loss)
+        loss, parts = self.step_fn(self.engine, batch, gen)
+        self.engine.backward(loss)
         self.engine.step()
-        self.window.add(out.loss_image, out.loss_audio, batch["key"], step + 1)
-        return out
+        self.window.add(parts, batch["key"], step + 1)
+        return loss
 
     def totals(self, errors: int, epoch: int) -> list[float]:
-        """[loss_image, loss_audio, non-finite ranks, data_s, errors] summed over ranks (one
-        all-reduce, one host read). Raises NonFiniteLoss on every rank if any rank saw one."""
-        w = self.window
+        """[components…, non-finite ranks, data_s, errors] summed over ranks (one all-reduce, one
+        host read). Raises NonFiniteLoss on every rank if any rank saw one."""
+        w, k = self.window, len(self.window.names)
         local = torch.cat(
             [
                 w.losses,
@@ -89,16 +101,18 @@ class TrainStep:
         totals = local.clone()
         dist.all_reduce(totals)  # nccl reduces device tensors only
         totals = totals.tolist()
-        if totals[2]:
+        if totals[k]:
             lo, hi = w.steps
-            image, audio, here = local[:3].tolist()
+            values = ", ".join(
+                f"{n}={v:.4g}" for n, v in zip(w.names, local[:k].tolist(), strict=True)
+            )
             where = (
                 f"on rank {self.rank}; batch keys: {w.keys}"
-                if here
+                if local[k]
                 else f"on another rank than {self.rank}"
             )
             raise NonFiniteLoss(
-                f"non-finite loss (image={image:.4g}, audio={audio:.4g}) at "
+                f"non-finite loss ({values}) at "
                 f"{f'step {hi}' if lo == hi else f'steps {lo}–{hi}'} (epoch {epoch}) {where}"
             )
         return totals

@@ -1,27 +1,26 @@
-"""Downstream evaluations of a pretrained encoder (REFERENCE.md §8): one entry point, tasks as config.
+"""Downstream evaluations of a pretrained encoder (REFERENCE.md §8), as tasks of the one engine.
 
     deepspeed [launcher args] --module pipeline.evaluate --config configs/eval/X.yaml [key=value ...]
     torchrun --nproc-per-node 2 -m pipeline.evaluate --config configs/eval/X.yaml
     avfusion eval --config configs/eval/X.yaml                 # single process
 
-How a task plugs in:
+Map:
+- :mod:`pipeline.eval.config` — ``EvalConfig``, the typed tree (``task``, ``encoder``, ``data``
+  {train, test} loaders, ``optim``, ``train`` (the engine's ``RunConfig``), ``eval``, one section
+  per task family, ``tracking``).
+- :mod:`pipeline.eval.encoder` — the encoder under evaluation from a training checkpoint, an
+  export or an official file (strict ``encoder.*`` load).
+- :mod:`pipeline.eval.run` — the output folder and MLflow run of an evaluation.
+- Tasks (each a :class:`pipeline.engine.loop.Task` with ``run(cfg, info) -> metrics``, registered
+  in :data:`pipeline.eval.tasks.TASKS`): :mod:`~pipeline.eval.classification` (``linear``,
+  ``finetune``; targets and losses in :mod:`~pipeline.eval.targets`), :mod:`~pipeline.eval.avs`,
+  :mod:`~pipeline.eval.separation` (audio in :mod:`~pipeline.eval.separation_audio`),
+  :mod:`~pipeline.eval.localization`; the dense ones share :mod:`~pipeline.eval.dense`.
+- Metrics and pictures: :mod:`pipeline.eval.metrics`, :mod:`pipeline.eval.dense_metrics`,
+  :mod:`pipeline.eval.figures`.
 
-1. Config: :class:`pipeline.eval.config.EvalConfig` is the typed tree every task reads (``task``,
-   ``encoder``, ``data``, ``optim``, ``train``, ``eval``, ``tracking``). A task that needs its own
-   knobs adds a dataclass section to ``EvalConfig`` (e.g. ``avs: AVSConfig``) with defaults, so
-   other tasks' YAML files stay valid; value checks go into ``validate_task`` there.
-2. Code: a module ``pipeline/eval/<task>.py`` with ``run(cfg: EvalConfig, info: DistInfo) -> dict``.
-   It is registered in :data:`pipeline.eval.tasks.TASKS` (imported lazily, so a task's
-   dependencies load only when it runs). ``info`` comes from ``pipeline.engine.distributed.init_distributed``.
-3. The encoder: :func:`pipeline.eval.encoder.load_encoder` builds the ``DeepAVFusion`` from
-   ``cfg.encoder`` (training checkpoint, safetensors export or official file; strict ``encoder.*``
-   load) and returns the pretraining run id when the source records one.
-4. Result: ``run`` returns a flat dict of final metrics (JSON-serialisable). The entry point prints
-   it as the last line of stdout on rank 0 (``{"task": ..., **metrics}``). Libraries raise
-   (``AvfusionError`` or ``ValueError`` subclasses for bad input); the entry point turns them into
-   one ``error: …`` line through ``avbase.errors.run_cli``.
-
-Shared pieces for trainable tasks live in :mod:`pipeline.engine.loop` (DeepSpeed engine, epoch loop,
-checkpoints with kill -9 resume, MLflow run) and :mod:`pipeline.engine.optim` (LARS, layer-wise LR
-decay groups, the warm-up + cosine schedule with per-group scales).
+A new task: a ``Task`` subclass (model, loader from :mod:`pipeline.data`, LR schedule,
+optimizer, ``step``; ``after_epoch`` for periodic evaluations), a ``run`` that builds the engine
+and scores, an entry in ``TASKS`` and, for its own knobs, a config section in ``EvalConfig``.
+The entry point prints ``{"task": ..., **metrics}`` as the last line of stdout (rank 0).
 """

@@ -1,11 +1,12 @@
 """AVS segmentation, AVSBench S4 protocol (REFERENCE.md §8): encoder + AVSHead trained with
-BCE-with-logits on (frame, mask) pairs, scored with mIoU / F-score next to a centred prior.
+BCE-with-logits on (frame, mask) pairs, scored next to a centred prior.
 
-Steps: training items (one random masked frame per sample, audio jitter, the training set passed
-``avs.oversample`` times per epoch) → head on the image states of ``avs.layers`` and the last
-audio tokens → BCE → AdamW with layer decay → evaluation on every masked frame of ``data.test``:
-the model's sigmoid map and the centred Gaussian prior, each into a :class:`SegmentationMeter`
-→ sums over ranks → metrics + ``baseline_`` twins → overlays (frame | truth | prediction).
+Steps: training items from the loader's dense mode (one random masked frame per sample, the
+release's joint crop + flip, RandomVol and audio jitter) → head on the image states of
+``avs.layers`` and the last audio tokens → BCE → the engine (layer-decayed AdamW, accumulation
+to ``train.effective_batch_size``, checkpoints, resume) → every masked frame of ``data.test``:
+the model's sigmoid map and the prior, each into a segmentation meter → sums over ranks → metrics
+and ``baseline_`` twins → overlays (frame | truth | prediction).
 """
 
 from __future__ import annotations
@@ -17,50 +18,71 @@ from torch import Tensor, nn
 from model.heads_dense import AVSHead
 from pipeline.data.dense import DenseSpec
 from pipeline.engine.distributed import DistInfo
+from pipeline.engine.loop import Engine
+from pipeline.engine.output import RunFolder
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_loop import DenseModel, DenseRun
+from pipeline.eval.dense import DenseTask, score_frames
 from pipeline.eval.dense_metrics import SegmentationMeter
+from pipeline.eval.encoder import LoadedEncoder, load_encoder
 from pipeline.eval.figures import overlay_grid
+from pipeline.eval.run import run_folder
+
+
+class AVS(DenseTask):
+    """Encoder + AVSHead; ``frozen``: the head alone trains (localization's ``masks`` variant)."""
+
+    def __init__(self, cfg: EvalConfig, info: DistInfo, enc: LoadedEncoder, frozen: bool = False):
+        a = cfg.avs
+        head = AVSHead(enc.config.embed_dim, enc.config.image.size // enc.config.patch_size)
+        enc.encoder.requires_grad_(not frozen)
+        spec = DenseSpec(masks=True, jitter_seconds=a.audio_jitter, augment=True)
+        super().__init__(cfg, info, enc, head.to(info.device), spec)
+        self.layers = [self.layer(i) for i in a.layers]
+
+    def forward(self, encoder, head, image: Tensor, audio: Tensor) -> Tensor:
+        """``[B, S, S]`` mask logits."""
+        out = encoder(image, audio, return_layers=True)
+        return head([out.layers[i][0] for i in self.layers], out.audio)[:, 0]
+
+    def loss(self, engine, batch: dict) -> Tensor:
+        logits = engine(*self.inputs(batch)).float()
+        return F.binary_cross_entropy_with_logits(logits, batch["mask"].float().to(logits.device))
+
+    def probabilities(self, module: nn.Module, batch: dict) -> Tensor:
+        return torch.sigmoid(module(*self.inputs(batch)).float())
+
+
+def train(cfg: EvalConfig, info: DistInfo, frozen: bool = False) -> tuple[AVS, Engine]:
+    """The AVS model trained on ``data.train`` by the engine (the run stays open)."""
+    torch.manual_seed(cfg.train.seed)  # head (and random-encoder) init
+    enc = load_encoder(cfg.encoder)
+    task = AVS(cfg, info, enc, frozen)
+    engine = Engine(cfg.engine_spec(), info, task, run_folder(cfg, info, enc))
+    engine.fit()
+    return task, engine
 
 
 def run(cfg: EvalConfig, info: DistInfo) -> dict:
-    r = DenseRun(cfg, info)
-    model = train_avs(r)
-    return _evaluate(r, model, [r.layer(i) for i in cfg.avs.layers])
-
-
-def train_avs(r: DenseRun, frozen: bool = False) -> DenseModel:
-    """The encoder + AVSHead trained on ``data.train`` (``frozen``: the head only)."""
-    info, acfg = r.info, r.cfg.avs
-    layers = [r.layer(i) for i in acfg.layers]
-    head = AVSHead(r.mcfg.embed_dim, r.grid, tuple(acfg.channels)).to(info.device)
-    r.encoder.requires_grad_(not frozen)
-    model = DenseModel(r.encoder, head)
-    train_spec = DenseSpec(
-        r.size, r.audio, masks=True, train=True, jitter_seconds=acfg.audio_jitter
-    )
-
-    def loss_fn(m: nn.Module, batch: dict) -> Tensor:
-        logits = avs_logits(m, r, layers, batch)
-        return F.binary_cross_entropy_with_logits(logits, batch["mask"].float().to(logits.device))
-
-    r.train(model, train_spec, loss_fn, passes=acfg.oversample)
-    return model
-
-
-def avs_logits(m: nn.Module, r: DenseRun, layers: list[int], batch: dict) -> Tensor:
-    """``[B, S, S]`` mask logits."""
-    m = getattr(m, "module", m)
-    out = m.encoder(r.image(batch), batch["audio"].to(r.info.device), return_layers=True)
-    return m.head([out.layers[i][0] for i in layers], out.audio)[:, 0]
-
-
-def _evaluate(r: DenseRun, model: DenseModel, layers: list[int]) -> dict:
-    return r.score_masked_frames(
-        lambda batch: torch.sigmoid(avs_logits(model, r, layers, batch)).cpu(),
+    task, engine = train(cfg, info)
+    metrics, shown = score_frames(
+        task,
+        engine.module,
+        task.probabilities,
         SegmentationMeter,
-        r.cfg.avs.prior_sigma,
-        r.cfg.avs.artifacts,
-        overlay_grid,
-        "avs_overlays.png",
+        cfg.avs.prior_sigma,
+        cfg.avs.artifacts,
     )
+    return finish(
+        engine.folder, engine.progress.step, metrics, shown, overlay_grid, "avs_overlays.png"
+    )
+
+
+def finish(folder: RunFolder, step: int, metrics: dict, shown: list, draw, figure: str) -> dict:
+    """Log ``eval/<name>`` metrics at ``step`` and the figure (rank 0), close the run; returns
+    the metrics rounded."""
+    result = {k: round(float(v), 4) for k, v in metrics.items()}
+    folder.log({f"eval/{k}": v for k, v in result.items()}, step)
+    if folder.info.is_main and shown:
+        folder.artifact(draw(shown, folder.out / figure), "figures")
+    folder.close("FINISHED")
+    return result | {"steps": step}

@@ -15,115 +15,116 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from dataclasses import replace
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from avbase.errors import AvfusionError
-from avbase.features import get_frontend
 from avbase.shardformat import MANIFEST
 from model.heads.classification import ALL_HEADS, AVClassifier, frequency_bias
 from pipeline.data.augment import EvalView
-from pipeline.data.loader import build_loader
-from pipeline.data.shardio import join
-from pipeline.engine import checkpoint as C
-from pipeline.engine import distributed as D
-from pipeline.engine.loop import EvalLoop
-from pipeline.engine.optim import layer_decay_groups
+from pipeline.data.loader import shard_loader
+from pipeline.data.shardio import join, read_manifest
+from pipeline.engine.checkpoint import gather_objects
+from pipeline.engine.distributed import DistInfo, engine_dtype
+from pipeline.engine.loop import Engine, Task
+from pipeline.engine.optim import LARS, layer_decay_groups
+from pipeline.engine.schedule import LRSchedule
 from pipeline.eval import metrics as M
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.encoder import load_encoder
+from pipeline.eval.encoder import LoadedEncoder, load_encoder
+from pipeline.eval.run import run_folder
+from pipeline.eval.targets import (
+    ClassificationLoss,
+    EvalInputError,
+    class_frequencies,
+    divides,
+    mix,
+    mixup_lambdas,
+    soft_targets,
+)
 
 log = logging.getLogger("avfusion.eval")
 
 
-class EvalInputError(AvfusionError, ValueError):
-    """A labelled shard set cannot be used for this evaluation; the message names the file."""
+class Classification(Task):
+    """The encoder with one linear head per modality; the loss on the averaged logits."""
 
-
-def run(cfg: EvalConfig, info: D.DistInfo) -> dict:
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.train.seed)
-    enc = load_encoder(cfg.encoder)
-    loaders = _Loaders(cfg, info, enc.config)
-    train_manifest = loaders.train.manifest
-    classes, multi = check_label_sets(
-        train_manifest, loaders.test_manifest, cfg.data.train, cfg.data.test
-    )
-    c = cfg.classification
-    freq = (
-        class_frequencies(train_manifest, cfg.data.train)
-        if (c.bias_init == "class_freq" or _divides(cfg))
-        else None
-    )
-    model = AVClassifier(
-        enc.encoder,
-        len(classes),
-        batchnorm=c.batchnorm,
-        frozen=cfg.task == "linear",
-        bias=frequency_bias(freq) if c.bias_init == "class_freq" else None,
-    )
-    groups = layer_decay_groups(
-        model, len(enc.encoder.image.blocks), cfg.optim.weight_decay, cfg.optim.layer_decay
-    )
-    tags = {"avfusion.task": cfg.task, "avfusion.encoder": enc.source}
-    if enc.pretrain_run_id:
-        tags["avfusion.pretrain_run_id"] = enc.pretrain_run_id
-    loop = EvalLoop(cfg, info, model, groups, loaders.train, tags)
-    loss_fn = _Loss(cfg, len(classes), multi, freq)
-
-    def step(engine, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        image, audio = (
-            batch["image"].to(info.device, loop.dtype),
-            batch["audio"].to(info.device, loop.dtype),
+    def __init__(self, cfg: EvalConfig, info: DistInfo, enc: LoadedEncoder):
+        self.cfg, self.info, self.enc = cfg, info, enc
+        self.train_loader = self.data_loader(cfg.data.train, train=True)
+        test_manifest = read_manifest(cfg.data.test.shards)
+        self.classes, self.multi = check_label_sets(
+            self.train_loader.manifest, test_manifest, cfg.data.train.shards, cfg.data.test.shards
         )
-        target = soft_targets(batch["label"], len(classes), multi, c.label_smoothing).to(
-            info.device
+        c = cfg.classification
+        self.freq = (
+            class_frequencies(self.train_loader.manifest, cfg.data.train.shards)
+            if (c.bias_init == "class_freq" or divides(cfg))
+            else None
         )
-        if c.mixup > 0:
-            lam = mixup_lambdas(len(image), c.mixup, gen).to(info.device)
-            image, audio, target = (mix(x, lam) for x in (image, audio, target))
-        return loss_fn(engine(image, audio)["all"].float(), target)
+        self._model = AVClassifier(
+            enc.encoder,
+            len(self.classes),
+            batchnorm=c.batchnorm,
+            frozen=cfg.task == "linear",
+            bias=frequency_bias(self.freq) if c.bias_init == "class_freq" else None,
+        )
+        self.loss_fn = ClassificationLoss(cfg, len(self.classes), self.multi, self.freq)
+        self.dtype = engine_dtype(cfg.engine_spec())
 
-    def evaluate(final: bool) -> dict:
-        return _evaluate(loop, loaders, classes, multi, final)
-
-    result = loop.fit(step, evaluate)
-    wall = time.perf_counter() - t0
-    result.update(wall_s=round(wall, 1), steps=loop.step, classes=len(classes))
-    if enc.pretrain_run_id:
-        result["pretrain_run_id"] = enc.pretrain_run_id
-    return result
-
-
-# -- data -----------------------------------------------------------------------------------
-
-
-class _Loaders:
-    """The training loader and test loaders per evaluation view (built on demand)."""
-
-    def __init__(self, cfg: EvalConfig, info: D.DistInfo, mcfg):
-        self.cfg, self.info, self.mcfg = cfg, info, mcfg
-        self.train = self._build(cfg.data.train, train=True)
-        probe = self._build(cfg.data.test, train=False)
-        self.test_manifest = probe.manifest
-        probe.close()
-
-    def _build(self, shards: str, train: bool, view: EvalView | None = None):
-        return build_loader(
-            self.cfg.data.loader(shards, train),
-            audio=get_frontend(self.mcfg.audio_frontend),
-            image=self.mcfg.image,
-            rank=self.info.rank,
-            world_size=self.info.world_size,
-            seed=self.cfg.train.seed,
+    def data_loader(self, data, train: bool, view: EvalView | None = None):
+        i = self.info
+        return shard_loader(
+            data if train else replace(data, remainder="pad"),
+            self.enc.config,
+            i.rank,
+            i.world_size,
+            self.cfg.train.seed,
+            i.device,
             train=train,
             labels=True,
-            device=self.info.device,
             view=view,
         )
+
+    def model(self):
+        return self._model
+
+    def loader(self):
+        return self.train_loader
+
+    def schedule(self, effective_batch: int) -> LRSchedule:
+        return LRSchedule.plain(self.cfg.optim, effective_batch)
+
+    def optimizer(self, model, lr: float):
+        o = self.cfg.optim
+        groups = layer_decay_groups(
+            model, len(self.enc.encoder.image.blocks), o.weight_decay, o.layer_decay
+        )
+        if o.name == "lars":
+            return LARS(
+                groups,
+                lr=lr,
+                weight_decay=o.weight_decay,
+                momentum=o.momentum,
+                trust_coefficient=o.trust_coefficient,
+            )
+        return torch.optim.AdamW(groups, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
+
+    def step(self, engine, batch: dict, gen: torch.Generator):
+        c, device = self.cfg.classification, self.info.device
+        image, audio = batch["image"].to(device, self.dtype), batch["audio"].to(device, self.dtype)
+        target = soft_targets(batch["label"], len(self.classes), self.multi, c.label_smoothing)
+        target = target.to(device)
+        if c.mixup > 0:
+            lam = mixup_lambdas(len(image), c.mixup, gen).to(device)
+            image, audio, target = (mix(x, lam) for x in (image, audio, target))
+        loss = self.loss_fn(engine(image, audio)["all"].float(), target)
+        return loss, loss.detach().reshape(1)
+
+    def after_epoch(self, engine: Engine) -> None:
+        epoch = engine.progress.epoch
+        if epoch % self.cfg.eval.every_epochs == 0 and epoch < self.cfg.optim.epochs:
+            engine.log({f"eval/{k}": v for k, v in self.evaluate(engine, final=False).items()})
 
     def views(self, final: bool) -> list[EvalView]:
         e = self.cfg.eval
@@ -135,8 +136,78 @@ class _Loaders:
             for j in range(e.frames)
         ]
 
-    def test(self, view: EvalView):
-        return self._build(self.cfg.data.test, train=False, view=view)
+    def evaluate(self, engine: Engine, final: bool) -> dict:
+        """Metrics of every head on the test set (views averaged per video); reports on the final
+        one. Every rank predicts its share; rank 0 scores (others return {})."""
+        parts = [
+            predict(
+                engine.module,
+                self.data_loader(self.cfg.data.test, train=False, view=view),
+                self.info.device,
+                self.dtype,
+            )
+            for view in self.views(final)
+        ]
+        gathered = gather_objects(parts)
+        if not self.info.is_main:
+            return {}
+        rows = [p for rank_parts in gathered for p in rank_parts]
+        keys, scores, labels = M.average_views(
+            [k for p in rows for k in p["keys"]],
+            {h: torch.cat([p[h] for p in rows]) for h in ALL_HEADS},
+            torch.cat([p["labels"] for p in rows]),
+        )
+        metrics = M.classification_metrics(scores, labels, self.multi)
+        result = {k: round(v, 3) for k, v in metrics.items()}
+        result["videos"] = len(keys)
+        if final:
+            self.write_reports(engine, keys, scores["all"], labels)
+        return result
+
+    def write_reports(self, engine, keys: list[str], scores, labels) -> None:
+        out, classes = engine.folder.out, self.classes
+        files = [
+            M.write_predictions(
+                out / "predictions.jsonl",
+                keys,
+                scores,
+                labels,
+                classes,
+                self.cfg.eval.top_k,
+                self.multi,
+            )
+        ]
+        if self.multi:
+            files.append(M.write_class_ap(out / "class_ap.tsv", scores, labels, classes))
+        else:
+            matrix = M.confusion_matrix(scores, labels, len(classes))
+            files.append(M.save_confusion_figure(out / "confusion.png", matrix, classes))
+        for path in files:
+            engine.folder.artifact(path, "eval")
+
+
+def run(cfg: EvalConfig, info: DistInfo) -> dict:
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    enc = load_encoder(cfg.encoder)
+    task = Classification(cfg, info, enc)
+    folder = run_folder(cfg, info, enc)
+    engine = Engine(cfg.engine_spec(), info, task, folder)
+    engine.fit()
+    final = task.evaluate(engine, final=True)
+    engine.log({f"eval/{k}": v for k, v in final.items()})
+    folder.close("FINISHED")
+    final.update(
+        wall_s=round(time.perf_counter() - t0, 1),
+        steps=engine.progress.step,
+        classes=len(task.classes),
+    )
+    if enc.pretrain_run_id:
+        final["pretrain_run_id"] = enc.pretrain_run_id
+    return final
+
+
+# -- data -----------------------------------------------------------------------------------
 
 
 def check_label_sets(
@@ -175,77 +246,6 @@ def check_label_sets(
     return list(a), bool(train.get("multi_label"))
 
 
-def class_frequencies(manifest: dict, root: str) -> torch.Tensor:
-    """f = label_counts / labelled_inputs ``[C]`` of the training set."""
-    counts, total = manifest.get("label_counts"), manifest.get("labelled_inputs")
-    if not counts or not total:
-        raise EvalInputError(
-            f"{join(root, MANIFEST)}: no label_counts (built before class counts were "
-            "recorded); rebuild it, or set classification.bias_init=zero and "
-            "classification.class_freq_division=false"
-        )
-    return torch.tensor(counts, dtype=torch.float64).div(total).float()
-
-
-# -- targets, mixup, loss ---------------------------------------------------------------------
-
-
-def soft_targets(
-    labels: torch.Tensor, num_classes: int, multi: bool, smoothing: float
-) -> torch.Tensor:
-    """``[B, C]`` targets: one-hot (or the multi-hot rows) with label smoothing
-    ``y·(1 − s) + s/C`` (timm's Mixup convention)."""
-    hot = labels.float() if multi else F.one_hot(labels, num_classes).float()
-    return hot * (1 - smoothing) + smoothing / num_classes
-
-
-def mixup_lambdas(batch: int, alpha: float, gen: torch.Generator) -> torch.Tensor:
-    """λ ~ Beta(α, α) per sample ``[B]`` from ``gen`` (resume-reproducible)."""
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-    return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, size=batch)).float()
-
-
-def mix(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """λ_i · x_i + (1 − λ_i) · x_{B−1−i}: each sample mixed with its partner in the reversed batch."""
-    lam = lam.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
-    return x * lam + x.flip(0) * (1 - lam)
-
-
-def _divides(cfg: EvalConfig) -> bool:
-    d = cfg.classification.class_freq_division
-    return d if d is not None else cfg.task == "finetune"
-
-
-class _Loss:
-    """Soft-target CE (or BCE) on the averaged logits.
-
-    NOTE (release behaviour, REFERENCE §8 / §9.B.18): with ``classification.class_freq_division``
-    (default on for ``finetune``) the loss is taken over the classes seen in training (f > 0) and
-    then divided by their frequencies and averaged — a constant factor mean(1/f) (≈ C for balanced
-    classes, ≈ 310 on VGGSound), so losses read ≈ 2,600 and the effective AdamW LR is unchanged
-    except through ε. Switch it off for plain (comparable) loss values.
-    """
-
-    def __init__(self, cfg: EvalConfig, num_classes: int, multi: bool, freq: torch.Tensor | None):
-        kind = cfg.classification.loss
-        self.bce = kind == "bce" or (kind == "auto" and multi)
-        self.divide = _divides(cfg)
-        self.seen = (freq > 0) if self.divide else None
-        self.freq = freq
-
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.divide:
-            seen = self.seen.to(logits.device)
-            logits, target = logits[:, seen], target[:, seen]
-        if self.bce:
-            loss = F.binary_cross_entropy_with_logits(logits, target)
-        else:
-            loss = torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        if self.divide:
-            loss = (loss / self.freq.to(logits.device)[self.seen.to(logits.device)]).mean()
-        return loss
-
-
 # -- evaluation -------------------------------------------------------------------------------
 
 
@@ -266,53 +266,3 @@ def predict(model, loader, device: torch.device, dtype: torch.dtype) -> dict:
         loader.close()
         model.train(was_training)
     return {k: (v if k == "keys" else torch.cat(v)) for k, v in out.items()}
-
-
-def _evaluate(
-    loop: EvalLoop, loaders: _Loaders, classes: list[str], multi: bool, final: bool
-) -> dict:
-    """Metrics of every head on the test set (views averaged per video); reports on the final one."""
-    parts = [
-        predict(loop.module, loaders.test(view), loop.info.device, loop.dtype)
-        for view in loaders.views(final)
-    ]
-    gathered = C.gather_objects(parts)
-    if not loop.info.is_main:
-        return {}
-    rows = [p for rank_parts in gathered for p in rank_parts]
-    keys, scores, labels = M.average_views(
-        [k for p in rows for k in p["keys"]],
-        {h: torch.cat([p[h] for p in rows]) for h in ALL_HEADS},
-        torch.cat([p["labels"] for p in rows]),
-    )
-    result = {k: round(v, 3) for k, v in M.classification_metrics(scores, labels, multi).items()}
-    result["videos"] = len(keys)
-    if final:
-        _write_reports(loop, keys, scores["all"], labels, classes, multi)
-    return result
-
-
-def _write_reports(
-    loop: EvalLoop,
-    keys: list[str],
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    classes: list[str],
-    multi: bool,
-) -> None:
-    out = Path(loop.cfg.train.output_dir)
-    files = [
-        M.write_predictions(
-            out / "predictions.jsonl", keys, scores, labels, classes, loop.cfg.eval.top_k, multi
-        )
-    ]
-    if multi:
-        files.append(M.write_class_ap(out / "class_ap.tsv", scores, labels, classes))
-    else:
-        files.append(
-            M.save_confusion_figure(
-                out / "confusion.png", M.confusion_matrix(scores, labels, len(classes)), classes
-            )
-        )
-    for path in files:
-        loop.log_artifact(path, "eval")

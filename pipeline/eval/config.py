@@ -1,9 +1,9 @@
 """Typed config of the downstream evaluations (same loader and checks as :mod:`pipeline.config`).
 
-Field names shared with the pretraining tree (``data.batch_size``, ``train.effective_batch_size``,
-``train.zero_stage``, ``train.precision``, ``train.resume``, ``train.output_dir``,
-``train.load_universal``, ``optim.grad_clip``) mean the same, so :mod:`pipeline.engine.distributed`'s
-DeepSpeed-config, accumulation and resume helpers take an ``EvalConfig`` as they take a ``Config``.
+The sections the engine reads are pretraining's own types: ``train`` is a ``RunConfig``
+(effective batch, precision, ZeRO stage, compile, resume, …), ``data.train`` / ``data.test`` are
+``DataConfig`` loaders, ``tracking`` a ``TrackingConfig`` — so every task runs through the same
+engine (:meth:`EvalConfig.engine_spec`) and the same loader.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.config import (
     ConfigError,
     DataConfig,
+    EngineSpec,
     RunConfig,
     TrackingConfig,
     check_values,
@@ -39,30 +40,11 @@ class EncoderConfig:
 
 @dataclass
 class EvalDataConfig:
-    train: str = ""  # labelled shard set (directory or s3://) to train heads on
-    test: str = ""  # labelled shard set to evaluate on (same class list)
-    batch_size: int = 8  # per-rank micro-batch (training)
-    test_batch_size: int | None = None  # None: batch_size
-    workers: int = 2
-    shuffle_buffer: int = 256
-    max_error_rate: float = 0.05
-    cache_dir: str | None = None
-    cache_limit_gb: float = 50.0
-    s3_retries: int = 5
+    """The training and the test set, each a full loader config (a path alone means its shards:
+    ``data.train=shards/vggsound-train``)."""
 
-    def loader(self, shards: str, train: bool) -> DataConfig:
-        """The pretraining loader's config for ``shards`` (train: shuffled, ``drop``; test: ``pad``)."""
-        return DataConfig(
-            shards=shards,
-            batch_size=self.batch_size if train else (self.test_batch_size or self.batch_size),
-            workers=self.workers,
-            shuffle_buffer=self.shuffle_buffer,
-            remainder="drop" if train else "pad",
-            max_error_rate=self.max_error_rate,
-            cache_dir=self.cache_dir,
-            cache_limit_gb=self.cache_limit_gb,
-            s3_retries=self.s3_retries,
-        )
+    train: DataConfig = field(default_factory=DataConfig)  # labelled set the heads train on
+    test: DataConfig = field(default_factory=DataConfig)  # labelled set scored (same class list)
 
 
 @dataclass
@@ -132,6 +114,7 @@ class SeparationConfig:
         default_factory=lambda: [11, 8, 5, 2, 0]
     )  # audio layers, finest scale first (release: deepest → finest, the last at the UNet bottom)
     frozen: bool = False  # train the heads only (the release fine-tunes the encoder too)
+    pairs: str | None = None  # CSV of test pairs key_a,key_b; None: a seeded draw (other classes)
     silence: float = 1e-5  # references below this mean power are skipped
     artifacts: int = 4  # spectrogram panels logged
 
@@ -160,6 +143,15 @@ class EvalConfig:
     # the pretraining experiment by default, so `avfusion runs compare` shows runs and their evaluations
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def engine_spec(self) -> EngineSpec:
+        return EngineSpec(
+            self.train,
+            self.data.train.batch_size,
+            self.optim.epochs,
+            self.optim.grad_clip,
+            batch_key="data.train.batch_size",
+        )
+
 
 _CHOICES = {
     "task": TASK_NAMES,
@@ -185,7 +177,13 @@ def load_eval_config(
 
 def validate(cfg: EvalConfig) -> None:
     """Value checks that types cannot express; each error names its key."""
-    positive = ("data.batch_size", "optim.epochs", "train.log_every", "eval.every_epochs")
+    positive = (
+        "data.train.batch_size",
+        "data.test.batch_size",
+        "optim.epochs",
+        "train.log_every",
+        "eval.every_epochs",
+    )
     check_values(cfg, _CHOICES, positive + ("eval.clips", "eval.frames", "eval.top_k"))
     if not 0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs:
         raise ConfigError(
@@ -213,5 +211,5 @@ def validate(cfg: EvalConfig) -> None:
             "encoder.preset: required with encoder.init=random and no encoder.checkpoint"
         )
     for key in ("data.train", "data.test"):
-        if not lookup(cfg, key):
+        if not lookup(cfg, key).shards:
             raise ConfigError(f"{key}: empty — set it to a labelled shard set (directory or s3://)")

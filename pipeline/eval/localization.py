@@ -17,80 +17,93 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.heads.localization import Projections
-from model.heads_dense import AVSHead
 from pipeline.data.dense import DenseSpec
 from pipeline.engine.distributed import DistInfo
-from pipeline.eval.avs import avs_logits, train_avs
+from pipeline.engine.loop import Engine
+from pipeline.eval import avs
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_loop import DenseModel, DenseRun
+from pipeline.eval.dense import DenseTask, score_frames
 from pipeline.eval.dense_metrics import LocalizationMeter
+from pipeline.eval.encoder import LoadedEncoder, load_encoder
 from pipeline.eval.figures import heatmap_grid
+from pipeline.eval.run import run_folder
 
 TEMPERATURE = 0.07
 
 
+class Localization(DenseTask):
+    """Similarity maps of a frozen encoder's patch tokens and the clip's query embedding;
+    ``head``: the trained variant's projections (None: training-free)."""
+
+    def __init__(self, cfg: EvalConfig, info: DistInfo, enc: LoadedEncoder, trained: bool):
+        enc.encoder.requires_grad_(False)
+        head = Projections(enc.config.embed_dim).to(info.device) if trained else None
+        super().__init__(cfg, info, enc, head, DenseSpec())
+        self.chosen = self.layer(cfg.localization.layer)
+
+    def tokens(self, encoder, image: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
+        """(final-normed patch tokens of the chosen layer ``[B, N, D]``, query ``[B, D]``)."""
+        with torch.no_grad():
+            out = encoder(image, audio, return_layers=True)
+            patches = encoder.image.norm(out.layers[self.chosen][0])
+            query = out.fusion if self.cfg.localization.embedding == "fusion" else out.audio
+        return patches, query.mean(1)
+
+    def forward(self, encoder, head, image: Tensor, audio: Tensor, train: bool = False) -> Tensor:
+        """Training: ``[B img, B aud]`` pair scores (max patch similarity / temperature);
+        scoring: ``[B, S, S]`` similarity maps at frame resolution."""
+        patches, query = self.tokens(encoder, image, audio)
+        if head is not None:
+            patches, query = head(patches, query)
+        if train:
+            return torch.einsum("bnd,cd->bcn", patches, query).amax(-1) / TEMPERATURE
+        sim = torch.einsum("bnd,bd->bn", F.normalize(patches, dim=-1), F.normalize(query, dim=-1))
+        grid = sim.view(-1, 1, self.grid, self.grid)
+        size = (self.size, self.size)
+        return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+    def loss(self, engine, batch: dict) -> Tensor:
+        """EZ-VSL's symmetric InfoNCE: each clip's own frame wins over the batch's others."""
+        scores = engine(*self.inputs(batch), train=True).float()
+        target = torch.arange(len(scores), device=scores.device)
+        return (F.cross_entropy(scores, target) + F.cross_entropy(scores.T, target)) / 2
+
+    def heatmap(self, module: nn.Module, batch: dict) -> Tensor:
+        return module(*self.inputs(batch))
+
+
 def run(cfg: EvalConfig, info: DistInfo) -> dict:
-    r = DenseRun(cfg, info)
-    r.layer(cfg.localization.layer)
-    r.encoder.requires_grad_(False)
-    r.encoder.eval()
     variant = cfg.localization.trained
     if variant == "masks":
-        model = train_avs(r, frozen=True)
-    else:
-        model = DenseModel(
-            r.encoder,
-            Projections(r.mcfg.embed_dim).to(info.device) if variant == "contrastive" else None,
+        task, engine = avs.train(cfg, info, frozen=True)
+        module, folder, step, predict = (
+            engine.module,
+            engine.folder,
+            engine.progress.step,
+            task.probabilities,
         )
-    if variant == "contrastive":
-        spec = DenseSpec(r.size, r.audio, train=True)
-        r.train(model, spec, lambda m, batch: _contrastive_loss(r, getattr(m, "module", m), batch))
-    return _evaluate(r, model)
-
-
-def _tokens(r: DenseRun, batch: dict) -> tuple[Tensor, Tensor]:
-    """(final-normed patch tokens of the chosen layer ``[B, N, D]``, query embedding ``[B, D]``)."""
-    with torch.no_grad():
-        out = r.encoder(r.image(batch), batch["audio"].to(r.info.device), return_layers=True)
-        patches = r.encoder.image.norm(out.layers[r.layer(r.cfg.localization.layer)][0])
-        query = (out.fusion if r.cfg.localization.embedding == "fusion" else out.audio).mean(1)
-    return patches, query
-
-
-def _contrastive_loss(r: DenseRun, model: DenseModel, batch: dict) -> Tensor:
-    patches, query = model.head(*_tokens(r, batch))
-    scores = torch.einsum("bnd,cd->bcn", patches, query).amax(-1) / TEMPERATURE  # [B img, B aud]
-    target = torch.arange(len(scores), device=scores.device)
-    return (F.cross_entropy(scores, target) + F.cross_entropy(scores.T, target)) / 2
-
-
-def heatmap(r: DenseRun, model: DenseModel, batch: dict) -> Tensor:
-    """``[B, S, S]`` similarity map at frame resolution."""
-    if isinstance(model.head, AVSHead):
-        with torch.no_grad():
-            return torch.sigmoid(
-                avs_logits(model, r, [r.layer(i) for i in r.cfg.avs.layers], batch)
-            ).cpu()
-    patches, query = _tokens(r, batch)
-    if model.head is not None:
-        with torch.no_grad():
-            patches, query = model.head(patches, query)
-    sim = torch.einsum("bnd,bd->bn", F.normalize(patches, dim=-1), F.normalize(query, dim=-1))
-    grid = sim.view(-1, 1, r.grid, r.grid)
-    return F.interpolate(grid, size=(r.size, r.size), mode="bilinear", align_corners=False)[
-        :, 0
-    ].cpu()
-
-
-def _evaluate(r: DenseRun, model: DenseModel) -> dict:
-    return r.score_masked_frames(
-        lambda batch: heatmap(r, model, batch),
+    else:
+        torch.manual_seed(cfg.train.seed)
+        enc = load_encoder(cfg.encoder)
+        task = Localization(cfg, info, enc, trained=variant == "contrastive")
+        folder = run_folder(cfg, info, enc)
+        if variant == "contrastive":
+            engine = Engine(cfg.engine_spec(), info, task, folder)
+            engine.fit()
+            module, step = engine.module, engine.progress.step
+        else:  # training-free: nothing to train, the map is the encoder's
+            folder.start(None, {"world_size": info.world_size})
+            module, step = task.model().to(info.device), 0
+        predict = task.heatmap
+    metrics, shown = score_frames(
+        task,
+        module,
+        predict,
         LocalizationMeter,
-        r.cfg.localization.prior_sigma,
-        r.cfg.localization.artifacts,
-        heatmap_grid,
-        "localization_heatmaps.png",
+        cfg.localization.prior_sigma,
+        cfg.localization.artifacts,
     )
+    return avs.finish(folder, step, metrics, shown, heatmap_grid, "localization_heatmaps.png")

@@ -1,23 +1,26 @@
 """Sound separation, mix-and-separate with two sources (REFERENCE.md §8), scored with BSS Eval
 (mir_eval) next to two baselines measured in the same run.
 
-Training (per batch): waveform windows ``w`` (3 s at the frame time) and frames; partner =
-the batch rolled by one; mixture = ``w + partner`` (exact sum) → mixture log-mel from the mixed
-waveform (on the training device) → encoder(frame of source 1, mixture mel) → SeparationHead
-(the release's UNet) over the audio states of ``separation.layers`` conditioned on the image
-tokens → weighted BCE against the release's ratio target. The audio-only baseline trains the same head with zero
-visual conditioning and a blank frame (so no picture reaches the early-fusion encoder).
-Scoring (centre frame of each test clip, pairs (i, i+1) within a batch): each source's estimate
-= iSTFT(mel mask → STFT bins × mixture STFT); SDR / SIR / SAR of both sources (no permutation),
-averaged; pairs with a near-silent reference (mean power < ``separation.silence``) are skipped.
-Baselines: the mixture as both estimates; the audio-only head.
+Training (per batch, on the engine): waveform windows ``w`` under a random frame's time; partner
+= the batch rolled by one; mixture = ``w + partner`` (exact sum) → mixture log-mel from the mixed
+waveform → encoder(frame of source 1, mixture mel) → SeparationHead over the audio states of
+``separation.layers`` conditioned on the image tokens → weighted BCE against the release's ratio
+target. The audio-only baseline (``audio_only``) trains the same head on its own copy of the
+encoder with zero visual conditioning and a blank frame (no picture reaches the early fusion).
+Scoring: test pairs from ``separation.pairs`` (a CSV of ``key_a,key_b``) or, without one, a seeded
+draw of pairs from different classes; each rank scores every W-th pair (the partner clips other
+ranks hold are exchanged once); the centre frame of each clip; each source's estimate =
+iSTFT(mel mask → STFT bins × mixture STFT). Baselines: the mixture as both estimates; the
+audio-only model.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
+import logging
+import random
 import warnings
-from functools import partial
 
 import mir_eval
 import numpy as np
@@ -25,113 +28,213 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avbase.errors import AvfusionError
 from model.heads_dense import SeparationHead
-from pipeline.data.dense import DenseSpec, batches, dense_items
+from pipeline.data.augment import normalise
+from pipeline.data.dense import DenseSpec
+from pipeline.engine.checkpoint import gather_objects
 from pipeline.engine.distributed import DistInfo
+from pipeline.engine.loop import Engine
+from pipeline.eval.avs import finish
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_loop import DenseModel, DenseRun
+from pipeline.eval.dense import DenseTask, all_reduce_sums, dense_loader, scoring_batches, to_uint8
+from pipeline.eval.encoder import LoadedEncoder, load_encoder
 from pipeline.eval.figures import spectrogram_grid
+from pipeline.eval.run import run_folder
 from pipeline.eval.separation_audio import mix, model_input, ratio_target, separate, stft
 
+log = logging.getLogger("avfusion.eval")
 METRICS = ("sdr", "sir", "sar")
+ROWS = ("model", "mixture", "audio_only")  # what is scored, in the order of the sums' rows
+
+
+class Separation(DenseTask):
+    """Encoder + SeparationHead (``visual``) or the audio-only baseline (blank frame, no tiles)."""
+
+    def __init__(self, cfg: EvalConfig, info: DistInfo, enc: LoadedEncoder, visual: bool):
+        enc.encoder.requires_grad_(not cfg.separation.frozen)
+        mcfg = enc.config
+        head = SeparationHead(mcfg.embed_dim, mcfg.audio_grid).to(info.device)
+        spec = DenseSpec(waveform=True)
+        super().__init__(cfg, info, enc, head, spec, name="model" if visual else "audio_only")
+        self.visual, self.layers = visual, [self.layer(i) for i in cfg.separation.layers]
+        self.fe = mcfg.frontend
+
+    def forward(self, encoder, head, image: Tensor, mixture: Tensor) -> Tensor:
+        """image ``[B, 3, S, S]``, mixture waveform ``[B, n]`` → mask logits ``[B, F, T]``."""
+        if not self.visual:
+            image = torch.zeros_like(image)
+        out = encoder(image, model_input(mixture, self.fe).to(image.dtype), return_layers=True)
+        return head([out.layers[i][1] for i in self.layers], out.image if self.visual else None)[
+            :, 0
+        ]
+
+    def loss(self, engine, batch: dict) -> Tensor:
+        wave = batch["wave"].to(self.info.device)
+        mixture = mix(wave, wave.roll(1, 0))
+        target, weight = ratio_target(
+            model_input(wave, self.fe)[:, 0], model_input(mixture, self.fe)[:, 0]
+        )
+        image = batch["image"].to(self.info.device, self.dtype)
+        logits = engine(image, mixture).float()
+        return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+
+    @torch.no_grad()
+    def estimate(self, module: nn.Module, image: Tensor, mixture: Tensor) -> Tensor:
+        """The waveform of the source shown in ``image`` ``[B, n]``, separated from ``mixture``."""
+        mask = torch.sigmoid(module(image.to(self.dtype), mixture).float())
+        return separate(mask, mixture, self.fe)
 
 
 def run(cfg: EvalConfig, info: DistInfo) -> dict:
-    r = DenseRun(cfg, info)
-    layers = [r.layer(i) for i in cfg.separation.layers]
-    grid = r.mcfg.audio_grid
-    r.encoder.requires_grad_(not cfg.separation.frozen)
-    blank = copy.deepcopy(r.encoder)
-    models = {
-        name: DenseModel(
-            enc,
-            SeparationHead(r.mcfg.embed_dim, grid).to(info.device),
-        )
-        for name, enc in (("model", r.encoder), ("audio_only", blank))
-    }
-    spec = DenseSpec(r.size, r.audio, waveform=True, train=True)
-    for name, model in models.items():
-        r.train(model, spec, partial(_loss, r, layers, name == "model"), name=name)
-    return _evaluate(r, models, layers)
-
-
-def _mask_logits(
-    r: DenseRun, m: nn.Module, layers: list[int], image: Tensor, mixture: Tensor, visual: bool
-) -> Tensor:
-    """``[B, n_mels, window_frames]`` mask logits for the source shown in ``image``."""
-    m = getattr(m, "module", m)
-    if not visual:
-        image = torch.zeros_like(image)
-    out = m.encoder(image, model_input(mixture, r.audio), return_layers=True)
-    return m.head([out.layers[i][1] for i in layers], out.image if visual else None)[:, 0]
-
-
-def _loss(r: DenseRun, layers: list[int], visual: bool, m: nn.Module, batch: dict) -> Tensor:
-    wave = batch["wave"].to(r.info.device)
-    mixture = mix(wave, wave.roll(1, 0))
-    target, weight = ratio_target(
-        model_input(wave, r.audio)[:, 0], model_input(mixture, r.audio)[:, 0]
+    torch.manual_seed(cfg.train.seed)  # heads (and random-encoder) init
+    enc = load_encoder(cfg.encoder)
+    blank = LoadedEncoder(copy.deepcopy(enc.encoder), enc.config, enc.pretrain_run_id, enc.source)
+    folder = run_folder(cfg, info, enc)
+    models = {}
+    for visual, source in ((True, enc), (False, blank)):
+        task = Separation(cfg, info, source, visual)
+        engine = Engine(cfg.engine_spec(), info, task, folder)
+        engine.fit()
+        models[task.name] = (task, engine.module)
+    scored = score(cfg, info, models)
+    return finish(
+        folder, engine.progress.step, *scored, spectrogram_grid, "separation_spectrograms.png"
     )
-    logits = _mask_logits(r, m, layers, r.image(batch), mixture, visual)
-    return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
 
 
-@torch.no_grad()
-def _evaluate(r: DenseRun, models: dict[str, DenseModel], layers: list[int]) -> dict:
-    cfg = r.cfg
-    spec = DenseSpec(r.size, r.audio, waveform=True, centre_frame=True)
-    sums = torch.zeros(3, 1 + len(METRICS), dtype=torch.float64)  # model, mixture, audio-only
+# -- scoring --------------------------------------------------------------------------------
+
+
+def score(cfg: EvalConfig, info: DistInfo, models: dict) -> tuple[dict, list]:
+    """SDR / SIR / SAR of the model, the mixture and the audio-only model over the test pairs."""
+    task = models["model"][0]
+    clips = test_clips(cfg, info, task)
+    pairs, how = test_pairs(cfg, gather_objects([(k, c[2]) for k, c in clips.items()]))
+    mine = pairs[info.rank :: info.world_size]
+    clips = exchange(clips, mine, pairs, info)
+    sums = torch.zeros(len(ROWS), 1 + len(METRICS), dtype=torch.float64)
     shown = []
-    bs = max(2, cfg.data.test_batch_size or cfg.data.batch_size)
-    for batch in batches(dense_items(cfg.data.test, spec, r.info.rank, r.info.world_size), bs):
-        if len(batch["key"]) < 2:
-            continue
-        wave = batch["wave"].to(r.info.device)
-        partner = wave.roll(-1, 0)
-        mixture = mix(wave, partner)
-        image = r.image(batch)
-        est = {
-            name: [
-                separate(
-                    torch.sigmoid(_mask_logits(r, m, layers, img, mixture, name == "model")),
-                    mixture,
-                    r.audio,
-                )
-                for img in (image, image.roll(-1, 0))
-            ]
-            for name, m in models.items()
-        }
-        for i in range(len(wave)):
-            refs = torch.stack([wave[i], partner[i]]).cpu().numpy()
-            if (refs**2).mean(1).min() < cfg.separation.silence:
-                continue
-            for row, pair in enumerate((est["model"], [mixture, mixture], est["audio_only"])):
-                sums[row] += _bss(refs, torch.stack([pair[0][i], pair[1][i]]).cpu().numpy())
-            if len(shown) < cfg.separation.artifacts:
+    for module in (m for _, m in models.values()):
+        module.eval()
+    for lo in range(0, len(mine), cfg.data.test.batch_size):
+        batch = mine[lo : lo + cfg.data.test.batch_size]
+        refs, ests, mixture = pair_estimates(batch, clips, models, info.device)
+        for i in range(len(batch)):
+            for row, est in enumerate(ests):
+                sums[row] += bss(refs[i], est[i], cfg.separation.silence)
+            if info.is_main and len(shown) < cfg.separation.artifacts:
                 shown.append(
-                    tuple(_log_spec(x, r) for x in (mixture[i], est["model"][0][i], wave[i]))
+                    tuple(_log_spec(x, task) for x in (mixture[i], ests[0][i][0], refs[i][0]))
                 )
-    sums = r.reduce(sums)
+    sums = all_reduce_sums(sums, info.device)
     if sums[0, 0] == 0:
-        raise ValueError("separation: no test pair with two non-silent references to score")
+        raise AvfusionError("separation: no test pair with two non-silent sources to score")
     means = (sums[:, 1:] / sums[:, :1]).tolist()
     metrics = dict(zip(METRICS, means[0], strict=True))
     metrics.update({f"baseline_{k}": v for k, v in zip(METRICS, means[1], strict=True)})
     metrics.update({f"baseline_audio_only_{k}": v for k, v in zip(METRICS, means[2], strict=True)})
-    figures = (
-        [spectrogram_grid(shown, r.out / "separation_spectrograms.png")]
-        if r.info.is_main and shown
-        else []
+    metrics.update(pairs=int(sums[0, 0]), pairs_listed=len(pairs))
+    log.info("separation: %d test pairs (%s); %d scored", len(pairs), how, int(sums[0, 0]))
+    return metrics, shown
+
+
+def test_clips(cfg: EvalConfig, info: DistInfo, task: Separation) -> dict[str, tuple]:
+    """This rank's share of ``data.test``: key → (frame uint8 ``[3, S, S]``, centre waveform
+    window ``[n]``, label)."""
+    loader = dense_loader(cfg, info, task.mcfg, DenseSpec(waveform=True, centre_frame=True), False)
+    clips = {}
+    for batch in scoring_batches(loader):
+        pictures = to_uint8(batch["image"], task.mcfg.image)
+        for row, j in enumerate(batch["sample"].tolist()):
+            label = batch["label"][j]
+            clips[batch["key"][j]] = (pictures[row], batch["wave"][row].cpu(), int(label))
+    return clips
+
+
+def test_pairs(cfg: EvalConfig, ranks: list[list[tuple[str, int]]]) -> tuple[list, str]:
+    """The scored pairs ``[(key_a, key_b)]`` (the same on every rank) and how they were chosen."""
+    labels = dict(kv for part in ranks for kv in part)
+    path = cfg.separation.pairs
+    if path:
+        pairs = read_pairs(path)
+        missing = sorted({k for p in pairs for k in p} - labels.keys())
+        if missing:
+            raise AvfusionError(
+                f"{path}: {len(missing)} keys are not in data.test (first: {missing[0]!r})"
+            )
+        return pairs, f"listed in {path}"
+    keys = sorted(labels)
+    random.Random(cfg.train.seed).shuffle(keys)
+    pairs, pool = [], list(keys)
+    while pool:
+        a = pool.pop(0)
+        b = next((k for k in pool if labels[k] != labels[a]), None)
+        if b is not None:
+            pool.remove(b)
+            pairs.append((a, b))
+    return pairs, f"drawn with seed {cfg.train.seed}, sources of different classes"
+
+
+def read_pairs(path: str) -> list[tuple[str, str]]:
+    """``key_a,key_b`` rows (a header row is skipped; blank lines ignored)."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(x.strip() for x in r)]
+    except OSError as e:
+        raise AvfusionError(f"separation.pairs: {path}: {e.strerror or e}") from None
+    if rows and rows[0][:2] == ["key_a", "key_b"]:
+        rows = rows[1:]
+    bad = next((i for i, r in enumerate(rows, 1) if len(r) < 2), None)
+    if bad is not None:
+        raise AvfusionError(f"{path}: line {bad}: expected key_a,key_b")
+    return [(r[0].strip(), r[1].strip()) for r in rows]
+
+
+def exchange(clips: dict, mine: list, pairs: list, info: DistInfo) -> dict:
+    """This rank's clips plus the ones its pairs need from other ranks (one all-gather of only
+    the clips some other rank's pairs name)."""
+    if info.world_size == 1:
+        return clips
+    needed_elsewhere = {
+        k for j, pair in enumerate(pairs) if j % info.world_size != info.rank for k in pair
+    }
+    shared = {k: v for k, v in clips.items() if k in needed_elsewhere}
+    merged = dict(clips)
+    for part in gather_objects(shared):
+        merged.update(part)
+    wanted = {k for pair in mine for k in pair}
+    return {k: v for k, v in merged.items() if k in wanted}
+
+
+def pair_estimates(batch: list, clips: dict, models: dict, device) -> tuple:
+    """References ``[P, 2, n]`` (numpy), estimates per row of :data:`ROWS` ``[P, 2, n]`` and the
+    mixtures ``[P, n]`` of the pairs in ``batch``."""
+    task = models["model"][0]
+    a, b = ([clips[p[i]] for p in batch] for i in (0, 1))
+    wave_a, wave_b = (torch.stack([c[1] for c in x]).to(device) for x in (a, b))
+    image_a, image_b = (
+        normalise(torch.stack([c[0] for c in x]).to(device), task.mcfg.image) for x in (a, b)
     )
-    return r.finish(metrics, figures)
+    mixture = mix(wave_a, wave_b)
+    ests = [
+        torch.stack([t.estimate(m, image_a, mixture), t.estimate(m, image_b, mixture)], 1)
+        for t, m in (models["model"], models["audio_only"])
+    ]
+    ests.insert(1, torch.stack([mixture, mixture], 1))
+    refs = torch.stack([wave_a, wave_b], 1).cpu().numpy()
+    return refs, [e.cpu().numpy() for e in ests], mixture.cpu()
 
 
-def _bss(refs: np.ndarray, ests: np.ndarray) -> Tensor:
-    """[1, SDR, SIR, SAR] of one pair, averaged over its two sources.
+def bss(refs: np.ndarray, ests: np.ndarray, silence: float) -> Tensor:
+    """[1, SDR, SIR, SAR] of one pair, averaged over its two sources; zeros when a reference
+    is near-silent (mean power < ``silence``: skipped).
 
     NOTE: mir_eval 0.8 marks its separation module deprecated (removal announced for 0.9); the
     pin keeps BSS Eval v3 as the release used it, and the per-call warning is silenced here only.
     """
+    if (refs**2).mean(1).min() < silence:
+        return torch.zeros(1 + len(METRICS), dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"mir_eval\.separation\.", category=FutureWarning)
         sdr, sir, sar, _ = mir_eval.separation.bss_eval_sources(
@@ -140,5 +243,5 @@ def _bss(refs: np.ndarray, ests: np.ndarray) -> Tensor:
     return torch.tensor([1.0, sdr.mean(), sir.mean(), sar.mean()], dtype=torch.float64)
 
 
-def _log_spec(wave: Tensor, r: DenseRun) -> Tensor:
-    return torch.log10(stft(wave[None], r.audio).abs()[0].cpu() + 1e-4)
+def _log_spec(wave: Tensor, task: Separation) -> Tensor:
+    return torch.log10(stft(torch.as_tensor(wave)[None], task.fe).abs()[0].cpu() + 1e-4)

@@ -144,9 +144,15 @@ def requirement_closure(roots: list[str]) -> set[str]:
     return seen
 
 
+def shipped_packages() -> set[str]:
+    """Our top-level packages, as pyproject.toml ships them (``packages.find include``)."""
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return {pattern.rstrip("*") for pattern in found["packages"]["find"]["include"]}
+
+
 def third_party_imports() -> set[str]:
     """Top-level modules the shipped packages import, other than the standard library and ours."""
-    ours = {"preprocess", "model", "pipeline", "deploy"}
+    ours = shipped_packages()
     found = set()
     for path in (p for pkg in ours for p in (REPO / pkg).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):

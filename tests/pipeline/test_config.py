@@ -83,13 +83,13 @@ def test_generated_deepspeed_config():
     cfg = load_config(
         REPO / "configs" / "vggsound.yaml", ["data.batch_size=16", "train.precision=bf16"]
     )
-    ds = deepspeed_config(cfg, world_size=32)
+    ds = deepspeed_config(cfg.engine_spec(), world_size=32)
     assert (
         ds["train_micro_batch_size_per_gpu"],
         ds["gradient_accumulation_steps"],
         ds["train_batch_size"],
     ) == (16, 1, 512)
-    assert deepspeed_config(cfg, world_size=8)["gradient_accumulation_steps"] == 4
+    assert deepspeed_config(cfg.engine_spec(), world_size=8)["gradient_accumulation_steps"] == 4
     assert (
         ds["torch_autocast"]["enabled"] and not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     )
@@ -100,7 +100,7 @@ def test_generated_deepspeed_config():
         load_config(
             REPO / "configs" / "vggsound.yaml",
             ["data.batch_size=16", "train.precision=fp16", "optim.grad_clip=1.0"],
-        ),
+        ).engine_spec(),
         32,
     )
     assert (
@@ -109,7 +109,7 @@ def test_generated_deepspeed_config():
         and not fp16["bf16"]["enabled"]
     )
     with pytest.raises(ValueError, match="train.effective_batch_size: 512 is not a multiple"):
-        deepspeed_config(cfg, world_size=3)
+        deepspeed_config(cfg.engine_spec(), world_size=3)
 
 
 def test_model_section_is_a_preset_plus_avmae_config_fields():

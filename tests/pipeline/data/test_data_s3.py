@@ -18,7 +18,7 @@ import tests.support.s3server
 from pipeline.data import shardio
 from pipeline.data.loader import ShardReadError
 from pipeline.data.shardio import ShardStore
-from tests.pipeline.test_data_loader import (
+from tests.pipeline.data.test_data_loader import (
     ALL_KEYS,
     assert_same_batches,
     keys_of,

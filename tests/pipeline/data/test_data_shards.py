@@ -19,7 +19,7 @@ from avbase.features import FRONTENDS, ImageSpec
 from pipeline.config import DataConfig
 from pipeline.data.augment import pad_frames
 from pipeline.data.loader import build_loader
-from tests.pipeline.test_data_loader import keys_of, run_epoch
+from tests.pipeline.data.test_data_loader import keys_of, run_epoch
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))

@@ -8,10 +8,10 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.engine.checkpoint import Checkpointer, NonFiniteWeights
-from pipeline.engine.distributed import build_engine, deepspeed_config, engine_dtype
-from pipeline.engine.schedule import build_optimizer
+from pipeline.engine.distributed import DistInfo, build_engine, deepspeed_config
+from pipeline.engine.loop import compile_blocks
 from pipeline.engine.step import NonFiniteLoss, TrainStep
-from pipeline.pretrain.trainer import build_model
+from pipeline.pretrain.trainer import Pretraining
 from tests.support.hostreads import HostReadCounter
 from tests.support.procs import REPO, free_port
 
@@ -40,10 +40,24 @@ def process_group():
         dist.destroy_process_group()
 
 
-def engine_for(cfg):
-    model, pretrained = build_model(cfg)
-    optimizer = build_optimizer(model, cfg.optim, pretrained, 1e-3, CPU)
-    return build_engine(model, optimizer, cfg, 1)[0]
+INFO = DistInfo(0, 1, 0, CPU)
+
+
+def engine_for(cfg, compiled: bool = False):
+    """(DeepSpeed engine, pretraining task) as the engine loop builds them for ``cfg``."""
+    torch.manual_seed(0)
+    task = Pretraining(cfg, INFO)
+    model = task.model()
+    if compiled:
+        compile_blocks(model, cfg.train.compile_mode)
+    optimizer = task.optimizer(model, 1e-3)
+    return build_engine(model, optimizer, cfg.engine_spec(), 1)[0], task
+
+
+def steps_of(engine, task, accum: int = 1) -> TrainStep:
+    return TrainStep(
+        engine, task.step, task.losses, seed=0, accum=accum, rank=0, world_size=1, device=CPU
+    )
 
 
 def debug_cfg(*overrides: str):
@@ -57,7 +71,7 @@ def test_shipped_config_engine_honours_the_recipe(process_group, name):
     from deepspeed.runtime.config import DeepSpeedConfig
 
     cfg = load_config(REPO / "configs" / f"{name}.yaml", ["model.preset=debug"])
-    parsed = DeepSpeedConfig(deepspeed_config(cfg, 1))
+    parsed = DeepSpeedConfig(deepspeed_config(cfg.engine_spec(), 1))
     assert parsed.gradient_clipping == cfg.optim.grad_clip == 0.0
     assert not parsed.prescale_gradients and parsed.gradient_predivide_factor == 1.0
     assert not parsed.timers_config.enabled and not parsed.timers_config.synchronized
@@ -76,7 +90,7 @@ def test_shipped_config_engine_honours_the_recipe(process_group, name):
         cfg = load_config(
             REPO / "configs" / f"{name}.yaml", ["model.preset=debug", "train.precision=fp32"]
         )
-    engine = engine_for(cfg)  # fp16 has no CPU kernels: the engine is built in fp32 there
+    engine, _ = engine_for(cfg)  # fp16 has no CPU kernels: the engine is built in fp32 there
     assert engine.gradient_clipping() == 0.0
     assert not engine.tput_timer.config.enabled and not engine.wall_clock_breakdown()
 
@@ -84,18 +98,15 @@ def test_shipped_config_engine_honours_the_recipe(process_group, name):
 @pytest.mark.parametrize("stage", [0, 2])
 def test_bf16_is_autocast_over_fp32_master_weights(process_group, stage):
     cfg = debug_cfg("train.precision=bf16", f"train.zero_stage={stage}")
-    engine = engine_for(cfg)
+    engine, task = engine_for(cfg)
     if stage == 0:  # no DeepSpeed wrapper: our AdamW steps the fp32 parameters directly
         assert isinstance(engine.optimizer, torch.optim.AdamW)
     seen = []
     linear = next(m for m in engine.module.modules() if isinstance(m, torch.nn.Linear))
     linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
-    step = TrainStep(
-        engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=engine_dtype(cfg)
-    )
-    assert step.dtype == torch.float32  # inputs stay fp32; autocast casts inside the matmuls
-    step.micro(batch(engine.module), 0, 0)
+    assert task.dtype == torch.float32  # inputs stay fp32; autocast casts inside the matmuls
+    steps_of(engine, task).micro(batch(engine.module), 0, 0)
     assert seen == [torch.bfloat16]
     params = dict(engine.module.named_parameters())
     assert all(p.dtype == torch.float32 for p in params.values())
@@ -117,10 +128,12 @@ def batch(model, n: int = 2, fill: float | None = None) -> dict:
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_step_reads_nothing_back_and_totals_are_the_losses(process_group, stage):
-    engine = engine_for(debug_cfg(f"train.zero_stage={stage}"))
-    step = TrainStep(engine, seed=0, accum=2, rank=0, world_size=1, device=CPU, dtype=torch.float32)
+    engine, task = engine_for(debug_cfg(f"train.zero_stage={stage}"))
+    step, outs = steps_of(engine, task, accum=2), []
     with HostReadCounter() as counter:
-        outs = [step.micro(batch(engine.module), 0, micro) for micro in range(2)]
+        for micro in range(2):
+            step.micro(batch(engine.module), 0, micro)
+            outs.append(task.last[1])
     assert counter.count == 0
     image, audio, bad, data_s, errors = step.totals(errors=3, epoch=0)
     assert image == pytest.approx(sum(o.loss_image.item() for o in outs), rel=1e-12)
@@ -129,8 +142,8 @@ def test_step_reads_nothing_back_and_totals_are_the_losses(process_group, stage)
 
 
 def test_non_finite_loss_names_steps_and_keys(process_group):
-    engine = engine_for(debug_cfg("train.zero_stage=0"))
-    step = TrainStep(engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=torch.float32)
+    engine, task = engine_for(debug_cfg("train.zero_stage=0"))
+    step = steps_of(engine, task)
     step.micro(batch(engine.module), 4, 0)
     step.micro(batch(engine.module, fill=float("nan")), 5, 0)
     step.micro(batch(engine.module), 6, 0)  # the window keeps counting after the bad step
@@ -141,7 +154,7 @@ def test_non_finite_loss_names_steps_and_keys(process_group):
 
 
 def test_checkpoint_refuses_non_finite_weights(process_group, tmp_path):
-    engine = engine_for(debug_cfg("train.zero_stage=2"))
+    engine, _ = engine_for(debug_cfg("train.zero_stage=2"))
     with torch.no_grad():
         next(engine.module.parameters())[0] = float("inf")
     with pytest.raises(NonFiniteWeights, match="after step 3: no checkpoint written"):
@@ -154,23 +167,12 @@ def test_checkpoint_refuses_non_finite_weights(process_group, tmp_path):
 @pytest.mark.slow
 def test_compiled_blocks_train_like_eager(process_group):
     """train.compile: regionally compiled blocks under a ZeRO-2 engine give the eager losses."""
-    from pipeline.pretrain.trainer import compile_blocks
-
     curves = []
     for compiled in (False, True):
         cfg = debug_cfg("train.zero_stage=2", f"train.compile={str(compiled).lower()}")
-        torch.manual_seed(0)
-        model, pretrained = build_model(cfg)
-        if compiled:
-            compile_blocks(model, cfg.train.compile_mode)
-
-        engine, _ = build_engine(
-            model, build_optimizer(model, cfg.optim, pretrained, 1e-3, CPU), cfg, 1
-        )
-        step = TrainStep(
-            engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=torch.float32
-        )
-        curves.append([step.micro(batch(engine.module), s, 0).loss.item() for s in range(3)])
+        engine, task = engine_for(cfg, compiled)
+        step = steps_of(engine, task)
+        curves.append([step.micro(batch(engine.module), s, 0).item() for s in range(3)])
     assert curves[1] == pytest.approx(curves[0], rel=1e-4)
     assert curves[0][2] != curves[0][0]  # the weights moved between the compared steps
 
@@ -186,7 +188,7 @@ def test_resume_names_a_truncated_checkpoint_and_falls_back(
     from pipeline.engine.checkpoint import resume_candidates
     from pipeline.engine.safeload import model_states_file
 
-    engine = engine_for(debug_cfg("train.zero_stage=0"))
+    engine, task = engine_for(debug_cfg("train.zero_stage=0"))
     mcfg = engine.module.config
     loader = build_loader(
         DataConfig(shards=str(shard_set), batch_size=2, workers=0),
@@ -201,9 +203,7 @@ def test_resume_names_a_truncated_checkpoint_and_falls_back(
     state = {"step": 1, "epoch": 0, "epoch_start": 0, "samples_seen": 2}
     ck.save(1, state, loader, run_id="run-a")
     at_step1 = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
-    TrainStep(engine, seed=0, accum=1, rank=0, world_size=1, device=CPU, dtype=torch.float32).micro(
-        batch(engine.module), 1, 0
-    )
+    steps_of(engine, task).micro(batch(engine.module), 1, 0)
     ck.save(2, state | {"step": 2, "samples_seen": 4}, loader, run_id="run-a")
     states = model_states_file(tmp_path / "step00000002")
     states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])

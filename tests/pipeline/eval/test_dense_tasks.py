@@ -75,7 +75,8 @@ def _args(task: str, shards: Path, out: Path, **extra) -> list[str]:
         "encoder.preset": "debug",
         "data.train": shards,
         "data.test": shards,
-        "data.batch_size": 4,
+        "data.train.batch_size": 4,
+        "data.test.batch_size": 4,
         "train.output_dir": out,
         "tracking.enabled": "false",
         "train.log_every": 1,
@@ -132,7 +133,12 @@ def test_avs_killed_with_sigkill_resumes_to_the_same_result(dense_set, tmp_path)
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    extra = {"optim.epochs": 4, "optim.warmup_epochs": 1, "avs.oversample": 1, "data.batch_size": 2}
+    extra = {
+        "optim.epochs": 4,
+        "optim.warmup_epochs": 1,
+        "avs.oversample": 1,
+        "data.train.batch_size": 2,
+    }
     reference = _run([*AVFUSION, "eval", *_args("avs", dense_set, tmp_path / "ref", **extra)])
     out = tmp_path / "killed"
     args = _args(

@@ -15,18 +15,19 @@ from model import DeepAVFusion, get_model_config
 from model.heads.classification import AVClassifier, frequency_bias
 from pipeline.config import ConfigError
 from pipeline.data.augment import Augment, EvalView
-from pipeline.engine.optim import LARS, apply_lr, layer_decay_groups, layer_id, schedule
+from pipeline.engine.optim import LARS, layer_decay_groups, layer_id
+from pipeline.engine.schedule import LRSchedule
 from pipeline.eval import metrics as M
-from pipeline.eval.classification import (
+from pipeline.eval.classification import check_label_sets
+from pipeline.eval.config import EvalConfig, load_eval_config
+from pipeline.eval.targets import (
+    ClassificationLoss,
     EvalInputError,
-    _Loss,
-    check_label_sets,
     class_frequencies,
     mix,
     mixup_lambdas,
     soft_targets,
 )
-from pipeline.eval.config import EvalConfig, load_eval_config
 from pipeline.pretrain.probe import knn_top1, merge_features
 from preprocess import labels as L
 
@@ -103,10 +104,10 @@ def test_layer_decay_ids_and_groups_cover_every_parameter():
         g = grouped[id(p)]
         assert g["lr_scale"] == pytest.approx(0.75 ** (depth + 1 - _expected_layer(name, depth)))
         assert g["weight_decay"] == (0.05 if p.ndim > 1 else 0.0), name
-    sched = schedule(1.0, epochs=10, warmup_epochs=2)
+    sched = LRSchedule.plain(EvalConfig().optim, 256)  # lr = blr = 0.1, 60 epochs, 10 warm-up
     opt = torch.optim.AdamW(groups)
-    assert apply_lr(opt, sched, 1.0) == pytest.approx(0.5)
-    assert all(g["lr"] == pytest.approx(0.5 * g["lr_scale"]) for g in opt.param_groups)
+    assert sched.apply(opt, 5.0) == pytest.approx(0.05)  # half way through the warm-up
+    assert all(g["lr"] == pytest.approx(0.05 * g["lr_scale"]) for g in opt.param_groups)
 
 
 def test_linear_probe_trains_six_tensors_and_keeps_the_encoder_in_eval_mode():
@@ -123,12 +124,20 @@ def test_linear_probe_trains_six_tensors_and_keeps_the_encoder_in_eval_mode():
 
 
 def test_bias_init_from_class_frequencies():
+    # multi-label: 12 clips, 9 label occurrences → f = counts / occurrences (the release's
+    # class_dist), not counts / clips
     manifest = {"labels": ["a", "b", "c"], "label_counts": [6, 3, 0], "labelled_inputs": 12}
     freq = class_frequencies(manifest, "/data/train")
-    assert freq.tolist() == pytest.approx([0.5, 0.25, 0.0])
+    assert freq.tolist() == pytest.approx([2 / 3, 1 / 3, 0.0])
     bias = frequency_bias(freq)
+    f1, f2 = 2 / 3, 1 / 3
     assert bias.tolist() == pytest.approx(
-        [math.log(0.501 / 0.501), math.log(0.251 / 0.751), math.log(0.001 / 1.001)], rel=1e-5
+        [
+            math.log((f1 + 1e-3) / (1 - f1 + 1e-3)),
+            math.log((f2 + 1e-3) / (1 - f2 + 1e-3)),
+            math.log(0.001 / 1.001),
+        ],
+        rel=1e-5,
     )
     model = _classifier(frozen=False, batchnorm=False, classes=3, bias=bias)
     assert all(torch.equal(h.bias.detach(), bias) for h in model.heads.values())
@@ -166,14 +175,30 @@ def test_class_frequency_division_is_the_release_factor():
     freq = torch.tensor([0.5, 0.25, 0.25, 0.0])
     logits, target = torch.randn(5, 4), soft_targets(torch.tensor([0, 1, 2, 0, 1]), 4, False, 0.1)
     plain = torch.sum(-target[:, :3] * F.log_softmax(logits[:, :3], -1), -1).mean()
-    assert _Loss(cfg, 4, False, freq)(logits, target) == pytest.approx(
+    assert ClassificationLoss(cfg, 4, False, freq)(logits, target) == pytest.approx(
         float(plain * (1 / freq[:3]).mean())
     )
     cfg.classification.class_freq_division = False
     full = torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
-    assert _Loss(cfg, 4, False, None)(logits, target) == pytest.approx(float(full))
+    assert ClassificationLoss(cfg, 4, False, None)(logits, target) == pytest.approx(float(full))
     linear = EvalConfig(task="linear")  # default: no division for the probe
-    assert _Loss(linear, 4, False, None)(logits, target) == pytest.approx(float(full))
+    assert ClassificationLoss(linear, 4, False, None)(logits, target) == pytest.approx(float(full))
+
+
+def test_multi_label_loss_weights_each_class_by_its_inverse_frequency():
+    """The release's BCE(reduction='none') / f per class, then the mean (AudioSet-bal)."""
+    cfg = EvalConfig(task="finetune")
+    freq = torch.tensor([0.5, 0.25, 0.25, 0.0])  # the last class never occurs: dropped
+    logits = torch.tensor([[0.0, 2.0, -1.0, 5.0], [1.0, -2.0, 0.5, 5.0]])
+    target = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    # BCE(x, y) = log(1 + e^x) − x·y, element by element over the 3 seen classes
+    terms = [
+        [math.log(2), math.log(1 + math.e**2), math.log(1 + math.e**-1) + 1],
+        [math.log(1 + math.e), math.log(1 + math.e**-2) + 2, math.log(1 + math.e**0.5) - 0.5],
+    ]
+    expected = sum(t / f for row in terms for t, f in zip(row, (0.5, 0.25, 0.25), strict=True)) / 6
+    got = ClassificationLoss(cfg, 4, True, freq)(logits, target)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
 
 
 # -- metrics and views --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 from model import build_avmae
 from model.parity import apply_weight_rule
-from tests.pipeline.test_train import env, losses
+from tests.pipeline.pretrain.test_train import env, losses
 from tests.support.procs import REPO, deepspeed_module
 from tests.support.shardsets import LABELS, write_shard_set
 
@@ -63,8 +63,10 @@ def overrides(train: Path, test: Path, out: Path, **extra) -> list[str]:
         "data.train": train,
         "data.test": test,
         "train.output_dir": out,
-        "data.batch_size": 8,
-        "data.workers": 1,
+        "data.train.batch_size": 8,
+        "data.train.workers": 1,
+        "data.test.batch_size": 8,
+        "data.test.workers": 1,
         "optim.epochs": 2,
         "optim.warmup_epochs": 1,
         "optim.lr": 1.0,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.heads_dense import AVSHead
+from model.heads import AVSHead
 from pipeline.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec
@@ -49,10 +49,11 @@ def train_avs(r: DenseRun, frozen: bool = False) -> DenseModel:
 
 
 def avs_logits(m: nn.Module, r: DenseRun, layers: list[int], batch: dict) -> Tensor:
-    """``[B, S, S]`` mask logits."""
+    """``[B, S, S]`` mask logits (the release's wiring: pre-norm image states of ``layers``, the
+    last layer's pre-norm audio tokens)."""
     m = getattr(m, "module", m)
     out = m.encoder(r.image(batch), batch["audio"].to(r.info.device), return_layers=True)
-    return m.head([out.layers[i][0] for i in layers], out.audio)[:, 0]
+    return m.head.from_encoder(out, layers)[:, 0]
 
 
 def _evaluate(r: DenseRun, model: DenseModel, layers: list[int]) -> dict:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.heads_dense import AVSHead
+from model.heads import AVSHead
 from pipeline.distributed import DistInfo
 from pipeline.eval.avs import avs_logits, train_avs
 from pipeline.eval.config import EvalConfig

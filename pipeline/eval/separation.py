@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.heads_dense import SeparationHead
+from model.heads import SeparationHead
 from pipeline.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec, batches, dense_items
@@ -58,12 +58,13 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
 def _mask_logits(
     r: DenseRun, m: nn.Module, layers: list[int], image: Tensor, mixture: Tensor, visual: bool
 ) -> Tensor:
-    """``[B, n_mels, window_frames]`` mask logits for the source shown in ``image``."""
+    """``[B, n_mels, window_frames]`` mask logits for the source shown in ``image`` (the release's
+    wiring: pre-norm audio states of ``layers``, the last layer's pre-norm image tokens)."""
     m = getattr(m, "module", m)
     if not visual:
         image = torch.zeros_like(image)
     out = m.encoder(image, model_input(mixture, r.audio), return_layers=True)
-    return m.head([out.layers[i][1] for i in layers], out.image if visual else None)[:, 0]
+    return m.head.from_encoder(out, layers, visual)[:, 0]
 
 
 def _loss(r: DenseRun, layers: list[int], visual: bool, m: nn.Module, batch: dict) -> Tensor:

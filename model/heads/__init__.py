@@ -1,0 +1,20 @@
+"""Dense-task heads equal to the release's (official ``models/avsegm.py`` and
+``models/avsrcsep.py``, stoneMo/DeepAVFusion at 2768e7f): pure modules over the encoder's
+per-layer states, and the key adapter to the official task models."""
+
+from __future__ import annotations
+
+from .avs import AVSHead, release_avs_channels
+from .blocks import release_layers
+from .keys import adapt_head_keys, official_task_state_dict, split_task_state_dict
+from .separation import SeparationHead
+
+__all__ = [
+    "AVSHead",
+    "SeparationHead",
+    "adapt_head_keys",
+    "official_task_state_dict",
+    "release_avs_channels",
+    "release_layers",
+    "split_task_state_dict",
+]

@@ -4,8 +4,9 @@ BCE-with-logits on (frame, mask) pairs, scored with mIoU / F-score next to a cen
 Steps: training items (one random masked frame per sample, audio jitter, the training set passed
 ``avs.oversample`` times per epoch) → head on the image states of ``avs.layers`` and the last
 audio tokens → BCE → AdamW with layer decay → evaluation on every masked frame of ``data.test``:
-the model's sigmoid map and the centred Gaussian prior, each into a :class:`SegmentationMeter`
-→ sums over ranks → metrics + ``baseline_`` twins → overlays (frame | truth | prediction).
+the model's sigmoid map and the centred Gaussian prior, each into a :class:`SegmentationScores`
+(frames grouped by clip key, the video of ``fscore_avsbench``) → sums over ranks → metrics +
+``baseline_`` twins → overlays (frame | truth | prediction).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec
 from pipeline.eval.dense_figures import overlay_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
-from pipeline.eval.dense_metrics import SegmentationMeter
+from pipeline.eval.metrics.segmentation import SegmentationScores
 
 
 def run(cfg: EvalConfig, info: DistInfo) -> dict:
@@ -59,7 +60,8 @@ def avs_logits(m: nn.Module, r: DenseRun, layers: list[int], batch: dict) -> Ten
 def _evaluate(r: DenseRun, model: DenseModel, layers: list[int]) -> dict:
     return r.score_masked_frames(
         lambda batch: torch.sigmoid(avs_logits(model, r, layers, batch)).cpu(),
-        SegmentationMeter,
+        SegmentationScores,
+        lambda scores, prob, batch: scores.update(prob, batch["mask"], batch["key"]),
         r.cfg.avs.prior_sigma,
         r.cfg.avs.artifacts,
         overlay_grid,

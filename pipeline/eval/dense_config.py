@@ -29,7 +29,7 @@ class SeparationConfig:
         default_factory=lambda: [11, 8, 5, 2, 0]
     )  # audio layers, finest scale first (release: deepest → finest, the last at the UNet bottom)
     frozen: bool = False  # train the heads only (the release fine-tunes the encoder too)
-    silence: float = 1e-5  # references below this mean power are skipped
+    silence: float = 1e-5  # skip a pair when a reference or estimate has energy Σx² below this
     artifacts: int = 4  # spectrogram panels logged
 
 

@@ -25,8 +25,8 @@ from model.presets import AudioFrontend, get_frontend
 from pipeline.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
-from pipeline.eval.dense_metrics import centred_prior
 from pipeline.eval.encoder import LoadedEncoder, load_encoder
+from pipeline.eval.metrics.baselines import centred_prior
 from pipeline.eval.optim import apply_lr, layer_decay_groups, schedule
 from pipeline.tracking import Tracker
 
@@ -163,13 +163,15 @@ class DenseRun:
         self,
         predict: Callable[[dict], Tensor],
         meter: type,
+        update: Callable[[object, Tensor, dict], None],
         sigma: float,
         shown_max: int,
         draw: Callable[[list[tuple], Path], Path],
         figure: str,
     ) -> dict:
-        """Score ``predict(batch) → [B, S, S]`` and the centred prior (``sigma``) with ``meter`` on
-        every masked frame of ``data.test``; sums over ranks; ``draw`` the first frames; finish."""
+        """Score ``predict(batch) → [B, S, S]`` and the centred prior (``sigma``) with accumulators
+        ``meter()`` fed by ``update(accumulator, prediction, batch)`` on every masked frame of
+        ``data.test``; sums over ranks; ``draw`` the first frames; finish."""
         cfg = self.cfg
         meters = {"model": meter(), "baseline": meter()}
         shown: list[tuple] = []
@@ -181,10 +183,8 @@ class DenseRun:
         )
         for batch in batches(items, cfg.data.test_batch_size or cfg.data.batch_size):
             pred = predict(batch)
-            meters["model"].update(pred, batch["mask"])
-            meters["baseline"].update(
-                centred_prior(len(pred), self.size, self.size, sigma), batch["mask"]
-            )
+            update(meters["model"], pred, batch)
+            update(meters["baseline"], centred_prior(len(pred), self.size, self.size, sigma), batch)
             shown += list(zip(batch["image"], batch["mask"], pred, strict=True))[
                 : shown_max - len(shown)
             ]

@@ -26,7 +26,7 @@ from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec
 from pipeline.eval.dense_figures import heatmap_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
-from pipeline.eval.dense_metrics import LocalizationMeter
+from pipeline.eval.metrics.localization import LocalizationScores
 
 PROJ_DIM, TEMPERATURE = 128, 0.07
 
@@ -98,7 +98,8 @@ def heatmap(r: DenseRun, model: DenseModel, batch: dict) -> Tensor:
 def _evaluate(r: DenseRun, model: DenseModel) -> dict:
     return r.score_masked_frames(
         lambda batch: heatmap(r, model, batch),
-        LocalizationMeter,
+        LocalizationScores,
+        lambda scores, heat, batch: scores.update(heat, batch["mask"]),
         r.cfg.localization.prior_sigma,
         r.cfg.localization.artifacts,
         heatmap_grid,

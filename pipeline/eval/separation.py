@@ -8,19 +8,17 @@ waveform (on the training device) → encoder(frame of source 1, mixture mel) �
 tokens → weighted BCE against the release's ratio target. The audio-only baseline trains the same head with zero
 visual conditioning and a blank frame (so no picture reaches the early-fusion encoder).
 Scoring (centre frame of each test clip, pairs (i, i+1) within a batch): each source's estimate
-= iSTFT(mel mask → STFT bins × mixture STFT); SDR / SIR / SAR of both sources (no permutation),
-averaged; pairs with a near-silent reference (mean power < ``separation.silence``) are skipped.
+= iSTFT(mel mask → STFT bins × mixture STFT); :class:`SeparationScores` (BSS Eval of both sources,
+no permutation; a pair is skipped when a reference or an estimate has energy below
+``separation.silence``, per scored system) → ``sdr``, ``sir``, ``sar``, ``pairs``.
 Baselines: the mixture as both estimates; the audio-only head.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
 from functools import partial
 
-import mir_eval
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,9 +29,11 @@ from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec, batches, dense_items
 from pipeline.eval.dense_figures import spectrogram_grid
 from pipeline.eval.dense_loop import DenseModel, DenseRun
+from pipeline.eval.metrics.separation import SeparationScores
 from pipeline.eval.separation_audio import mix, model_input, ratio_target, separate, stft
 
-METRICS = ("sdr", "sir", "sar")
+# reported name → estimates: the model, the mixture as both estimates, the audio-only head
+SYSTEMS = {"model": "model", "baseline": "baseline", "baseline_audio_only": "audio_only"}
 
 
 def run(cfg: EvalConfig, info: DistInfo) -> dict:
@@ -81,7 +81,7 @@ def _loss(r: DenseRun, layers: list[int], visual: bool, m: nn.Module, batch: dic
 def _evaluate(r: DenseRun, models: dict[str, DenseModel], layers: list[int]) -> dict:
     cfg = r.cfg
     spec = DenseSpec(r.size, r.audio, waveform=True, centre_frame=True)
-    sums = torch.zeros(3, 1 + len(METRICS), dtype=torch.float64)  # model, mixture, audio-only
+    scores = {name: SeparationScores(cfg.separation.silence) for name in SYSTEMS}
     shown = []
     bs = max(2, cfg.data.test_batch_size or cfg.data.batch_size)
     for batch in batches(dense_items(cfg.data.test, spec, r.info.rank, r.info.world_size), bs):
@@ -102,43 +102,25 @@ def _evaluate(r: DenseRun, models: dict[str, DenseModel], layers: list[int]) -> 
             ]
             for name, m in models.items()
         }
-        for i in range(len(wave)):
-            refs = torch.stack([wave[i], partner[i]]).cpu().numpy()
-            if (refs**2).mean(1).min() < cfg.separation.silence:
-                continue
-            for row, pair in enumerate((est["model"], [mixture, mixture], est["audio_only"])):
-                sums[row] += _bss(refs, torch.stack([pair[0][i], pair[1][i]]).cpu().numpy())
-            if len(shown) < cfg.separation.artifacts:
-                shown.append(
-                    tuple(_log_spec(x, r) for x in (mixture[i], est["model"][0][i], wave[i]))
-                )
-    sums = r.reduce(sums)
-    if sums[0, 0] == 0:
-        raise ValueError("separation: no test pair with two non-silent references to score")
-    means = (sums[:, 1:] / sums[:, :1]).tolist()
-    metrics = dict(zip(METRICS, means[0], strict=True))
-    metrics.update({f"baseline_{k}": v for k, v in zip(METRICS, means[1], strict=True)})
-    metrics.update({f"baseline_audio_only_{k}": v for k, v in zip(METRICS, means[2], strict=True)})
+        est["baseline"] = [mixture, mixture]
+        refs = torch.stack((wave, partner), 1)  # [B, 2, T]
+        for name, system in SYSTEMS.items():
+            scores[name].update(refs, torch.stack(est[system], 1))
+        shown += [
+            tuple(_log_spec(x, r) for x in (mixture[i], est["model"][0][i], wave[i]))
+            for i in range(min(len(wave), cfg.separation.artifacts - len(shown)))
+        ]
+    metrics = {}
+    for name, acc in scores.items():
+        acc.sums = r.reduce(acc.sums)
+        prefix = "" if name == "model" else f"{name}_"
+        metrics.update({prefix + k: v for k, v in acc.result().items()})
     figures = (
         [spectrogram_grid(shown, r.out / "separation_spectrograms.png")]
         if r.info.is_main and shown
         else []
     )
     return r.finish(metrics, figures)
-
-
-def _bss(refs: np.ndarray, ests: np.ndarray) -> Tensor:
-    """[1, SDR, SIR, SAR] of one pair, averaged over its two sources.
-
-    NOTE: mir_eval 0.8 marks its separation module deprecated (removal announced for 0.9); the
-    pin keeps BSS Eval v3 as the release used it, and the per-call warning is silenced here only.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"mir_eval\.separation\.", category=FutureWarning)
-        sdr, sir, sar, _ = mir_eval.separation.bss_eval_sources(
-            refs, ests, compute_permutation=False
-        )
-    return torch.tensor([1.0, sdr.mean(), sir.mean(), sar.mean()], dtype=torch.float64)
 
 
 def _log_spec(wave: Tensor, r: DenseRun) -> Tensor:

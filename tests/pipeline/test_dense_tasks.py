@@ -110,13 +110,14 @@ def test_localization_two_ranks_equal_one_and_the_prior_is_scored_independently(
 ):
     from model.presets import get_frontend
     from pipeline.eval.dense_data import DenseSpec, dense_items
-    from pipeline.eval.dense_metrics import LocalizationMeter, centred_prior
+    from pipeline.eval.metrics.baselines import centred_prior
+    from pipeline.eval.metrics.localization import LocalizationScores
 
     free = {"localization.trained": "none"}  # training-free: no training noise
     one = _run([*AVFUSION, "eval", *_args("localization", dense_set, tmp_path / "one", **free)])
     two = _run(_deepspeed(_args("localization", dense_set, tmp_path / "two", **free)))
     assert one == two  # the 6 clips split 3 + 3, sums reduced
-    meter = LocalizationMeter()
+    meter = LocalizationScores()
     for item in dense_items(
         str(dense_set), DenseSpec(64, get_frontend("deepavfusion"), masks=True)
     ):

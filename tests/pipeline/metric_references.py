@@ -111,6 +111,13 @@ def lvs_localization(heatmaps: np.ndarray, truth: np.ndarray) -> dict[str, float
     }
 
 
+def bss(references: np.ndarray, estimates: np.ndarray) -> np.ndarray:
+    """``[3, S]``: ``bss_eval_sources(references, estimates, False)``'s SDR, SIR, SAR."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return np.stack(mir_eval.separation.bss_eval_sources(references, estimates, False)[:3])
+
+
 def release_separation(references: np.ndarray, estimates: np.ndarray) -> dict[str, float]:
     """``eval_avsrcsep.evaluate``: skip silent pairs, ``bss_eval_sources(gt, pred, False)``,
     ``np.mean`` of the per-pair arrays."""
@@ -118,9 +125,7 @@ def release_separation(references: np.ndarray, estimates: np.ndarray) -> dict[st
     for gt, pred in zip(references, estimates, strict=True):
         if np.any((gt**2).sum(-1) < 1e-5) or np.any((pred**2).sum(-1) < 1e-5):
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            s, i, a, _ = mir_eval.separation.bss_eval_sources(gt, pred, False)
+        s, i, a = bss(gt, pred)
         sdr.append(s)
         sir.append(i)
         sar.append(a)

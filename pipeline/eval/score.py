@@ -83,13 +83,19 @@ def load_arrays(path: str | Path, task: str) -> dict[str, np.ndarray]:
     """The task's arrays from ``path`` (``.npz``), checked (names, shapes, values)."""
     pred_name, truth_name, dims = ARRAYS[task]
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            names = set(npz.files)
-            arrays = {k: npz[k] for k in (pred_name, truth_name, "video") if k in names}
+        npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise ScoreInputError(f"{path}: file not found") from None
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise ScoreInputError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ScoreInputError(f"{path}: not a .npz archive of named arrays (np.savez)")
+    with npz:
+        names = set(npz.files)
+        try:
+            arrays = {k: npz[k] for k in (pred_name, truth_name, "video") if k in names}
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise ScoreInputError(f"{path}: an array cannot be read ({type(e).__name__})") from None
     for name in (pred_name, truth_name):
         if name not in arrays:
             raise ScoreInputError(

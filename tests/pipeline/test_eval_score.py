@@ -163,7 +163,12 @@ def test_bad_arrays_give_one_error_line_naming_the_array(tmp_path, capsys, task,
 
 def test_missing_and_unreadable_files(tmp_path, capsys):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    for name, message in (("nope.npz", "file not found"), ("junk.npz", "not a readable .npz")):
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    for name, message in (
+        ("nope.npz", "file not found"),
+        ("junk.npz", "not a readable .npz"),
+        ("one.npy", "not a .npz archive"),
+    ):
         assert main(["eval", "score", "--task", "avs", "--input", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / name}: {message}"), err

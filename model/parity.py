@@ -1,10 +1,12 @@
 """Compare this model with outputs recorded from the official code (``avfusion model parity``).
 
-A fixture (``shared/fixtures/parity/*.pt``, format ``deepavfusion-parity-rule-v1``) holds an
-architecture ``config``, inputs, pinned masks and the official outputs under a deterministic
-weight rule keyed by official state-dict names. We build the model the config describes, apply
-the rule, run the masked and unmasked passes with the fixture's masks and report the max
-abs / rel error of every stored output (rel = max |ours − ref| / max |ref|).
+A pre-training fixture (``shared/fixtures/parity/*.pt``, format ``deepavfusion-parity-rule-v1``)
+holds an architecture ``config``, inputs, pinned masks and the official outputs under a
+deterministic weight rule keyed by official state-dict names. We build the model the config
+describes, apply the rule, run the masked and unmasked passes with the fixture's masks and report
+the max abs / rel error of every stored output (rel = max |ours − ref| / max |ref|).
+Dense-task head fixtures (``shared/fixtures/heads/*.pt``, format
+``deepavfusion-head-parity-rule-v1``) are run by :mod:`model.parity_heads`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .checkpoints import load_official, official_state_dict
 from .presets import AVMAEConfig, ImageSpec
 
 FORMAT = "deepavfusion-parity-rule-v1"
+HEAD_FORMAT = "deepavfusion-head-parity-rule-v1"
 TOLERANCE = 1e-5  # fixture README: max |ours − fixture| for float tensors
 EXACT = ("target_image", "target_audio")  # must be equal
 
@@ -30,9 +33,12 @@ class ParityError(ValueError):
 
 
 def rule_value(key: str, shape) -> Tensor:
-    """The fixture weight rule: N(0, 1) from a generator seeded with crc32(key), then scaled."""
+    """The fixture weight rule: N(0, 1) from a generator seeded with crc32(key), then scaled
+    (BatchNorm running variances, which only the head fixtures have: exp(0.2 x))."""
     g = torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
     x = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+    if key.endswith("running_var"):
+        return torch.exp(0.2 * x)
     if len(shape) == 1:
         return 1.0 + 0.1 * x if key.endswith("weight") else 0.05 * x  # LayerNorm weight / bias
     return 0.02 * x
@@ -48,32 +54,42 @@ def apply_weight_rule(model: AVMAE) -> None:
 
 
 def load_fixture(path: str | Path) -> dict:
-    """Read a fixture file (tensors only, ``weights_only=True``), checking its format tag."""
+    """Read a fixture file (tensors only, ``weights_only=True``), checking its format tag (a
+    pre-training or a head fixture)."""
     try:
         fixture = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ParityError(f"{path}: fixture file not found") from None
     except Exception as e:
         raise ParityError(f"{path}: not a readable parity fixture ({type(e).__name__})") from None
-    if not isinstance(fixture, dict) or fixture.get("format") != FORMAT:
-        raise ParityError(f"{path}: expected a parity fixture with format {FORMAT!r}")
+    if not isinstance(fixture, dict) or fixture.get("format") not in (FORMAT, HEAD_FORMAT):
+        raise ParityError(
+            f"{path}: expected a parity fixture with format {FORMAT!r} or {HEAD_FORMAT!r}"
+        )
     return fixture
 
 
-def config_from_fixture(cfg: dict) -> AVMAEConfig:
-    """The ``AVMAEConfig`` a fixture's ``config`` describes (square image and patch sizes)."""
+def config_values(cfg: dict) -> dict:
+    """The ``AVMAEConfig`` fields a fixture's ``config`` names (square image and patch sizes as
+    one side, lists as tuples); other entries are left out."""
     if cfg.get("decoder_arch", "plain") != "plain":
         raise ValueError(f"decoder_arch {cfg['decoder_arch']!r}: only the plain decoder exists")
     values = dict(cfg)
     for key in ("image_size", "patch_size"):
-        side = values[key]
+        side = values.get(key)
         if isinstance(side, (list, tuple)):
             if len(set(side)) != 1:
                 raise ValueError(f"{key} {side}: only square sizes are supported")
             values[key] = side[0]
-    values["fusion_layers"] = str(values.get("fusion_layers", "all"))
+    if "fusion_layers" in values:
+        values["fusion_layers"] = str(values["fusion_layers"])
     names = {f.name for f in dataclasses.fields(AVMAEConfig)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+
+
+def config_from_fixture(cfg: dict) -> AVMAEConfig:
+    """The ``AVMAEConfig`` a pre-training fixture's (complete) ``config`` describes."""
+    values = config_values(cfg)
     return AVMAEConfig(**values, image=ImageSpec(size=values["image_size"]))
 
 
@@ -132,6 +148,10 @@ def flatten_tensors(tree: dict, prefix: str = "") -> dict[str, Tensor]:
 def run_fixture(path: str | Path, tolerance: float | None = None) -> dict:
     """Build, apply the rule, run, compare. Returns the report (``ok``, errors per output)."""
     fixture = load_fixture(path)
+    if fixture["format"] == HEAD_FORMAT:
+        from .parity_heads import run_head_fixture  # imports this module
+
+        return run_head_fixture(path, fixture, tolerance)
     tol = float(tolerance if tolerance is not None else fixture.get("tolerance", TOLERANCE))
     model = AVMAE(config_from_fixture(fixture["config"])).eval()
     ours_keys = sorted(

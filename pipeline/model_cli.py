@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from model.parity import TOLERANCE, ParityError, run_fixture
+from model.parity_heads import HEAD_TOLERANCE
 
 
 def register(subparsers) -> None:
@@ -18,16 +19,20 @@ def register(subparsers) -> None:
         "parity",
         help="check numeric parity with official-code fixtures",
         description="For each fixture: build the model its config describes, set the weights by "
-        "the fixture's rule, run the masked and unmasked passes with its masks (fp32, "
-        "CPU) and print one JSON line with the max abs/rel error of every output. "
-        "Exits 1 when any error exceeds the tolerance (targets must be exact).",
+        "the fixture's rule and print one JSON line. Pre-training fixtures "
+        "(shared/fixtures/parity): the masked and unmasked passes with its masks (fp32, CPU), "
+        "the max abs/rel error of every output. Dense-task head fixtures "
+        "(shared/fixtures/heads): encoder + AVS or separation head on the release's layers, "
+        "max |ours - logits| / max |logits| (rel_error). Exits 1 when any error exceeds the "
+        "tolerance (targets must be exact) or the official keys do not all map.",
     )
     p.add_argument("fixtures", nargs="+", metavar="FIXTURE", help="parity fixture .pt file(s)")
     p.add_argument(
         "--tolerance",
         type=float,
         default=None,
-        help=f"max abs error allowed (default: the fixture's, else {TOLERANCE:g})",
+        help=f"pre-training fixtures: max abs error (default: the fixture's, else {TOLERANCE:g}); "
+        f"head fixtures: max relative error (default {HEAD_TOLERANCE:g})",
     )
     p.set_defaults(func=run)
 

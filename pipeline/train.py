@@ -15,13 +15,15 @@ import sys
 from pipeline.config import load_config
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    parser: argparse.ArgumentParser | None = None, config_required: bool = True
+) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="python -m pipeline.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser.add_argument("--config", required=config_required, help="YAML run config (see configs/)")
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -16,8 +16,9 @@ Map:
   ``finetune``; targets and losses in :mod:`~pipeline.eval.targets`), :mod:`~pipeline.eval.avs`,
   :mod:`~pipeline.eval.separation` (audio in :mod:`~pipeline.eval.separation_audio`),
   :mod:`~pipeline.eval.localization`; the dense ones share :mod:`~pipeline.eval.dense`.
-- Metrics and pictures: :mod:`pipeline.eval.metrics`, :mod:`pipeline.eval.dense_metrics`,
-  :mod:`pipeline.eval.figures`.
+- Metrics, each named for its published definition: :mod:`pipeline.eval.metrics`
+  (classification, segmentation, localization, separation, baselines); ``avfusion eval score``
+  (:mod:`pipeline.eval.score`) runs them on saved predictions; pictures: :mod:`pipeline.eval.figures`.
 
 A new task: a ``Task`` subclass (model, loader from :mod:`pipeline.data`, LR schedule,
 optimizer, ``step``; ``after_epoch`` for periodic evaluations), a ``run`` that builds the engine

@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.heads_dense import AVSHead
+from model.heads import AVSHead
 from pipeline.data.dense import DenseSpec
 from pipeline.engine.distributed import DistInfo
 from pipeline.engine.loop import Engine
 from pipeline.engine.output import RunFolder
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense import DenseTask, score_frames
-from pipeline.eval.dense_metrics import SegmentationMeter
 from pipeline.eval.encoder import LoadedEncoder, load_encoder
 from pipeline.eval.figures import overlay_grid
+from pipeline.eval.metrics.segmentation import SegmentationScores
 from pipeline.eval.run import run_folder
 
 
@@ -32,17 +32,16 @@ class AVS(DenseTask):
     """Encoder + AVSHead; ``frozen``: the head alone trains (localization's ``masks`` variant)."""
 
     def __init__(self, cfg: EvalConfig, info: DistInfo, enc: LoadedEncoder, frozen: bool = False):
-        a = cfg.avs
-        head = AVSHead(enc.config.embed_dim, enc.config.image.size // enc.config.patch_size)
+        a, mcfg = cfg.avs, enc.config
+        head = AVSHead(mcfg.embed_dim, mcfg.image.size // mcfg.patch_size, a.channels)
         enc.encoder.requires_grad_(not frozen)
         spec = DenseSpec(masks=True, jitter_seconds=a.audio_jitter, augment=True)
         super().__init__(cfg, info, enc, head.to(info.device), spec)
         self.layers = [self.layer(i) for i in a.layers]
 
     def forward(self, encoder, head, image: Tensor, audio: Tensor) -> Tensor:
-        """``[B, S, S]`` mask logits."""
-        out = encoder(image, audio, return_layers=True)
-        return head([out.layers[i][0] for i in self.layers], out.audio)[:, 0]
+        """``[B, S, S]`` mask logits (the release's wiring: :meth:`AVSHead.from_encoder`)."""
+        return head.from_encoder(encoder(image, audio, return_layers=True), self.layers)[:, 0]
 
     def loss(self, engine, batch: dict) -> Tensor:
         logits = engine(*self.inputs(batch)).float()
@@ -68,9 +67,10 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
         task,
         engine.module,
         task.probabilities,
-        SegmentationMeter,
+        SegmentationScores,
         cfg.avs.prior_sigma,
         cfg.avs.artifacts,
+        by_video=True,
     )
     return finish(
         engine.folder, engine.progress.step, metrics, shown, overlay_grid, "avs_overlays.png"

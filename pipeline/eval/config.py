@@ -115,7 +115,7 @@ class SeparationConfig:
     )  # audio layers, finest scale first (release: deepest → finest, the last at the UNet bottom)
     frozen: bool = False  # train the heads only (the release fine-tunes the encoder too)
     pairs: str | None = None  # CSV of test pairs key_a,key_b; None: a seeded draw (other classes)
-    silence: float = 1e-5  # references below this mean power are skipped
+    silence: float = 1e-5  # skip a pair when a reference or estimate has energy Σx² below this
     artifacts: int = 4  # spectrogram panels logged
 
 

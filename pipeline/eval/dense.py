@@ -24,8 +24,8 @@ from pipeline.engine.loop import Task
 from pipeline.engine.optim import layer_decay_groups
 from pipeline.engine.schedule import LRSchedule
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense_metrics import centred_prior
 from pipeline.eval.encoder import LoadedEncoder
+from pipeline.eval.metrics.baselines import centred_prior
 
 
 class DenseModel(nn.Module):
@@ -152,9 +152,11 @@ def score_frames(
     meter: type,
     sigma: float,
     shown_max: int,
+    by_video: bool = False,
 ) -> tuple[dict[str, float], list[tuple]]:
     """Score ``predict(module, batch) → [rows, S, S]`` and the centred prior (``sigma``) with
-    ``meter`` on every masked frame of ``data.test`` (sums over ranks); returns the metrics with
+    ``meter`` (``update(pred, truth[, videos])``; ``by_video``: each row's sample key is its
+    video) on every masked frame of ``data.test``, sums over ranks; returns the metrics with
     their ``baseline_`` twins and the first rows (image, truth, prediction) for the figures."""
     cfg, info = task.cfg, task.info
     meters, shown = {"model": meter(), "baseline": meter()}, []
@@ -165,9 +167,10 @@ def score_frames(
         with torch.no_grad():
             for batch in scoring_batches(loader):
                 pred = predict(module, batch).float().cpu()
-                meters["model"].update(pred, batch["mask"])
                 prior = centred_prior(len(pred), task.size, task.size, sigma)
-                meters["baseline"].update(prior, batch["mask"])
+                videos = [[batch["key"][j] for j in batch["sample"].tolist()]] if by_video else []
+                meters["model"].update(pred, batch["mask"], *videos)
+                meters["baseline"].update(prior, batch["mask"], *videos)
                 if len(shown) < shown_max:
                     pictures = to_uint8(batch["image"][: shown_max - len(shown)], task.mcfg.image)
                     shown += list(zip(pictures, batch["mask"], pred, strict=False))

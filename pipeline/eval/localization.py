@@ -26,9 +26,9 @@ from pipeline.engine.loop import Engine
 from pipeline.eval import avs
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense import DenseTask, score_frames
-from pipeline.eval.dense_metrics import LocalizationMeter
 from pipeline.eval.encoder import LoadedEncoder, load_encoder
 from pipeline.eval.figures import heatmap_grid
+from pipeline.eval.metrics.localization import LocalizationScores
 from pipeline.eval.run import run_folder
 
 TEMPERATURE = 0.07
@@ -102,7 +102,7 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
         task,
         module,
         predict,
-        LocalizationMeter,
+        LocalizationScores,
         cfg.localization.prior_sigma,
         cfg.localization.artifacts,
     )

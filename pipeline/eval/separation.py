@@ -20,16 +20,13 @@ import copy
 import csv
 import logging
 import random
-import warnings
 
-import mir_eval
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avbase.errors import AvfusionError
-from model.heads_dense import SeparationHead
+from model.heads import SeparationHead
 from pipeline.data.augment import normalise
 from pipeline.data.dense import DenseSpec
 from pipeline.engine.checkpoint import gather_objects
@@ -40,11 +37,11 @@ from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense import DenseTask, all_reduce_sums, dense_loader, scoring_batches, to_uint8
 from pipeline.eval.encoder import LoadedEncoder, load_encoder
 from pipeline.eval.figures import spectrogram_grid
+from pipeline.eval.metrics.separation import SeparationScores
 from pipeline.eval.run import run_folder
 from pipeline.eval.separation_audio import mix, model_input, ratio_target, separate, stft
 
 log = logging.getLogger("avfusion.eval")
-METRICS = ("sdr", "sir", "sar")
 ROWS = ("model", "mixture", "audio_only")  # what is scored, in the order of the sums' rows
 
 
@@ -65,9 +62,7 @@ class Separation(DenseTask):
         if not self.visual:
             image = torch.zeros_like(image)
         out = encoder(image, model_input(mixture, self.fe).to(image.dtype), return_layers=True)
-        return head([out.layers[i][1] for i in self.layers], out.image if self.visual else None)[
-            :, 0
-        ]
+        return head.from_encoder(out, self.layers, self.visual)[:, 0]
 
     def loss(self, engine, batch: dict) -> Tensor:
         wave = batch["wave"].to(self.info.device)
@@ -107,36 +102,33 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
 
 
 def score(cfg: EvalConfig, info: DistInfo, models: dict) -> tuple[dict, list]:
-    """SDR / SIR / SAR of the model, the mixture and the audio-only model over the test pairs."""
+    """SDR / SIR / SAR of the model, the mixture and the audio-only model over the test pairs
+    (:class:`SeparationScores` per scored system, sums over ranks)."""
     task = models["model"][0]
     clips = test_clips(cfg, info, task)
     pairs, how = test_pairs(cfg, gather_objects([(k, c[2]) for k, c in clips.items()]))
     mine = pairs[info.rank :: info.world_size]
     clips = exchange(clips, mine, pairs, info)
-    sums = torch.zeros(len(ROWS), 1 + len(METRICS), dtype=torch.float64)
+    scores = {row: SeparationScores(cfg.separation.silence) for row in ROWS}
     shown = []
-    for module in (m for _, m in models.values()):
+    for _, module in models.values():
         module.eval()
-    for lo in range(0, len(mine), cfg.data.test.batch_size):
-        batch = mine[lo : lo + cfg.data.test.batch_size]
-        refs, ests, mixture = pair_estimates(batch, clips, models, info.device)
-        for i in range(len(batch)):
-            for row, est in enumerate(ests):
-                sums[row] += bss(refs[i], est[i], cfg.separation.silence)
-            if info.is_main and len(shown) < cfg.separation.artifacts:
-                shown.append(
-                    tuple(_log_spec(x, task) for x in (mixture[i], ests[0][i][0], refs[i][0]))
-                )
-    sums = all_reduce_sums(sums, info.device)
-    if sums[0, 0] == 0:
-        raise AvfusionError("separation: no test pair with two non-silent sources to score")
-    means = (sums[:, 1:] / sums[:, :1]).tolist()
-    metrics = dict(zip(METRICS, means[0], strict=True))
-    metrics.update({f"baseline_{k}": v for k, v in zip(METRICS, means[1], strict=True)})
-    metrics.update({f"baseline_audio_only_{k}": v for k, v in zip(METRICS, means[2], strict=True)})
-    metrics.update(pairs=int(sums[0, 0]), pairs_listed=len(pairs))
-    log.info("separation: %d test pairs (%s); %d scored", len(pairs), how, int(sums[0, 0]))
-    return metrics, shown
+    step = cfg.data.test.batch_size
+    for lo in range(0, len(mine), step):
+        refs, ests, mixture = pair_estimates(mine[lo : lo + step], clips, models, info.device)
+        for row, est in zip(ROWS, ests, strict=True):
+            scores[row].update(refs, est)
+        for i in range(min(len(refs), cfg.separation.artifacts - len(shown))):
+            spectra = (mixture[i], ests[0][i][0], refs[i][0])
+            shown.append(tuple(_log_spec(x, task) for x in spectra))
+    for s in scores.values():
+        s.sums = all_reduce_sums(s.sums, info.device)
+    metrics = {}
+    for row, prefix in zip(ROWS, ("", "baseline_", "baseline_audio_only_"), strict=True):
+        metrics.update({prefix + k: v for k, v in scores[row].result().items()})
+    metrics["pairs_listed"] = len(pairs)
+    log.info("separation: %d test pairs (%s); %d scored", len(pairs), how, metrics["pairs"])
+    return metrics, shown if info.is_main else []
 
 
 def test_clips(cfg: EvalConfig, info: DistInfo, task: Separation) -> dict[str, tuple]:
@@ -224,23 +216,6 @@ def pair_estimates(batch: list, clips: dict, models: dict, device) -> tuple:
     ests.insert(1, torch.stack([mixture, mixture], 1))
     refs = torch.stack([wave_a, wave_b], 1).cpu().numpy()
     return refs, [e.cpu().numpy() for e in ests], mixture.cpu()
-
-
-def bss(refs: np.ndarray, ests: np.ndarray, silence: float) -> Tensor:
-    """[1, SDR, SIR, SAR] of one pair, averaged over its two sources; zeros when a reference
-    is near-silent (mean power < ``silence``: skipped).
-
-    NOTE: mir_eval 0.8 marks its separation module deprecated (removal announced for 0.9); the
-    pin keeps BSS Eval v3 as the release used it, and the per-call warning is silenced here only.
-    """
-    if (refs**2).mean(1).min() < silence:
-        return torch.zeros(1 + len(METRICS), dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"mir_eval\.separation\.", category=FutureWarning)
-        sdr, sir, sar, _ = mir_eval.separation.bss_eval_sources(
-            refs, ests, compute_permutation=False
-        )
-    return torch.tensor([1.0, sdr.mean(), sir.mean(), sar.mean()], dtype=torch.float64)
 
 
 def _log_spec(wave: Tensor, task: Separation) -> Tensor:

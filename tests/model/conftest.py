@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))
 PARITY_DIR = SHARED / "fixtures" / "parity"
 PARITY_FIXTURES = sorted(PARITY_DIR.glob("*.pt"))
+HEAD_DIR = SHARED / "fixtures" / "heads"
+HEAD_FIXTURES = sorted(HEAD_DIR.glob("*.pt"))
 
 
 def debug_model(seed: int = 0, **overrides):

@@ -11,10 +11,12 @@ import torch
 
 from model import AVMAE, build_avmae, get_model_config
 from model.checkpoints import official_state_dict
+from model.heads import release_layers
 from model.parity import ParityError, apply_weight_rule, compute_outputs, load_fixture, run_fixture
+from model.parity_heads import build_task_model, task_logits
 from pipeline.model_cli import register
 
-from .conftest import PARITY_DIR, PARITY_FIXTURES
+from .conftest import HEAD_DIR, HEAD_FIXTURES, PARITY_DIR, PARITY_FIXTURES
 
 # The acceptance bar, fixed here (not read from model/parity.py or the fixture, so loosening the
 # code cannot loosen the test): max |ours − official| per float output; targets must be equal.
@@ -216,7 +218,7 @@ def test_parity_command_rejects_missing_and_foreign_files(tmp_path, capsys):
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
     for name, problem in (
         ("nope.pt", "fixture file not found"),
-        ("other.pt", "expected a parity fixture"),
+        ("other.pt", "expected a parity fixture with format"),
     ):
         assert main(["model", "parity", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -229,3 +231,67 @@ def test_library_raises_parity_error_not_exit(tmp_path):
         load_fixture(tmp_path / "junk.pt")
     with pytest.raises(ParityError, match="fixture file not found"):
         run_fixture(tmp_path / "nope.pt")
+
+
+# --------------------------------------------------------------------------------------------
+# Dense-task head fixtures (shared/fixtures/heads): encoder + AVS / separation head
+# --------------------------------------------------------------------------------------------
+
+HEAD_TOLERANCE = 1e-4  # fixture README: max |ours − logits| ≤ 1e-4 × max |logits|
+
+
+def test_head_fixtures_present():
+    assert len(HEAD_FIXTURES) >= 2, f"no head fixtures under {HEAD_DIR}"
+
+
+@pytest.fixture(scope="module", params=HEAD_FIXTURES, ids=lambda p: p.stem)
+def head_case(request):
+    """(path, fixture, encoder, head, encoder states) per head fixture, built once."""
+    fixture = load_fixture(request.param)
+    encoder, head = build_task_model(fixture)
+    with torch.no_grad():
+        out = encoder(fixture["inputs"]["image"], fixture["inputs"]["audio"], return_layers=True)
+    return request.param, fixture, encoder, head, out
+
+
+def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+@pytest.mark.slow
+def test_head_fixture_passes_through_the_command(head_case, capsys):
+    path, fixture, *_ = head_case
+    assert _run_cli(["model", "parity", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out.strip())
+    assert report["ok"] and report["task"] == fixture["task"]
+    assert report["rel_error"] <= HEAD_TOLERANCE
+    assert report["state_dict_keys_match"] and report["n_params_head_match"]
+    assert report["n_params_head"] == fixture["n_params_head"]
+
+
+@pytest.mark.slow
+def test_head_fixture_logits_and_a_miswired_head(head_case):
+    """The release's wiring reproduces the logits; feeding the final-normed tokens instead of the
+    last layer's pre-norm states (AVS: audio; separation: image) misses by far more than 1e-4."""
+    _, fixture, encoder, head, out = head_case
+    depth = len(out.layers)
+    ref = fixture["logits"]
+    with torch.no_grad():
+        right = task_logits(encoder, head, fixture["inputs"]["image"], fixture["inputs"]["audio"])
+        if fixture["task"] == "avs":
+            wrong = head([out.layers[i][0] for i in release_layers(depth, 4)], out.audio)
+        else:
+            layers = release_layers(depth, 5)[::-1]
+            wrong = head([out.layers[i][1] for i in layers], out.image)
+    assert _rel(right, ref) <= HEAD_TOLERANCE
+    assert _rel(wrong, ref) > 100 * HEAD_TOLERANCE
+
+
+@pytest.mark.slow
+def test_head_fixture_with_other_logits_fails(head_case, tmp_path, capsys):
+    path, fixture, *_ = head_case
+    shifted = {**fixture, "logits": fixture["logits"] * (1 + 1e-3)}
+    torch.save(shifted, tmp_path / path.name)
+    assert _run_cli(["model", "parity", str(tmp_path / path.name)]) == 1
+    report = json.loads(capsys.readouterr().out.strip())
+    assert not report["ok"] and report["rel_error"] > HEAD_TOLERANCE

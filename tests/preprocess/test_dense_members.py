@@ -16,6 +16,7 @@ from PIL import Image
 
 from avbase.features import get_frontend
 from avbase.members import read_flac, read_mask
+from pipeline.data.dense import DenseSpec
 from preprocess.features import log_mel
 from preprocess.synth import SAMPLE_RATE, class_pattern, synth
 
@@ -123,20 +124,42 @@ def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
             np.abs(log_mel(wave, fe).astype(np.float32) - stored).max() < 0.05
         )  # the clip's own sound
 
-    from pipeline.data.dense import DenseSpec, dense_items
+    # the loader's dense mode reads them back: every masked frame, its mask at the model's side
+    rows = list(_dense_rows(out, fe, DenseSpec(masks=True, waveform=True)))
+    assert len(rows) == 3 * 3
+    for key, row in rows:
+        raw = samples[key]
+        want = torch.from_numpy(read_mask(raw[f"f{int(row['frame']):02d}.mask.png"]))[None, None]
+        want = torch.nn.functional.interpolate(want.float(), size=(64, 64), mode="nearest")[0, 0]
+        assert torch.equal(row["mask"], want > 0.5) and row["audio"].shape == (1, 128, 192)
+        assert row["wave"].shape == (3 * fe.sample_rate,)
+    assert all("mask" not in r and "wave" not in r for _, r in _dense_rows(out, fe, DenseSpec()))
 
-    items = list(dense_items(str(out), DenseSpec(64, fe, masks=True, waveform=True)))
-    assert len(items) == 3 * 3  # every masked frame
-    for item in items:
-        raw = samples[item["key"]]
-        want = torch.from_numpy(read_mask(raw[f"f{item['frame']:02d}.mask.png"]))[
-            None, None
-        ].float()
-        want = torch.nn.functional.interpolate(want, size=(64, 64), mode="nearest")[0, 0] > 0.5
-        assert torch.equal(item["mask"], want) and item["audio"].shape == (1, 128, 192)
-        assert item["wave"].shape == (3 * fe.sample_rate,)
-    without = DenseSpec(64, fe)
-    assert all("mask" not in it and "wave" not in it for it in dense_items(str(out), without))
+
+def _dense_rows(root, fe, spec):
+    """(key, row) of every scoring row of the loader's dense mode over ``root`` (one rank)."""
+    from avbase.features import ImageSpec
+    from pipeline.config import DataConfig
+    from pipeline.data.dense import DenseTransform
+    from pipeline.data.loader import build_loader
+
+    image = ImageSpec(size=64)
+    loader = build_loader(
+        DataConfig(shards=str(root), batch_size=2, workers=0),
+        audio=fe,
+        image=image,
+        rank=0,
+        world_size=1,
+        seed=0,
+        train=False,
+        transform=DenseTransform(fe, image, spec, train=False),
+    )
+    for batch in loader:
+        for r, j in enumerate(batch["sample"].tolist()):
+            yield batch["key"][j], {k: batch[k][r] for k in DENSE_ROWS if k in batch}
+
+
+DENSE_ROWS = ("image", "audio", "frame", "mask", "wave")
 
 
 @pytest.mark.slow

@@ -94,9 +94,9 @@ def _last_json(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith('{"task"')][-1])
 
 
-def _run(cmd: list[str], timeout: float = 900) -> dict:
+def _run(cmd: list[str], timeout: float = 900, env: dict | None = None) -> dict:
     proc = subprocess.run(
-        cmd, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=timeout
+        cmd, cwd=REPO, env=env or cpu_env(), capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return _last_json(proc.stdout)
@@ -106,96 +106,158 @@ def _deepspeed(args: list[str]) -> list[str]:
     return deepspeed_module("pipeline.evaluate", *args)
 
 
+def _masks(root: Path, size: int) -> list:
+    """Every stored mask of the set, nearest-resized to the model side (read here, from the tars)."""
+    import torch
+
+    from avbase.members import read_mask
+    from avbase.shardformat import read_samples
+
+    out = []
+    for tar in sorted(root.glob("shard-*.tar")):
+        with open(tar, "rb") as f:
+            for _, members in read_samples(f):
+                for ext, data in members:
+                    if ext.endswith(".mask.png"):
+                        m = torch.from_numpy(read_mask(data))[None, None].float()
+                        resized = torch.nn.functional.interpolate(m, size=(size, size))
+                        out.append(resized[0, 0] > 0.5)
+    return out
+
+
 def test_localization_two_ranks_equal_one_and_the_prior_is_scored_independently(
     dense_set, tmp_path
 ):
-    from avbase.features import get_frontend
-    from pipeline.data.dense import DenseSpec, dense_items
-    from pipeline.eval.dense_metrics import LocalizationMeter, centred_prior
+    from pipeline.eval.metrics.baselines import centred_prior
+    from pipeline.eval.metrics.localization import LocalizationScores
 
     free = {"localization.trained": "none"}  # training-free: no training noise
     one = _run([*AVFUSION, "eval", *_args("localization", dense_set, tmp_path / "one", **free)])
     two = _run(_deepspeed(_args("localization", dense_set, tmp_path / "two", **free)))
     assert one == two  # the 6 clips split 3 + 3, sums reduced
-    meter = LocalizationMeter()
-    for item in dense_items(
-        str(dense_set), DenseSpec(64, get_frontend("deepavfusion"), masks=True)
-    ):
-        meter.update(centred_prior(1, 64, 64, 0.25), item["mask"][None])
-    want = meter.result()
+    masks = _masks(dense_set, 64)
+    scores = LocalizationScores()
+    for mask in masks:
+        scores.update(centred_prior(1, 64, 64, 0.25), mask[None])
+    want = scores.result()
+    assert one["baseline_samples"] == len(masks) == 3 * 6
     assert (one["baseline_ciou"], one["baseline_auc"]) == (
         round(want["ciou"], 4),
         round(want["auc"], 4),
     )
 
 
-def test_avs_killed_with_sigkill_resumes_to_the_same_result(dense_set, tmp_path):
+def test_dense_training_items_are_reshuffled_every_epoch(dense_set):
+    """The AVS task reads its items through the shared loader: another order in every epoch."""
+    from model.presets import get_model_config
+    from pipeline.data.dense import DenseSpec
+    from pipeline.engine.distributed import DistInfo
+    from pipeline.eval.config import load_eval_config
+    from pipeline.eval.dense import dense_loader
+
+    cfg = load_eval_config(
+        REPO / "configs" / "eval" / "debug_avs.yaml",
+        _args("avs", dense_set, dense_set / "unused")[2:] + ["data.train.workers=0"],
+    )
+    info = DistInfo(0, 1, 0, __import__("torch").device("cpu"))
+    loader = dense_loader(cfg, info, get_model_config("debug"), DenseSpec(masks=True), train=True)
+    orders = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        orders.append([k for batch in loader for k in batch["key"]])
+    assert sorted(orders[0]) == sorted(orders[1]) and len(orders[0]) == 6
+    assert orders[0] != orders[1]
+
+
+def test_avs_from_s3_accumulates_and_resumes_after_kill_9(dense_set, s3_server, tmp_path):
+    """The acceptance run of #24: shards on the tests' S3 server, effective batch = 4 × the
+    per-rank batch (accumulation 4 in the run's MLflow params), kill -9 mid-run, and the same
+    command resumes to the uninterrupted run's final numbers in the same MLflow run."""
+    import shutil
+
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    shutil.copytree(dense_set, s3_server.root / "dense" / "set")
+    s3_set = f"{s3_server.make_bucket('dense')}/set"
     extra = {
+        "data.train": s3_set,
+        "data.train.batch_size": 1,
+        "train.effective_batch_size": 4,  # 6 clips: 6 micro-batches, 1 step of 4 per epoch
         "optim.epochs": 4,
         "optim.warmup_epochs": 1,
         "avs.oversample": 1,
-        "data.train.batch_size": 2,
+        "train.save_every_steps": 1,
+        "tracking.enabled": "true",
     }
-    reference = _run([*AVFUSION, "eval", *_args("avs", dense_set, tmp_path / "ref", **extra)])
+    env = cpu_env() | s3_server.env
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    ref_args = _args("avs", dense_set, tmp_path / "ref", **extra, **{"tracking.uri": uri})
+    reference = _run([*AVFUSION, "eval", *ref_args], env=env)
     out = tmp_path / "killed"
-    args = _args(
-        "avs", dense_set, out, **extra, **{"tracking.enabled": "true", "tracking.uri": uri}
-    )
+    kill_uri = f"sqlite:///{tmp_path / 'killed.db'}"
+    args = _args("avs", dense_set, out, **extra, **{"tracking.uri": kill_uri})
     proc = subprocess.Popen(
         [*AVFUSION, "eval", *args],
         cwd=REPO,
-        env=cpu_env(),
+        env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    checkpoint, deadline = out / "dense-model.pt", time.time() + 900
-    while not checkpoint.exists():
-        assert proc.poll() is None and time.time() < deadline, (
-            "run ended before its first checkpoint"
-        )
+    latest, deadline = out / "checkpoints" / "latest", time.time() + 900
+    while not (latest.exists() and latest.read_text().strip() >= "step00000002"):
+        assert proc.poll() is None and time.time() < deadline, "run ended before step 2"
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    import torch
-
-    assert torch.load(checkpoint, weights_only=True)["epoch"] < 4, "killed after the last epoch"
-    resumed = _run([*AVFUSION, "eval", *args])
+    assert latest.read_text().strip() < "step00000004", "killed after the last step"
+    resumed = _run([*AVFUSION, "eval", *args], env=env)
     assert resumed == reference
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("avfusion-demo").experiment_id])
-    assert len(runs) == 1 and runs[0].data.metrics["eval/miou"] == resumed["miou"]
-    assert runs[0].data.metrics["eval/baseline_miou"] == resumed["baseline_miou"]
+    for db, result in ((uri, reference), (kill_uri, resumed)):
+        client = MlflowClient(db)
+        (run,) = client.search_runs([client.get_experiment_by_name("avfusion-demo").experiment_id])
+        assert run.data.params["derived.accumulation_steps"] == "4"
+        assert run.data.params["derived.effective_batch_size"] == "4"
+        assert run.data.metrics["eval/miou"] == result["miou"]
 
 
 def test_separation_trains_both_heads_and_scores_the_mixture_independently(dense_set, tmp_path):
+    """Listed pairs (separation.pairs): the mixture baseline equals mir_eval's on the clips'
+    own waveforms (the centre 3-s window of a 3-s clip is the whole clip)."""
     import mir_eval
     import numpy as np
 
-    from avbase.features import get_frontend
-    from pipeline.data.dense import DenseSpec, dense_items
+    from avbase.members import read_flac
+    from avbase.shardformat import read_samples
 
-    extra = {"optim.epochs": 2, "optim.warmup_epochs": 1}
+    waves, labels = {}, {}
+    for tar in sorted(dense_set.glob("shard-*.tar")):
+        with open(tar, "rb") as f:
+            for key, members in read_samples(f):
+                waves[key] = read_flac(dict(members)["flac"])[0]
+                labels[key] = json.loads(dict(members)["json"])["label"]
+    keys = sorted(waves)
+    pairs = [
+        (a, b) for a, b in zip(keys, keys[1:] + keys[:1], strict=True) if labels[a] != labels[b]
+    ]
+    (tmp_path / "pairs.csv").write_text("key_a,key_b\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+    extra = {
+        "optim.epochs": 2,
+        "optim.warmup_epochs": 1,
+        "separation.pairs": tmp_path / "pairs.csv",
+    }
     got = _run([*AVFUSION, "eval", *_args("separation", dense_set, tmp_path / "run", **extra)])
     assert {"sdr", "sir", "sar", "baseline_audio_only_sdr"} <= set(got)
-    assert (tmp_path / "run" / "dense-model.pt").exists()
-    assert (tmp_path / "run" / "dense-audio_only.pt").exists()
-    # the mixture baseline, computed here from the clips alone: pairs (i, i+1) within each test
-    # batch of data.batch_size (4) clips, both sources scored against the mixture
-    spec = DenseSpec(64, get_frontend("deepavfusion"), waveform=True, centre_frame=True)
-    waves = [item["wave"].numpy() for item in dense_items(str(dense_set), spec)]
+    assert got["pairs_listed"] == len(pairs) and got["baseline_pairs"] == len(pairs)
+    for name in ("model", "audio_only"):  # one engine run per trained head
+        assert (tmp_path / "run" / "checkpoints" / name / "latest").is_file()
     sdr = []
-    for start in range(0, len(waves), 4):
-        batch = waves[start : start + 4]
-        for i, w in enumerate(batch):
-            partner = batch[(i + 1) % len(batch)]
-            mixture = w + partner
-            s, _, _, _ = mir_eval.separation.bss_eval_sources(
-                np.stack([w, partner]), np.stack([mixture, mixture]), compute_permutation=False
-            )
-            sdr.append(s.mean())
-    assert got["baseline_sdr"] == round(float(np.mean(sdr)), 4)
-    assert got["sdr"] != got["baseline_sdr"] and got["sdr"] != got["baseline_audio_only_sdr"]
+    for a, b in pairs:
+        n = min(len(waves[a]), len(waves[b]), 48000)
+        ref = np.stack([waves[a][:n], waves[b][:n]])
+        mixture = ref.sum(0)
+        s, _, _, _ = mir_eval.separation.bss_eval_sources(
+            ref, np.stack([mixture, mixture]), compute_permutation=False
+        )
+        sdr.append(s.mean())
+    assert got["baseline_sdr"] == pytest.approx(float(np.mean(sdr)), abs=1e-3)

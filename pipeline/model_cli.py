@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from model.parity import TOLERANCE, ParityError, run_fixture
-from model.parity_heads import HEAD_TOLERANCE
+from model.parity.heads import HEAD_TOLERANCE
 
 
 def register(subparsers) -> None:

@@ -5,8 +5,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model import build_avmae
-from model.parity import (
-    AVMAE,
+from model.avmae import AVMAE
+from model.parity.rule import (
     apply_weight_rule,
     compute_outputs,
     config_from_fixture,

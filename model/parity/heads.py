@@ -16,17 +16,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import load_official, load_strict
-from .deepavfusion import DeepAVFusion
-from .heads import (
+from ..checkpoints import load_official, load_strict
+from ..deepavfusion import DeepAVFusion
+from ..heads import (
     AVSHead,
     SeparationHead,
     official_task_state_dict,
     release_layers,
     split_task_state_dict,
 )
-from .parity import ParityError, config_values, max_errors, rule_value
-from .presets import get_model_config
+from ..presets import get_model_config
+from .rule import ParityError, config_values, max_errors, rule_value
 
 HEAD_TOLERANCE = 1e-4  # fixture README: max |ours − logits| ≤ 1e-4 × max |logits|
 KEEP = ("pos_embed", "num_batches_tracked")  # entries the rule leaves as built

@@ -219,3 +219,51 @@ def test_resume_names_a_truncated_checkpoint_and_falls_back(
     assert str(states) in caplog.text and "expected" in caplog.text
     for name, p in engine.module.named_parameters():
         assert torch.equal(p, at_step1[name]), name
+
+
+def test_sigterm_during_a_save_waits_for_it_then_stops_with_both_checkpoints_intact(
+    process_group, shard_set, tmp_path, caplog
+):
+    """#27.1: two SIGTERMs arrive while step 2's checkpoint is being written: the save completes
+    (marker written), the second signal is logged and ignored, the run stops at that boundary
+    with Preempted (exit 143), and step 1's checkpoint still verifies."""
+    import os
+    import signal
+
+    from avbase.errors import EXIT_PREEMPTED, run_cli
+    from pipeline.engine.checkpoint import verify_marker
+    from pipeline.engine.loop import Engine
+    from pipeline.engine.output import RunFolder
+
+    cfg = debug_cfg(
+        f"data.shards={shard_set}",
+        "data.workers=0",
+        f"train.output_dir={tmp_path}",
+        "train.save_every_steps=1",
+        "train.zero_stage=0",
+        "tracking.enabled=false",
+    )
+    engine = Engine(
+        cfg.engine_spec(),
+        INFO,
+        Pretraining(cfg, INFO),
+        RunFolder(tmp_path, {}, cfg.tracking, INFO, {}),
+    )
+    save = engine.checkpoints.save
+
+    def interrupted_save(step, *args, **kwargs):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        save(step, *args, **kwargs)
+
+    engine.checkpoints.save = interrupted_save
+    with caplog.at_level("WARNING", logger="avfusion.train"):
+        assert run_cli(engine.fit) == EXIT_PREEMPTED
+    assert "already stopping" in caplog.text
+    assert engine.progress.step == 2
+    for step in (1, 2):
+        verify_marker(tmp_path / "checkpoints" / f"step{step:08d}")
+        assert (tmp_path / "checkpoints" / f"step{step:08d}" / "complete.json").is_file()
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step00000002"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # fit put the handler back

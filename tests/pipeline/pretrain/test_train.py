@@ -314,6 +314,57 @@ def test_rank_killed_stops_the_job_then_resume_continues_the_curve(
     assert steps == set(range(1, STEPS + 1))
 
 
+def test_sigterm_on_one_rank_saves_and_exits_143_then_resume_continues_the_curve(
+    reference, train_shards, mlflow_uri, tmp_path
+):
+    """#27.1: SIGTERM on rank 1 only, mid-epoch: both ranks agree at the next step boundary,
+    save a complete checkpoint there and exit 143 (the launcher passes it on) within a bounded
+    time; the same command resumes the uninterrupted curve in the same MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.engine.checkpoint import verify_marker
+
+    out = tmp_path / "preempted"
+    args = overrides(
+        train_shards, out, mlflow_uri, **{"train.max_steps": 1000, "tracking.run_name": "sigterm"}
+    )
+    proc = subprocess.Popen(
+        deepspeed_cmd(args),
+        cwd=REPO,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 600
+    while not (out / "metrics.jsonl").exists() or max(losses(out), default=0) < 1:
+        assert proc.poll() is None and time.time() < deadline, "run ended before step 1"
+        time.sleep(0.02)
+    rank_process(proc, 1).send_signal(signal.SIGTERM)
+    sent = time.time()
+    try:
+        log = proc.communicate(timeout=120)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    print(f"launcher exited {proc.returncode} {time.time() - sent:.1f} s after SIGTERM")
+    assert proc.returncode == 143, log[-3000:]
+    assert "stopping at the next step boundary" in log and "stopped by a signal at step" in log
+    stopped = int((out / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    assert 1 <= stopped < STEPS and max(losses(out)) == stopped  # mid-run, at a step boundary
+    verify_marker(out / "checkpoints" / f"step{stopped:08d}")  # complete: every file's size
+    assert (out / "checkpoints" / f"step{stopped:08d}" / "complete.json").is_file()
+    run(deepspeed_cmd(overrides(train_shards, out, mlflow_uri, **{"tracking.run_name": "sigterm"})))
+    ref, got = losses(reference), losses(out)
+    for step in range(stopped + 1, STEPS + 1):
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("avfusion-demo")
+    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'sigterm'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
 def test_nan_loss_names_step_and_batch(train_shards, tmp_path):
     proc = train_once(
         *overrides(

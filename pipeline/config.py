@@ -157,6 +157,7 @@ class EngineSpec:
     epochs: int
     grad_clip: float
     batch_key: str = "data.batch_size"  # where batch_size comes from (for error lines)
+    data_key: str = "data.shards"  # where the training set comes from (for error lines)
 
 
 @dataclass

@@ -23,8 +23,9 @@ import torch
 from pipeline.config import EngineSpec
 from pipeline.data.loader import ShardLoader
 from pipeline.engine.checkpoint import Checkpointer, check_writable, resume_candidates
-from pipeline.engine.distributed import DistInfo, accumulation_steps, build_engine
+from pipeline.engine.distributed import DistInfo, build_engine
 from pipeline.engine.output import RunFolder
+from pipeline.engine.preflight import steps_per_epoch
 from pipeline.engine.report import RunReport
 from pipeline.engine.schedule import LRSchedule
 from pipeline.engine.step import TrainStep
@@ -104,13 +105,7 @@ class Engine:
         self.spec, self.info, self.task, self.folder = spec, info, task, folder
         run = spec.train
         self.loader = task.loader()
-        self.accum = accumulation_steps(spec, info.world_size)
-        self.steps_per_epoch = len(self.loader) // self.accum
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{spec.batch_key}: {len(self.loader)} batches per rank per epoch is fewer than "
-                f"one optimizer step ({self.accum} micro-batches); use more data or a smaller batch"
-            )
+        self.accum, self.steps_per_epoch = steps_per_epoch(spec, self.loader, info.world_size)
         self.effective_batch = spec.batch_size * info.world_size * self.accum
         self.schedule = task.schedule(self.effective_batch)
         root = Path(run.output_dir) / "checkpoints" / task.name

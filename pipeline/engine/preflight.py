@@ -33,8 +33,8 @@ def steps_per_epoch(spec: EngineSpec, loader: ShardLoader, world_size: int) -> t
     steps = len(loader) // accum
     if steps == 0:
         raise ValueError(
-            f"{spec.batch_key}: {len(loader)} batches per rank per epoch is fewer than one "
-            f"optimizer step ({accum} micro-batches); use more data or a smaller batch"
+            f"{spec.data_key}: {len(loader)} batches per rank per epoch is fewer than one "
+            f"optimizer step ({accum} micro-batches); use more data or a smaller {spec.batch_key}"
         )
     return accum, steps
 

@@ -150,6 +150,7 @@ class EvalConfig:
             self.optim.epochs,
             self.optim.grad_clip,
             batch_key="data.train.batch_size",
+            data_key="data.train.shards",
         )
 
 

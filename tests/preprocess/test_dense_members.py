@@ -142,6 +142,7 @@ def _dense_rows(root, fe, spec):
     from pipeline.config import DataConfig
     from pipeline.data.dense import DenseTransform
     from pipeline.data.loader import build_loader
+    from pipeline.eval.dense import scoring_batches
 
     image = ImageSpec(size=64)
     loader = build_loader(
@@ -154,7 +155,7 @@ def _dense_rows(root, fe, spec):
         train=False,
         transform=DenseTransform(fe, image, spec, train=False),
     )
-    for batch in loader:
+    for batch in scoring_batches(loader):  # rank padding left out
         for r, j in enumerate(batch["sample"].tolist()):
             yield batch["key"][j], {k: batch[k][r] for k in DENSE_ROWS if k in batch}
 

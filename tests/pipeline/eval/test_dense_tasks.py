@@ -157,7 +157,8 @@ def test_dense_training_items_are_reshuffled_every_epoch(dense_set):
 
     cfg = load_eval_config(
         REPO / "configs" / "eval" / "debug_avs.yaml",
-        _args("avs", dense_set, dense_set / "unused")[2:] + ["data.train.workers=0"],
+        _args("avs", dense_set, dense_set / "unused")[2:]
+        + ["data.train.workers=0", "data.train.batch_size=2"],  # 3 batches: no rank padding
     )
     info = DistInfo(0, 1, 0, __import__("torch").device("cpu"))
     loader = dense_loader(cfg, info, get_model_config("debug"), DenseSpec(masks=True), train=True)

@@ -1,8 +1,9 @@
 """Streaming loader: a shard set (directory or ``s3://``) or a weighted mixture of sets
 (:mod:`pipeline.data.mixture`) → augmented batches on every rank.
 
-Pipeline (WebDataset shards, webdataset sample grouping): ``manifest.json`` → epoch plan
-(shard shuffle with seed + epoch *before* the rank/worker split, contiguous per-rank and
+Pipeline (WebDataset shards, webdataset sample grouping): ``manifest.json`` (of every set of a
+mixture: their shard indices run end to end, each shard is read from its own set's root) → epoch
+plan (shard shuffle with seed + epoch *before* the rank/worker split, contiguous per-rank and
 per-worker ranges, a sample shuffle buffer; :mod:`pipeline.data.epochplan`) → each worker process
 reads its shards (s3fs opened inside the worker; retries; optional node-local cache;
 :mod:`pipeline.data.shardio`) → decodes ``mel.npy`` and the one chosen JPEG, augments
@@ -14,6 +15,12 @@ Equal steps: every rank yields exactly ``len(loader)`` batches of ``batch_size``
 across ranks; ``remainder["padded"]`` per rank and epoch); ``drop`` leaves out the rank's last
 samples (``remainder["dropped"]``). Samples skipped for errors are made up at the end of the
 stream by re-emitting the stream's first samples (``stats()["refilled"]``).
+
+Mixtures: each set gives its share of every epoch (:mod:`pipeline.data.mixture`; the same
+stored features in every set), drawn and split as one shard list, so every guarantee here holds
+for a mixture too; a sample of a set read more than once per epoch (``repeat``, an up-weighted
+set) comes once per pass, each time with its own augmentation, and its passes may fall on
+different ranks. ``samples_per_set()`` counts what each set delivered, exactly across resume.
 
 Errors: a corrupt sample (stage ``meta``, ``audio``, ``image``) or the samples of a truncated or
 corrupt shard (stage ``shard``) are skipped and counted (``error_counts()``); nothing is ever

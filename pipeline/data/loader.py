@@ -275,7 +275,8 @@ class ShardLoader:
         if differ:
             raise ValueError(
                 f"loader state: {', '.join(differ)} differ from this run's (another "
-                "shard set or data.seed/shuffle_buffer/partitions/interleave); "
+                "shard set, other weights or repeats, or data.seed/shuffle_buffer/partitions/"
+                "interleave); "
                 "resume with the same values"
             )
         runs = None if sig["runs"] is None else tuple(tuple(r) for r in sig["runs"])

@@ -237,6 +237,9 @@ def test_mixture_resumes_exactly_at_the_same_world_size(sets):
     assert_same_batches(list(resumed), full[5:])
     assert resumed.samples_per_set() == uninterrupted.samples_per_set()
     assert sum(resumed.samples_per_set().values()) == len(full) * 4
+    other = [{**item, "weight": 1.0} for item in weighted(sets)]
+    with pytest.raises(ValueError, match="sets differ from this run's .* other weights"):
+        make(other, rank=1).load_state_dict(state)  # another epoch order: refused
 
 
 @pytest.mark.multiproc

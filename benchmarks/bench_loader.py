@@ -12,7 +12,9 @@
    samples per CPU second of one single-threaded process.
 Prints ONE JSON line with the ratios; run as ``python benchmarks/bench_loader.py``.
 ``--diversity``: instead, distinct source videos per batch vs a uniformly random batch
-(:mod:`benchmarks.diversity`), one JSON line.
+(:mod:`benchmarks.diversity`), one JSON line. ``--mixture``: instead, the realised proportions of
+a 3-set mixture over an epoch against the configured weights (:mod:`benchmarks.mixture`), one
+JSON line.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torchaudio  # noqa: E402
 
 from avbase.features import FRONTENDS, ImageSpec  # noqa: E402
 from avbase.shardformat import MANIFEST  # noqa: E402
-from benchmarks import diversity  # noqa: E402
+from benchmarks import diversity, mixture  # noqa: E402
 from benchmarks.tiling import tile  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.data.augment import CROP_RATIO, Augment, crop_params  # noqa: E402
@@ -181,9 +183,14 @@ def main() -> None:
         action="store_true",
         help="measure batch diversity (epoch plan, simulated sorted corpus) instead",
     )
+    parser.add_argument(
+        "--mixture",
+        action="store_true",
+        help="measure the realised proportions of a 3-set weighted mixture over an epoch instead",
+    )
     args = parser.parse_args()
-    if args.diversity:
-        print(json.dumps(diversity.measure()))
+    if args.diversity or args.mixture:
+        print(json.dumps(diversity.measure() if args.diversity else mixture.measure()))
         return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

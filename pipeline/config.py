@@ -74,8 +74,20 @@ def _model_config(data: dict, prefix: str) -> ModelConfig:
 
 
 @dataclass
+class ShardSource:
+    """One shard set of a mixture (an item of the ``data.shards`` list)."""
+
+    path: str = ""  # shard-set directory or s3://bucket/prefix
+    weight: float | None = None  # relative share of each epoch (on every item or on none)
+    repeat: float | None = None  # without weights: passes over the set per epoch (default 1)
+
+
+@dataclass
 class DataConfig:
-    shards: str = ""  # shard-set directory or s3://bucket/prefix
+    # a shard-set directory or s3://bucket/prefix, or a mixture: a list of such paths and
+    # {path, weight} or {path, repeat} items (docs/RECIPES.md "Mixtures")
+    shards: str | list[str | ShardSource] = ""
+    repeat: float = 1.0  # epoch size × this: passes over the set(s) per epoch (oversampling)
     batch_size: int = 8  # per-rank micro-batch
     workers: int = 2  # loader worker processes per rank
     shuffle_buffer: int = 256  # samples a stream holds to shuffle (memory: × sample size)
@@ -90,6 +102,42 @@ class DataConfig:
     s3_connect_timeout: float = 5.0  # seconds
     s3_read_timeout: float = 8.0  # seconds without a byte: the read fails (then retried)
     decode: str = "auto"  # auto | worker | device: where training frames are decoded
+
+    def sources(self) -> list[ShardSource]:
+        """``shards`` as a list of sets (a single path: one set), checked; a ConfigError names
+        the item (``data.shards[1].weight``)."""
+        if self.repeat <= 0:
+            raise ConfigError(f"data.repeat: must be > 0, got {self.repeat}")
+        if isinstance(self.shards, str):
+            return [ShardSource(self.shards)]
+        if not self.shards:
+            raise ConfigError("data.shards: empty list; give one or more shard sets")
+        items = [_source(item, f"data.shards[{i}]") for i, item in enumerate(self.shards)]
+        weighted = [item.weight is not None for item in items]
+        for i, item in enumerate(items):
+            key = f"data.shards[{i}]"
+            if item.path in (other.path for other in items[:i]):
+                raise ConfigError(f"{key}.path: {item.path!r} is listed twice")
+            if any(weighted) and not weighted[i]:
+                raise ConfigError(f"{key}.weight: missing; give every set a weight, or none")
+            if item.weight is not None and item.repeat is not None:
+                raise ConfigError(f"{key}: give weight or repeat, not both")
+        return items
+
+
+def _source(item: Any, key: str) -> ShardSource:
+    """One ``data.shards`` item (a path, a mapping or a ShardSource), checked."""
+    if isinstance(item, str):
+        item = ShardSource(item)
+    elif not isinstance(item, ShardSource):
+        item = from_dict(ShardSource, item, key + ".")
+    if not item.path:
+        raise ConfigError(f"{key}.path: empty; expected a shard-set directory or s3:// URL")
+    for name in ("weight", "repeat"):
+        value = getattr(item, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key}.{name}: must be > 0, got {value}")
+    return item
 
 
 @dataclass
@@ -267,8 +315,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        return _coerce(_member(args, value, key), value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
@@ -287,6 +338,27 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     ):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _member(args: tuple, value: Any, key: str) -> Any:
+    """The member of a union type that ``value``'s kind calls for: a list type for a list, a
+    dataclass for a mapping, else the one other member (a ConfigError when there are several)."""
+    inner = [a for a in args if a is not type(None)]
+    for a in inner:
+        if isinstance(value, (list, tuple)) and typing.get_origin(a) in (list, tuple):
+            return a
+        if isinstance(value, dict) and dataclasses.is_dataclass(a):
+            return a
+    if len(inner) == 1:
+        return inner[0]
+    plain = [a for a in inner if typing.get_origin(a) is None and not dataclasses.is_dataclass(a)]
+    if len(plain) == 1 and isinstance(value, plain[0]):
+        return plain[0]
+    kinds = [
+        "a mapping" if dataclasses.is_dataclass(a) else (typing.get_origin(a) or a).__name__
+        for a in inner
+    ]
+    raise ConfigError(f"{key}: expected {' or '.join(kinds)}, got {value!r}")
 
 
 _CHOICES = {
@@ -336,3 +408,4 @@ def validate(cfg: Config) -> None:
         )
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+    cfg.data.sources()

@@ -1,6 +1,7 @@
 """The one data path: shard set → augmented batches on every rank (every task reads through it).
 
 - :mod:`pipeline.data.epochplan` — which samples each rank/worker reads in an epoch, in order.
+- :mod:`pipeline.data.mixture` — the sets of ``data.shards``: checks, names, samples per epoch.
 - :mod:`pipeline.data.shardio` — shard reads: local files, S3 with retries, node-local cache.
 - :mod:`pipeline.data.stream` — one worker's stream: raw samples → transformed batches, errors.
 - :mod:`pipeline.data.augment` — the paper's training / evaluation transforms of a sample.

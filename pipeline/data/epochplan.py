@@ -1,18 +1,27 @@
 """Epoch plan: which samples every (rank, stream) reads in an epoch, and in which order.
 
-A pure function of (shard sizes from the manifest, seed, epoch, world size W, streams per rank
-M, batch size B, remainder policy, partitions, interleave, buffer) — no I/O, so every rank and
-worker derives the same plan and a resumed run can skip consumed samples by index.
+A pure function of (shard sizes from the manifests, the sets' shares, seed, epoch, world size W,
+streams per rank M, batch size B, remainder policy, partitions, interleave, buffer) — no I/O, so
+every rank and worker derives the same plan and a resumed run can skip consumed samples by index.
 
 The epoch's **canonical sequence** Q (positions 0 … N−1) does not depend on W, M or B:
 
-1. **Shard shuffle** (training): the manifest's shard list is permuted with
-   ``random.Random(seed + epoch)``; evaluation keeps the manifest order.
-2. **Canonical partitions** (as Mosaic Streaming's ``num_canonical_nodes``): the shuffled shards
-   are laid end to end and cut into C = min(``partitions``, N) contiguous ranges of N//C or
+0. **Pieces** (a mixture of shard sets, or ``repeat``): the shard indices run over all sets' shards
+   end to end; set k contributes n_k samples per epoch (``sets``; :mod:`pipeline.data.mixture`
+   says how n_k follows from weights and repeats). With S_k samples in the set, that is
+   ⌊n_k / S_k⌋ whole passes (each of its shards once per pass, in manifest order) plus
+   n_k mod S_k samples drawn afresh every epoch (as Mosaic Streaming's ``choose`` at shard
+   granularity): the set's shards permuted with an RNG seeded by (seed, epoch, k), taken whole
+   until the last one, which contributes its first samples. Each piece is (shard, samples from
+   its start, visit: 0 for the shard's first pass this epoch, 1 for its second, ...). One set read
+   once (the default) has exactly one piece per shard, in manifest order.
+1. **Shard shuffle** (training): the piece list is permuted with ``random.Random(seed + epoch)``;
+   evaluation keeps its order.
+2. **Canonical partitions** (as Mosaic Streaming's ``num_canonical_nodes``): the shuffled
+   pieces are laid end to end and cut into C = min(``partitions``, N) contiguous ranges of N//C or
    N//C + 1 samples. Partition p owns Q positions ``[p·N // C, (p+1)·N // C)``.
-3. **Interleave** (training): a partition is *read* ``interleave`` shards at a time, one sample
-   from each in turn (a finished shard's turn passes to the partition's next shard).
+3. **Interleave** (training): a partition is *read* ``interleave`` pieces at a time, one sample
+   from each in turn (a finished piece's turn passes to the partition's next piece).
 4. **Shuffle buffer** (training): the read sequence of a partition goes through a shuffle buffer
    of ``buffer`` slots (webdataset semantics, simulated on indices with an RNG seeded by
    (seed, epoch, p)); its emission order is the partition's part of Q.
@@ -32,10 +41,12 @@ end as the sequence R of n samples:
 
 A stream therefore always consumes a *prefix* of its slice: from every rank's stream cursors
 (:meth:`EpochPlan.remaining`) the Q positions not yet seen follow exactly, and a plan over them
-at any W′, M′, B′ sees each of them once (exact resume at any world size).
+at any W′, M′, B′ sees each of them once (exact resume at any world size). The visits of a
+shard are distinct Q positions, so each is augmented with its own draws (the sample RNG is seeded
+by the Q position, :mod:`pipeline.data.stream`).
 
 Memory per stream: at most ``buffer`` raw samples held (read, not yet emitted — the entries a
-real shuffle buffer would hold) and at most ``interleave`` shards open at a time (each with its
+real shuffle buffer would hold) and at most ``interleave`` pieces open at a time (each with its
 read-ahead block, 8 MiB for remote sets): about buffer × sample size + interleave × 8 MiB.
 """
 
@@ -49,7 +60,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 MASK64 = (1 << 64) - 1
+CHOOSE = 0x43484F4F  # mix_seed domain of the per-set subset draws (step 0)
 Runs = tuple[tuple[int, int], ...]  # sorted, disjoint half-open intervals of Q positions
+Sets = tuple[tuple[int, int], ...]  # per set: (its shard count, samples it gives per epoch)
 
 
 def mix_seed(*parts: int) -> int:
@@ -119,13 +132,14 @@ class Entry(NamedTuple):
     q: int  # position in the epoch's canonical sequence
     read: int  # position in the canonical read order (before the shuffle buffer)
     copy: int  # 0, or k for the k-th repeat of a padded sample
+    visit: int = 0  # which pass over its shard this epoch (repeat, up-weighted set)
 
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """Sample plan for one shard set; see the module docstring for the steps."""
+    """Sample plan for one shard set or a mixture; see the module docstring for the steps."""
 
-    shard_sizes: tuple[int, ...]
+    shard_sizes: tuple[int, ...]  # every set's shards, end to end
     seed: int
     world_size: int
     streams: int
@@ -136,8 +150,15 @@ class EpochPlan:
     partitions: int = 8
     interleave: int = 8
     runs: Runs | None = None  # Q positions still to read this epoch (None: all of them)
+    sets: Sets = ()  # () : one set, read once per epoch
 
     def __post_init__(self) -> None:
+        st = self.set_starts
+        if st[-1] != len(self.shard_sizes) or any(
+            n and not sum(self.shard_sizes[st[k] : st[k + 1]])
+            for k, (_, n) in enumerate(self.set_list)
+        ):
+            raise ValueError(f"epoch plan: sets {self.sets} do not match the shards' sizes")
         if self.remainder not in ("pad", "drop"):
             raise ValueError(f"data.remainder: {self.remainder!r} is not one of pad, drop")
         if min(self.partitions, self.interleave, self.buffer) < 1:
@@ -154,8 +175,25 @@ class EpochPlan:
             )
 
     @property
+    def set_list(self) -> Sets:
+        return self.sets or ((len(self.shard_sizes), sum(self.shard_sizes)),)
+
+    @property
     def num_samples(self) -> int:
-        return sum(self.shard_sizes)
+        """N: samples per epoch (Σ n_k over the sets)."""
+        return sum(n for _, n in self.set_list)
+
+    @functools.cached_property
+    def set_starts(self) -> list[int]:
+        """First shard index of each set, and the shard count."""
+        starts = [0]
+        for count, _ in self.set_list:
+            starts.append(starts[-1] + count)
+        return starts
+
+    def set_of(self, shard: int) -> int:
+        """The set a shard index belongs to."""
+        return bisect.bisect_right(self.set_starts, shard) - 1
 
     @property
     def all_runs(self) -> Runs:
@@ -194,11 +232,29 @@ class EpochPlan:
         first = self.batch_size * sum(self.stream_batches(m) for m in range(stream))
         return first, self.batch_size * self.stream_batches(stream)
 
-    def shard_order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.shard_sizes)))
+    @functools.lru_cache(maxsize=2)  # noqa: B019 — frozen, hashable plan
+    def pieces(self, epoch: int) -> list[tuple[int, int, int]]:
+        """(shard, samples from its start, visit) of the epoch, laid end to end (steps 0-1)."""
+        out = []
+        for k, (count, n) in enumerate(self.set_list):
+            shards = range(self.set_starts[k], self.set_starts[k] + count)
+            whole, rest = divmod(n, sum(self.shard_sizes[s] for s in shards))
+            out += [(s, self.shard_sizes[s], v) for v in range(whole) for s in shards]
+            if rest:  # a subset drawn afresh each epoch: whole shards, the last one in part
+                order = list(shards)
+                random.Random(mix_seed(self.seed, epoch, CHOOSE, k)).shuffle(order)
+                for s in order:
+                    out.append((s, min(rest, self.shard_sizes[s]), whole))
+                    rest -= out[-1][1]
+                    if rest == 0:
+                        break
         if self.shuffle:
-            random.Random(self.seed + epoch).shuffle(order)
-        return order
+            random.Random(self.seed + epoch).shuffle(out)
+        return [p for p in out if p[1] > 0]
+
+    def shard_order(self, epoch: int) -> list[int]:
+        """The epoch's shards in read order (one entry per piece)."""
+        return [shard for shard, _, _ in self.pieces(epoch)]
 
     def partition_starts(self) -> list[int]:
         n = self.num_samples
@@ -206,23 +262,23 @@ class EpochPlan:
         return [p * n // c for p in range(c + 1)]
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 — frozen, hashable plan; a stream reuses it
-    def partition(self, epoch: int, p: int) -> list[tuple[int, int, int]]:
-        """(shard, sample, read position) of partition ``p``'s Q positions, in Q order."""
-        order = self.shard_order(epoch)
+    def partition(self, epoch: int, p: int) -> list[tuple[int, int, int, int]]:
+        """(shard, sample, visit, read position) of partition ``p``'s Q positions, in Q order."""
+        pieces = self.pieces(epoch)
         starts = self.partition_starts()
-        lo, hi, pos, pieces = starts[p], starts[p + 1], 0, []
-        for s in order:  # the shards' pieces inside [lo, hi)
-            a, b = max(lo, pos), min(hi, pos + self.shard_sizes[s])
+        lo, hi, pos, parts = starts[p], starts[p + 1], 0, []
+        for i, (_, size, _) in enumerate(pieces):  # the pieces' parts inside [lo, hi)
+            a, b = max(lo, pos), min(hi, pos + size)
             if a < b:
-                pieces.append((s, a - pos, b - pos))
-            pos += self.shard_sizes[s]
-        reads = interleave(pieces, self.interleave if self.shuffle else 1)
+                parts.append((i, a - pos, b - pos))
+            pos += size
+        reads = interleave(parts, self.interleave if self.shuffle else 1)
         emit = (
             buffer_order(len(reads), self.buffer, random.Random(mix_seed(self.seed, epoch, p)))
             if self.shuffle
             else range(len(reads))
         )
-        return [(*reads[t], lo + t) for t in emit]
+        return [(pieces[reads[t][0]][0], reads[t][1], pieces[reads[t][0]][2], lo + t) for t in emit]
 
     def stream_entries(self, epoch: int, rank: int, stream: int) -> list[Entry]:
         """The entries of a stream, in emission order."""
@@ -239,8 +295,9 @@ class EpochPlan:
             k = bisect.bisect_right(run_starts, g) - 1
             q = self.all_runs[k][0] + g - run_starts[k]
             p = bisect.bisect_right(part_starts, q) - 1
-            shard, idx, read = self.partition(epoch, p)[q - part_starts[p]]
-            out.append(Entry(shard, idx, q, read, 0 if back < 0 else 1 + back // (hi - lo)))
+            shard, idx, visit, read = self.partition(epoch, p)[q - part_starts[p]]
+            copy = 0 if back < 0 else 1 + back // (hi - lo)
+            out.append(Entry(shard, idx, q, read, copy, visit))
         return out
 
     def stream_positions(self, epoch: int, rank: int, stream: int) -> list[tuple[int, int]]:
@@ -266,7 +323,9 @@ class EpochPlan:
         return subtract(self.all_runs, seen)
 
     def canonical(self) -> dict:
-        """What fixes the canonical sequence Q (must match to resume mid-epoch at all)."""
+        """What fixes the canonical sequence Q (must match to resume mid-epoch at all); one set
+        read once has no ``sets`` entry (as before mixtures existed)."""
+        mixture = self.set_list != ((len(self.shard_sizes), sum(self.shard_sizes)),)
         return {
             "shard_sizes_hash": mix_seed(*self.shard_sizes),
             "num_samples": self.num_samples,
@@ -275,6 +334,7 @@ class EpochPlan:
             "buffer": self.buffer,
             "partitions": self.partitions,
             "interleave": self.interleave,
+            **({"sets": [list(s) for s in self.set_list]} if mixture else {}),
         }
 
     def signature(self) -> dict:

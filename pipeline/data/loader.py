@@ -1,7 +1,9 @@
-"""Streaming loader: a shard set (directory or ``s3://``) → augmented batches on every rank.
+"""Streaming loader: a shard set (directory or ``s3://``) or a weighted mixture of sets
+(:mod:`pipeline.data.mixture`) → augmented batches on every rank.
 
-Pipeline (WebDataset shards, webdataset sample grouping): ``manifest.json`` → epoch plan
-(shard shuffle with seed + epoch *before* the rank/worker split, contiguous per-rank and
+Pipeline (WebDataset shards, webdataset sample grouping): ``manifest.json`` (of every set of a
+mixture: their shard indices run end to end, each shard is read from its own set's root) → epoch
+plan (shard shuffle with seed + epoch *before* the rank/worker split, contiguous per-rank and
 per-worker ranges, a sample shuffle buffer; :mod:`pipeline.data.epochplan`) → each worker process
 reads its shards (s3fs opened inside the worker; retries; optional node-local cache;
 :mod:`pipeline.data.shardio`) → decodes ``mel.npy`` and the one chosen JPEG, augments
@@ -13,6 +15,12 @@ Equal steps: every rank yields exactly ``len(loader)`` batches of ``batch_size``
 across ranks; ``remainder["padded"]`` per rank and epoch); ``drop`` leaves out the rank's last
 samples (``remainder["dropped"]``). Samples skipped for errors are made up at the end of the
 stream by re-emitting the stream's first samples (``stats()["refilled"]``).
+
+Mixtures: each set gives its share of every epoch (:mod:`pipeline.data.mixture`; the same
+stored features in every set), drawn and split as one shard list, so every guarantee here holds
+for a mixture too; a sample of a set read more than once per epoch (``repeat``, an up-weighted
+set) comes once per pass, each time with its own augmentation, and its passes may fall on
+different ranks. ``samples_per_set()`` counts what each set delivered, exactly across resume.
 
 Errors: a corrupt sample (stage ``meta``, ``audio``, ``image``) or the samples of a truncated or
 corrupt shard (stage ``shard``) are skipped and counted (``error_counts()``); nothing is ever
@@ -45,30 +53,18 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from avbase.features import AudioFrontend, ImageSpec
-from avbase.shardformat import MANIFEST, is_url
 from pipeline.config import DataConfig
 from pipeline.data.augment import Augment, EvalView, Transform
 from pipeline.data.epochplan import EpochPlan
 from pipeline.data.jpeg import decode_crops
-from pipeline.data.shardio import ShardReadError, join, read_manifest
+from pipeline.data.mixture import ShardSets, open_sets
+from pipeline.data.shardio import ShardReadError
 from pipeline.data.stream import STAGES, DataError, StreamSpec, check_error_rate, stream_batches
 
 __all__ = ["DataError", "ShardLoader", "ShardReadError", "build_loader"]
 log = logging.getLogger(__name__)
 
-# Manifest ``preset.audio`` fields that fix the stored log-mel (the rest is loader-side).
 LAYOUT = ("world_size", "streams", "batch_size", "remainder")  # how an epoch is split
-STORED_AUDIO_FIELDS = (
-    "kind",
-    "sample_rate",
-    "n_fft",
-    "win_length",
-    "hop_length",
-    "n_mels",
-    "f_min",
-    "f_max",
-    "log_offset",
-)
 
 
 class _EpochStreams(IterableDataset):
@@ -127,13 +123,13 @@ class ShardLoader:
             world_size,
             torch.device(device),
         )
-        self.manifest = read_manifest(cfg.shards)
-        _check_manifest(self.manifest, cfg.shards, audio, labels)
-        self.plan = epoch_plan(cfg, self.manifest, seed, world_size, train)
+        self.sets = open_sets(cfg, audio, labels)
+        self.manifest = self.sets.manifests[0]
+        self.plan = epoch_plan(cfg, self.sets, seed, world_size, train)
         defer = cfg.decode == "device" or (cfg.decode == "auto" and self.device.type == "cuda")
         self.spec = StreamSpec(
-            cfg.shards,
-            self.manifest["shards"],
+            self.sets.roots,
+            self.sets.shards,
             self.plan,
             transform or Augment(audio, image, train, defer_image=defer, view=view),
             rank,
@@ -149,17 +145,20 @@ class ShardLoader:
         self.epoch, self._batches, self._cursors = 0, 0, [0] * self.plan.streams
         self._segment, self._offset = self.plan, 0  # the current epoch's plan; batches before it
         self._errors, self._good, self._refilled = Counter({s: 0 for s in STAGES}), 0, 0
+        self._per_set = [0] * len(self.sets.names)  # samples delivered per set, cumulative
         self._last_error, self._peak_rss_mb, self._peak_growth_mb, self._active = "", 0.0, 0.0, None
         self._worker_cpu: dict[int, float] = {}  # stream → CPU seconds of its worker process
 
     @property
     def num_samples(self) -> int:
-        return self.manifest["num_samples"]
+        """Samples per epoch (a mixture's epoch size; the set's size for one set)."""
+        return self.plan.num_samples
 
     @property
     def remainder(self) -> dict[str, int]:
-        """Samples this rank repeats (``padded``) or leaves out (``dropped``) per epoch."""
-        return self.plan.remainder_counts(self.rank)
+        """Samples this rank repeats (``padded``) or leaves out (``dropped``) in the current
+        epoch (a resumed epoch: in the rest of it)."""
+        return self._segment.remainder_counts(self.rank)
 
     def __len__(self) -> int:
         return self.plan.batches
@@ -189,7 +188,7 @@ class ShardLoader:
         if self.cfg.workers == 0:
             source = iter(ds)
         else:
-            if is_url(self.cfg.shards):
+            if self.sets.remote:
                 # NOTE: fsspec clients live in reference cycles; collect this process's ones now
                 # so that forked workers do not inherit (and try to close) its s3fs sessions.
                 gc.collect()
@@ -232,6 +231,8 @@ class ShardLoader:
         self._errors.update(meta["errors"])
         self._good += self.plan.batch_size
         self._refilled += meta["refilled"]
+        for k, n in meta["sets"].items():
+            self._per_set[k] += n
         self._last_error = meta["last_error"] or self._last_error
         self._peak_rss_mb = max(self._peak_rss_mb, meta["rss_mb"])
         self._peak_growth_mb = max(self._peak_growth_mb, meta["rss_growth_mb"])
@@ -248,6 +249,7 @@ class ShardLoader:
             "rank": self.rank,
             "samples": batches * self.plan.batch_size * self.world_size,
             "plan": self._segment.signature(),
+            "per_set": list(self._per_set),
         }
 
     def load_state_dict(self, sd: dict | list[dict]) -> None:
@@ -261,8 +263,11 @@ class ShardLoader:
             self._start(epoch, segment, int(mine["offset"]))
             self._batches = int(mine["batches"]) - self._offset
             self._cursors = [int(c) for c in mine["cursors"]]
+            self._per_set = _per_set([mine], len(self._per_set))
         else:
             self._resume_elsewhere(epoch, segment, states)
+            # rank 0 carries the old ranks' total: the sum over ranks stays exact
+            self._per_set = _per_set(states if self.rank == 0 else [], len(self._per_set))
 
     def _segment_of(self, sig: dict) -> EpochPlan:
         """The plan a saved state was made with (same canonical order, or ValueError)."""
@@ -270,7 +275,8 @@ class ShardLoader:
         if differ:
             raise ValueError(
                 f"loader state: {', '.join(differ)} differ from this run's (another "
-                "shard set or data.seed/shuffle_buffer/partitions/interleave); "
+                "shard set, other weights or repeats, or data.seed/shuffle_buffer/partitions/"
+                "interleave); "
                 "resume with the same values"
             )
         runs = None if sig["runs"] is None else tuple(tuple(r) for r in sig["runs"])
@@ -308,6 +314,13 @@ class ShardLoader:
             segment.span,
             segment.batches,
         )
+
+    def samples_per_set(self) -> dict[str, int]:
+        """Samples this rank delivered from each set (by set name: its path's last component,
+        :func:`pipeline.data.mixture.set_names`), cumulative over epochs and exact across a
+        resume; pad repeats and refills count. The run's total is the sum over ranks — after a
+        resume at another world size, rank 0 carries the old ranks' counts."""
+        return dict(zip(self.sets.names, self._per_set, strict=True))
 
     def error_counts(self) -> dict[str, int]:
         """Samples skipped per stage (shard | meta | audio | image), cumulative in this process."""
@@ -351,28 +364,21 @@ def worker_error(e: Exception) -> Exception:
     return e
 
 
-def _check_manifest(manifest: dict, root: str, audio: AudioFrontend, labels: bool) -> None:
-    url = join(root, MANIFEST)
-    stored = manifest.get("preset", {}).get("audio", {})
-    for field in STORED_AUDIO_FIELDS:
-        if field in stored and stored[field] != getattr(audio, field):
-            raise ValueError(
-                f"{url}: preset.audio.{field} is {stored[field]!r} but the model's "
-                f"{audio.name!r} audio front end needs {getattr(audio, field)!r} "
-                f"(rebuild the shards with --preset {audio.name})"
-            )
-    if labels and not manifest.get("labels"):
-        raise ValueError(
-            f"{url}: no 'labels' — the shard set is unlabelled, but labels were requested"
-        )
+def _per_set(states: list[dict], sets: int) -> list[int]:
+    """The per-set sample counts of ``states`` summed (zeros where a state has none)."""
+    total = [0] * sets
+    for state in states:
+        for k, n in enumerate(state.get("per_set") or [0] * sets):
+            total[k] += int(n)
+    return total
 
 
 def epoch_plan(
-    cfg: DataConfig, manifest: dict, seed: int, world_size: int, train: bool
+    cfg: DataConfig, sets: ShardSets, seed: int, world_size: int, train: bool
 ) -> EpochPlan:
-    """The epoch plan of ``cfg`` over ``manifest``'s shards (one stream per worker)."""
+    """The epoch plan of ``cfg`` over the shards of ``sets`` (one stream per worker)."""
     return EpochPlan(
-        tuple(s["num_samples"] for s in manifest["shards"]),
+        sets.shard_sizes,
         seed,
         world_size,
         max(cfg.workers, 1),
@@ -382,6 +388,7 @@ def epoch_plan(
         buffer=cfg.shuffle_buffer,
         partitions=cfg.partitions,
         interleave=cfg.interleave,
+        sets=sets.plan_sets,
     )
 
 
@@ -415,7 +422,7 @@ def shard_loader(
 def build_loader(cfg: DataConfig, **kwargs) -> ShardLoader:
     """The loader of ``rank`` for ``cfg.shards``; see :class:`ShardLoader` (``view``: which
     evaluation view an eval loader yields, multi-clip evaluation)."""
-    if not cfg.shards:
+    if cfg.shards == "":
         raise ValueError(
             "data.shards: empty — set it to a shard-set directory or s3://bucket/prefix"
         )

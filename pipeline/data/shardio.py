@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -160,15 +160,16 @@ class ShardCache:
 
 
 class ShardStore:
-    """Reads samples of one shard set's shards, with retries and the optional cache.
+    """Reads samples of the shards of one set or of several (a mixture: each shard from its own
+    set's root, local or remote), with retries and the optional cache.
 
     Create it in the process that reads (each loader worker builds its own): a remote store
-    holds its own fsspec/s3fs client.
+    holds its own fsspec/s3fs client per protocol.
     """
 
     def __init__(
         self,
-        root: str,
+        root: str | Sequence[str],  # the set's root, or the root of each shard
         shards: list[dict],
         *,
         retries: int = 5,
@@ -178,22 +179,28 @@ class ShardStore:
         timeouts: tuple[float, float] = S3_TIMEOUTS,
         budget: float = 60.0,
     ):
-        self.root, self.shards, self.retries, self.backoff = root, shards, retries, backoff
-        self.budget = budget
-        self.fs = filesystem(root, timeouts) if is_url(root) else None
+        self.roots = [root] * len(shards) if isinstance(root, str) else list(root)
+        self.shards, self.retries, self.backoff, self.budget = shards, retries, backoff, budget
+        self.clients = {  # protocol → client
+            r.split("://", 1)[0]: filesystem(r, timeouts) for r in set(self.roots) if is_url(r)
+        }
         self.cache = (
             ShardCache(cache_dir, int(cache_limit_gb * 2**30))
-            if cache_dir and is_url(root)
+            if cache_dir and self.clients
             else None
         )
 
     def url(self, index: int) -> str:
-        return join(self.root, self.shards[index]["name"])
+        return join(self.roots[index], self.shards[index]["name"])
+
+    def _fs(self, index: int):
+        """The client of shard ``index``'s set (None: a local set)."""
+        return self.clients.get(self.roots[index].split("://", 1)[0])
 
     def _open(self, index: int) -> BinaryIO:
-        url = self.url(index)
-        cached = self.cache.open(url, self.shards[index], self.fs) if self.cache else None
-        return cached if cached is not None else open_url(url, self.fs)
+        url, fs = self.url(index), self._fs(index)
+        cached = self.cache.open(url, self.shards[index], fs) if self.cache and fs else None
+        return cached if cached is not None else open_url(url, fs)
 
     def samples(self, index: int, wanted: Collection[int]) -> Iterator[tuple[int, dict]]:
         """Yield (sample index, raw sample) for the ``wanted`` samples of shard ``index``, in tar
@@ -220,7 +227,7 @@ class ShardStore:
                     time.monotonic() - since,
                 )
                 if attempt > self.retries or spent + delay > self.budget:
-                    where = f" at {endpoint()}" if self.fs is not None else ""
+                    where = f" at {endpoint()}" if self._fs(index) is not None else ""
                     raise ShardReadError(
                         f"{url}: still failing after {attempt} attempts in {spent:.0f} s "
                         f"(data.s3_retries={self.retries}, data.s3_retry_seconds={self.budget:g})"

@@ -43,27 +43,32 @@ def check_error_rate(errors: Counter, good: int, max_rate: float, last_error: st
         )
 
 
+Piece = tuple[int, int]  # (shard, visit): one pass over a shard in an epoch
+
+
 class StreamReader:
-    """Raw samples of one stream's entries, fetched lazily: ``take(i)`` reads entry i's shard
+    """Raw samples of one stream's entries, fetched lazily: ``take(i)`` reads entry i's piece
     forward until entry i is in.
 
-    Each shard is read once, front to back; only wanted entries are kept, samples never wanted
-    are skipped inside the tar without copying. ``frontier`` is the furthest canonical read
-    position taken so far: a shard whose wanted entries all lie at or before it is read to its
-    last wanted entry and closed at once, so the open shards are those a real interleaved reader
-    would have open (≤ ``data.interleave``) and the held samples those a real shuffle buffer
-    would hold (≤ ``data.shuffle_buffer``).
+    Each piece (a shard's visit: a repeated shard has one per pass) is read once, front to back;
+    only wanted entries are kept, samples never wanted are skipped inside the tar without
+    copying. ``frontier`` is the furthest canonical read position taken so far: a piece whose
+    wanted entries all lie at or before it is read to its last wanted entry and closed at once,
+    so the open pieces are those a real interleaved reader would have open (≤
+    ``data.interleave``) and the held samples those a real shuffle buffer would hold (≤
+    ``data.shuffle_buffer``).
     """
 
     def __init__(self, store: ShardStore, entries: list[Entry], needed: list[int]):
         self.store, self.entries = store, entries
-        self.wanted: dict[int, dict[int, list[int]]] = {}
-        self.last_read: dict[int, int] = {}
+        self.wanted: dict[Piece, dict[int, list[int]]] = {}
+        self.last_read: dict[Piece, int] = {}
         for i in needed:
             e = entries[i]
-            self.wanted.setdefault(e.shard, {}).setdefault(e.idx, []).append(i)
-            self.last_read[e.shard] = max(self.last_read.get(e.shard, -1), e.read)
-        self.open: dict[int, Iterator] = {}
+            piece = (e.shard, e.visit)
+            self.wanted.setdefault(piece, {}).setdefault(e.idx, []).append(i)
+            self.last_read[piece] = max(self.last_read.get(piece, -1), e.read)
+        self.open: dict[Piece, Iterator] = {}
         self.captured: dict[int, dict] = {}
         self.lost: set[int] = set()
         self.frontier = -1
@@ -71,9 +76,9 @@ class StreamReader:
 
     def take(self, i: int) -> dict | None:
         """Raw sample of entry ``i``, or None when its shard is corrupt or truncated."""
-        shard = self.entries[i].shard
+        piece = (self.entries[i].shard, self.entries[i].visit)
         while i not in self.captured and i not in self.lost:
-            self._advance(shard)
+            self._advance(piece)
         self.frontier = max(self.frontier, self.entries[i].read)
         for s in [s for s in self.open if self.last_read[s] <= self.frontier]:
             while s in self.wanted:  # a real reader has passed its end
@@ -83,28 +88,28 @@ class StreamReader:
         self.lost.discard(i)
         return None
 
-    def _advance(self, shard: int) -> None:
-        """Read the next wanted sample of ``shard``; on its end or damage, mark the rest lost."""
-        pending = self.wanted[shard]
-        if shard not in self.open:
-            self.open[shard] = self.store.samples(shard, set(pending))
+    def _advance(self, piece: Piece) -> None:
+        """Read the next wanted sample of ``piece``; on its end or damage, mark the rest lost."""
+        pending = self.wanted[piece]
+        if piece not in self.open:
+            self.open[piece] = self.store.samples(piece[0], set(pending))
         try:
-            idx, sample = next(self.open[shard])
+            idx, sample = next(self.open[piece])
             for i in pending.pop(idx):
                 self.captured[i] = sample
             if pending:
                 return
         except StopIteration:
             self.last_error = (
-                f"{self.store.url(shard)}: ends before sample {min(pending)} "
+                f"{self.store.url(piece[0])}: ends before sample {min(pending)} "
                 "(the manifest lists more)"
             )
         except CorruptShard as e:
             self.last_error = str(e)
         for entries in pending.values():  # the rest of this shard is unreadable
             self.lost.update(entries)
-        self.open.pop(shard).close()
-        del self.wanted[shard]
+        self.open.pop(piece).close()
+        del self.wanted[piece]
 
 
 def stream_entries(
@@ -135,8 +140,8 @@ def stream_entries(
 class StreamSpec:
     """Everything a worker needs to produce its batches (picklable)."""
 
-    root: str
-    shards: list[dict]
+    roots: list[str]  # the set root of each shard
+    shards: list[dict]  # every set's manifest shards, end to end
     plan: EpochPlan
     transform: Transform  # raw sample → item (training / evaluation views, dense items)
     rank: int
@@ -151,7 +156,7 @@ class StreamSpec:
 
     def store(self) -> ShardStore:
         return ShardStore(
-            self.root,
+            self.roots,
             self.shards,
             retries=self.retries,
             budget=self.retry_seconds,
@@ -177,10 +182,11 @@ class Tally:
 
 def usable_samples(
     spec: StreamSpec, epoch: int, stream: int, cursor: int, tally: Tally
-) -> Iterator[tuple[int, str, tuple, bool]]:
-    """(cursor after it, key, transformed item, is a refill, is a repeat) for each usable sample
-    of a stream (a repeat: a pad copy or a refill, a sample this rank already yielded this
-    epoch); failures are skipped and tallied, never replaced."""
+) -> Iterator[tuple[int, str, tuple, bool, bool, int]]:
+    """(cursor after it, key, transformed item, is a refill, is a repeat, its set) for each usable
+    sample of a stream (a repeat: a pad copy or a refill, a sample this rank already yielded this
+    epoch; its set: the index of the sample's shard set); failures are skipped and tallied, never
+    replaced."""
     plan = spec.plan
     entries = plan.stream_entries(epoch, spec.rank, stream)
     n = len(entries)
@@ -211,8 +217,8 @@ def usable_samples(
             check_error_rate(tally.total, good, spec.max_error_rate, tally.last_error)
             continue
         good, since_good = good + 1, 0
-        refill = position >= n
-        yield position + 1, raw["__key__"], item, refill, refill or entries[i].copy > 0
+        refill, k = position >= n, plan.set_of(entries[i].shard)
+        yield position + 1, raw["__key__"], item, refill, refill or entries[i].copy > 0, k
 
 
 def collate_labels(labels: list, wanted: bool, classes: int) -> torch.Tensor:
@@ -239,30 +245,32 @@ def stream_batches(
 
     Images are uint8 (the loader normalises them). Each batch carries ``_meta``: {batch, stream,
     cursor after it, errors / refilled during it, last_error, the worker's RSS and its growth since
-    the stream started (MiB), worker CPU seconds} for the loader's bookkeeping.
+    the stream started (MiB), worker CPU seconds, samples per set index} for the loader's
+    bookkeeping.
     """
     tally, start_rss = Tally(), rss_mb()
     samples = usable_samples(spec, epoch, stream, cursor, tally)
     for j in batch_ids:
         chunk = [next(samples) for _ in range(spec.plan.batch_size)]
-        items = [item for _, _, item, _, _ in chunk]
+        _, keys, items, refills, repeats, sets = zip(*chunk, strict=True)
         labels = collate_labels([item[-1] for item in items], spec.labels, spec.classes)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         yield {
-            **spec.transform.batch(items, shared),
-            "key": [key for _, key, *_ in chunk],
+            **spec.transform.batch(list(items), shared),
+            "key": list(keys),
             "label": labels,
-            "padded": torch.tensor([repeat for *_, repeat in chunk]),
+            "padded": torch.tensor(repeats),
             "_meta": {
                 "batch": j,
                 "stream": stream,
                 "cursor": chunk[-1][0],
                 "errors": dict(tally.batch),
-                "refilled": sum(refill for _, _, _, refill, _ in chunk),
+                "refilled": sum(refills),
                 "last_error": tally.last_error,
                 "rss_mb": rss_mb(),
                 "rss_growth_mb": rss_mb() - start_rss,
                 "cpu_s": usage.ru_utime + usage.ru_stime,
+                "sets": dict(Counter(sets)),
             },
         }
         tally.batch.clear()

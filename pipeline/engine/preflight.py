@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.config import Config, DataConfig, EngineSpec
 from pipeline.data.loader import ShardLoader, epoch_plan, shard_loader
-from pipeline.data.shardio import read_manifest
+from pipeline.data.mixture import read_sets
 from pipeline.engine.checkpoint import check_writable
 from pipeline.engine.distributed import accumulation_steps
 from pipeline.engine.schedule import scaled_lr
@@ -23,7 +23,7 @@ from pipeline.engine.schedule import scaled_lr
 
 def probe_data(cfg: Config) -> DataConfig:
     """The data config of the kNN probe's labelled set (every sample once: padded, in order)."""
-    return replace(cfg.data, shards=cfg.probe.shards, remainder="pad")
+    return replace(cfg.data, shards=cfg.probe.shards, remainder="pad", repeat=1.0)
 
 
 def steps_per_epoch(spec: EngineSpec, loader: ShardLoader, world_size: int) -> tuple[int, int]:
@@ -69,7 +69,7 @@ def dry_run(spec: EngineSpec, optim, data: DataConfig, seed: int, world_size: in
         "steps_per_epoch": None,
     }
     try:
-        plan = epoch_plan(data, read_manifest(data.shards), seed, world_size, train=True)
+        plan = epoch_plan(data, read_sets(data), seed, world_size, train=True)
         derived["steps_per_epoch"] = plan.batches // accum
     except (OSError, ValueError) as e:
         derived["steps_per_epoch_unknown"] = str(e).splitlines()[0]

@@ -1,10 +1,11 @@
 """Config tree: YAML + overrides → typed dataclasses; errors name the key."""
 
+import re
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, ConfigError, load_config, to_dict
+from pipeline.config import Config, ConfigError, ShardSource, from_dict, load_config, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,3 +145,41 @@ def test_model_section_is_a_preset_plus_avmae_config_fields():
 def test_max_steps_that_train_nothing_are_refused(steps):
     with pytest.raises(ConfigError, match=f"train.max_steps: must be > 0, got {steps}"):
         load_config(REPO / "configs" / "debug.yaml", [f"train.max_steps={steps}"])
+
+
+def test_shards_take_one_path_or_a_mixture_list():
+    one = load_config(None, ["data.shards=s3://b/vggsound"])
+    assert one.data.shards == "s3://b/vggsound"  # unchanged: a plain string
+    assert [s.path for s in one.data.sources()] == ["s3://b/vggsound"]
+    mix = load_config(
+        None,
+        [
+            "data.shards=[{path: s3://b/as2m, weight: 3}, {path: /d/vgg, weight: 1}]",
+            "data.repeat=2",
+        ],
+    )
+    assert isinstance(mix.data.shards[1], ShardSource) and mix.data.shards[1].weight == 1.0
+    assert mix.data.repeat == 2.0
+    tree = to_dict(mix)  # the plain form in checkpoints and MLflow reloads to the same config
+    assert tree["data"]["shards"][1] == {"path": "/d/vgg", "weight": 1.0, "repeat": None}
+    assert from_dict(Config, tree).data == mix.data
+
+
+@pytest.mark.parametrize(
+    "shards, message",
+    [
+        ("[/a, {path: /b, weight: x}]", "data.shards[1].weight: expected float, got 'x'"),
+        ("[/a, {path: /b, wieght: 1}]", "data.shards[1].wieght: unknown key"),
+        ("[{path: /a, weight: 2}, /b]", "data.shards[1].weight: missing; give every set a weight"),
+        ("[{path: /a, weight: 1, repeat: 2}]", "data.shards[0]: give weight or repeat, not both"),
+        ("[{path: /a, repeat: 0}]", "data.shards[0].repeat: must be > 0, got 0.0"),
+        ("[/a, 5]", "data.shards[1]: expected str or a mapping, got 5"),
+        ("[{weight: 1}]", "data.shards[0].path: empty"),
+        ("[/a, /a]", "data.shards[1].path: '/a' is listed twice"),
+        ("[]", "data.shards: empty list"),
+        ("{path: /a}", "data.shards: expected str or list, got"),
+    ],
+)
+def test_mixture_items_are_checked_by_key(shards, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [f"data.shards={shards}"])

@@ -100,10 +100,12 @@ def write_shard_set(
     n_frames: int = 3,
     labelled: bool = True,
     damage=lambda i, sample: sample,
+    first: int = 0,
 ) -> dict:
     """Write ``num_samples`` samples, ``per_shard`` per tar, then manifest.json; return it.
 
     ``damage(i, sample)`` may alter a sample's members before writing (corrupt-sample tests).
+    Samples are numbered from ``first`` (sets with distinct keys: mixture tests).
     """
     fe = FRONTENDS[preset]
     dest.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,7 @@ def write_shard_set(
                     damage(
                         i,
                         make_sample(
-                            i,
+                            first + i,
                             fe,
                             clip_seconds=clip_seconds(i),
                             frame_size=frame_size,

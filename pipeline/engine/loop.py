@@ -236,7 +236,10 @@ class Engine:
 
     def _log_window(self, lr: float) -> dict:
         p, info, w = self.progress, self.info, self.steps.window
-        *losses, _, data_s, errors = self.steps.totals(self.data_errors(), p.epoch)
+        per_set = self.loader.samples_per_set()
+        totals = self.steps.totals(self.data_errors(), p.epoch, tuple(per_set.values()))
+        k = len(w.names)
+        losses, (data_s, errors), seen = totals[:k], totals[k + 1 : k + 3], totals[k + 3 :]
         n = max(w.count, 1) * info.world_size  # loss sums are over ranks and micro-steps
         elapsed = time.perf_counter() - w.t0
         prefix = f"train/{self.task.name}/" if self.task.name else "train/"
@@ -251,6 +254,8 @@ class Engine:
             f"{prefix}data_wait_frac": data_s / info.world_size / elapsed,
             "data/errors": errors,
         }
+        if len(per_set) > 1:  # a mixture: samples delivered per set, all ranks, since the start
+            metrics |= {f"data/samples_{n}": v for n, v in zip(per_set, seen, strict=True)}
         loss = metrics[f"{prefix}loss"]
         parts = " ".join(f"{k} {v / n:.4f}" for k, v in zip(w.names, losses, strict=True))
         self.folder.log(

@@ -87,15 +87,15 @@ class TrainStep:
         self.window.add(parts, batch["key"], step + 1)
         return loss
 
-    def totals(self, errors: int, epoch: int) -> list[float]:
-        """[components…, non-finite ranks, data_s, errors] summed over ranks (one all-reduce, one
-        host read). Raises NonFiniteLoss on every rank if any rank saw one."""
+    def totals(self, errors: int, epoch: int, counts: tuple[float, ...] = ()) -> list[float]:
+        """[components…, non-finite ranks, data_s, errors, counts…] summed over ranks (one
+        all-reduce, one host read). Raises NonFiniteLoss on every rank if any rank saw one."""
         w, k = self.window, len(self.window.names)
         local = torch.cat(
             [
                 w.losses,
                 (~torch.isfinite(w.losses).all()).double().reshape(1),
-                torch.tensor([w.data_s, errors], dtype=torch.float64, device=self.device),
+                torch.tensor([w.data_s, errors, *counts], dtype=torch.float64, device=self.device),
             ]
         )
         totals = local.clone()

@@ -21,7 +21,7 @@ from pipeline.engine.distributed import DistInfo
 from pipeline.engine.loop import Engine
 from pipeline.engine.output import RunFolder
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.dense import DenseTask, score_frames
+from pipeline.eval.dense import DenseTask, dense_loader, score_frames
 from pipeline.eval.encoder import LoadedEncoder, load_encoder
 from pipeline.eval.figures import overlay_grid
 from pipeline.eval.metrics.segmentation import SegmentationScores
@@ -38,6 +38,13 @@ class AVS(DenseTask):
         spec = DenseSpec(masks=True, jitter_seconds=a.audio_jitter, augment=True)
         super().__init__(cfg, info, enc, head.to(info.device), spec)
         self.layers = [self.layer(i) for i in a.layers]
+
+    def loader(self):
+        """The training set passed ``avs.oversample`` times per epoch (AVSBench's ×10), every
+        copy drawn apart (frame, crop, jitter)."""
+        return dense_loader(
+            self.cfg, self.info, self.mcfg, self.train_spec, True, self.cfg.avs.oversample
+        )
 
     def forward(self, encoder, head, image: Tensor, audio: Tensor) -> Tensor:
         """``[B, S, S]`` mask logits (the release's wiring: :meth:`AVSHead.from_encoder`)."""

@@ -23,7 +23,7 @@ from avbase.shardformat import MANIFEST
 from model.heads.classification import ALL_HEADS, AVClassifier, frequency_bias
 from pipeline.data.augment import EvalView
 from pipeline.data.loader import shard_loader
-from pipeline.data.shardio import join, read_manifest
+from pipeline.data.shardio import join
 from pipeline.engine.checkpoint import gather_objects
 from pipeline.engine.distributed import DistInfo, engine_dtype
 from pipeline.engine.loop import Engine, Task
@@ -52,13 +52,17 @@ class Classification(Task):
     def __init__(self, cfg: EvalConfig, info: DistInfo, enc: LoadedEncoder):
         self.cfg, self.info, self.enc = cfg, info, enc
         self.train_loader = self.data_loader(cfg.data.train, train=True)
-        test_manifest = read_manifest(cfg.data.test.shards)
+        test = self.data_loader(cfg.data.test, train=False)
+        test.close()
         self.classes, self.multi = check_label_sets(
-            self.train_loader.manifest, test_manifest, cfg.data.train.shards, cfg.data.test.shards
+            self.train_loader.manifest,
+            test.manifest,
+            self.train_loader.sets.paths[0],
+            test.sets.paths[0],
         )
         c = cfg.classification
         self.freq = (
-            class_frequencies(self.train_loader.manifest, cfg.data.train.shards)
+            class_frequencies(self.train_loader.sets.manifests, self.train_loader.sets.paths)
             if (c.bias_init == "class_freq" or divides(cfg))
             else None
         )

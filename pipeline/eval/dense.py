@@ -98,11 +98,15 @@ class DenseTask(Task):
 
 
 def dense_loader(
-    cfg: EvalConfig, info: DistInfo, mcfg, spec: DenseSpec, train: bool
+    cfg: EvalConfig, info: DistInfo, mcfg, spec: DenseSpec, train: bool, repeat: int = 1
 ) -> ShardLoader:
-    """The loader's dense mode over ``data.train`` (shuffled) or ``data.test`` (every sample
-    once per rank share, in order); one line naming the manifest when a member is missing."""
-    data = cfg.data.train if train else replace(cfg.data.test, remainder="pad")
+    """The loader's dense mode over ``data.train`` (shuffled; ``repeat`` passes per epoch, each
+    sample's copies augmented apart) or ``data.test`` (every sample once per rank share, in
+    order); one line naming the manifest when a member is missing."""
+    if train:
+        data = replace(cfg.data.train, repeat=cfg.data.train.repeat * repeat)
+    else:
+        data = replace(cfg.data.test, remainder="pad")
     loader = shard_loader(
         data,
         mcfg,
@@ -113,13 +117,14 @@ def dense_loader(
         train=train,
         transform=DenseTransform(mcfg.frontend, mcfg.image, spec, train),
     )
-    missing = [m for m in spec.members() if m not in loader.manifest.get("members", [])]
-    if missing:
-        loader.close()
-        raise ValueError(
-            f"{join(str(data.shards), MANIFEST)}: the set has no {' or '.join(missing)} members "
-            "(build it from a list with a 'masks' column / with --keep-waveform)"
-        )
+    for path, manifest in zip(loader.sets.paths, loader.sets.manifests, strict=True):
+        missing = [m for m in spec.members() if m not in manifest.get("members", [])]
+        if missing:
+            loader.close()
+            raise ValueError(
+                f"{join(path, MANIFEST)}: the set has no {' or '.join(missing)} members "
+                "(build it from a list with a 'masks' column / with --keep-waveform)"
+            )
     return loader
 
 

@@ -18,18 +18,19 @@ class EvalInputError(AvfusionError, ValueError):
     """A labelled shard set cannot be used for this evaluation; the message names the file."""
 
 
-def class_frequencies(manifest: dict, root: str) -> torch.Tensor:
-    """f ``[C]``: each class's label count over all label occurrences of the training set (the
-    release's ``class_dist``; for single-label sets the share of clips)."""
-    counts = manifest.get("label_counts")
-    total = sum(counts) if counts else 0
-    if not total:
-        raise EvalInputError(
-            f"{join(root, MANIFEST)}: no label_counts (built before class counts were "
-            "recorded); rebuild it, or set classification.bias_init=zero and "
-            "classification.class_freq_division=false"
-        )
-    return torch.tensor(counts, dtype=torch.float64).div(total).float()
+def class_frequencies(manifests: list[dict], roots: list[str]) -> torch.Tensor:
+    """f ``[C]``: each class's label count over all label occurrences of the training set(s)
+    (the release's ``class_dist``; for single-label sets the share of clips)."""
+    counts = torch.zeros(len(manifests[0].get("labels", [])), dtype=torch.float64)
+    for manifest, root in zip(manifests, roots, strict=True):
+        if not manifest.get("label_counts"):
+            raise EvalInputError(
+                f"{join(root, MANIFEST)}: no label_counts (built before class counts were "
+                "recorded); rebuild it, or set classification.bias_init=zero and "
+                "classification.class_freq_division=false"
+            )
+        counts += torch.tensor(manifest["label_counts"], dtype=torch.float64)
+    return counts.div(counts.sum()).float()
 
 
 def soft_targets(

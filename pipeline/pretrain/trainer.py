@@ -162,9 +162,20 @@ def pretrain(cfg: Config, info: DistInfo) -> dict:
     task = Pretraining(cfg, info)
     folder = RunFolder(cfg.train.output_dir, redact_tree(to_dict(cfg)), cfg.tracking, info, tags={})
     engine = Engine(cfg.engine_spec(), info, task, folder)
-    if info.is_main:
+    if info.is_main:  # the training set's manifest (a mixture: every set's, with its path)
+        sets = engine.loader.sets
+        content = (
+            sets.manifests[0]
+            if len(sets.paths) == 1
+            else {
+                "sets": [
+                    {"path": p, "manifest": m}
+                    for p, m in zip(sets.paths, sets.manifests, strict=True)
+                ]
+            }
+        )
         manifest = Path(cfg.train.output_dir) / "manifest.json"
-        manifest.write_text(json.dumps(engine.loader.manifest, indent=1))
+        manifest.write_text(json.dumps(content, indent=1))
         folder.artifact(manifest)
     last = engine.fit()
     task.reconstruction_figure(engine)

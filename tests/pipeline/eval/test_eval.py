@@ -127,7 +127,7 @@ def test_bias_init_from_class_frequencies():
     # multi-label: 12 clips, 9 label occurrences → f = counts / occurrences (the release's
     # class_dist), not counts / clips
     manifest = {"labels": ["a", "b", "c"], "label_counts": [6, 3, 0], "labelled_inputs": 12}
-    freq = class_frequencies(manifest, "/data/train")
+    freq = class_frequencies([manifest], ["/data/train"])
     assert freq.tolist() == pytest.approx([2 / 3, 1 / 3, 0.0])
     bias = frequency_bias(freq)
     f1, f2 = 2 / 3, 1 / 3
@@ -142,7 +142,7 @@ def test_bias_init_from_class_frequencies():
     model = _classifier(frozen=False, batchnorm=False, classes=3, bias=bias)
     assert all(torch.equal(h.bias.detach(), bias) for h in model.heads.values())
     with pytest.raises(EvalInputError, match="/data/train/manifest.json: no label_counts"):
-        class_frequencies({"labels": ["a"]}, "/data/train")
+        class_frequencies([{"labels": ["a"]}], ["/data/train"])
 
 
 # -- mixup and losses ---------------------------------------------------------------------------

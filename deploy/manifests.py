@@ -12,13 +12,14 @@ from importlib import resources as importlib_resources
 
 import yaml
 
-from deploy import pod
+from deploy import pod, preemption
 
 TRAIN_COMMAND = ["python", "-m", "deploy.launch"]
 MASTER_PORT = 29500  # Kubeflow Trainer's ContainerTrainerPort
 MLFLOW_SERVICE, MLFLOW_PORT = "avfusion-mlflow", 5000
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 LAUNCHERS = ("trainjob", "jobset")
+NODE = "node"  # replicated job and container of the training pods (Kubeflow's torch runtime)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Run:
     overrides: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = ()  # literal NAME=VALUE for training pods (NCCL_*)
     launcher: str = "trainjob"
+    grace_seconds: int = preemption.DEFAULT_GRACE_S  # terminationGracePeriodSeconds of nodes
     mlflow_artifacts: str = ""
     s3_endpoint: str | None = None
     shards_input: str | None = None  # set: render the shard-building Jobs
@@ -226,8 +228,9 @@ def train_args(run: Run) -> list[str]:
 
 
 def _train_env(run: Run) -> list[dict]:
-    """ConfigMap/Secret references, then ``--env`` literals (replacing a same-named reference)."""
-    env = {e["name"]: e for e in pod.train_env()}
+    """ConfigMap/Secret references and torchrun's shutdown timeout, then ``--env`` literals
+    (replacing a same-named one)."""
+    env = {e["name"]: e for e in [*pod.train_env(), preemption.agent_env(run.grace_seconds)]}
     env.update({name: {"name": name, "value": value} for name, value in run.extra_env})
     return list(env.values())
 
@@ -252,13 +255,14 @@ def trainjob(run: Run) -> dict:
         "replicatedJobs"
     ][0]["template"]["spec"]["template"]
     node_patch["spec"] = {
+        "terminationGracePeriodSeconds": run.grace_seconds,
         "securityContext": pod.POD_SECURITY,
         "tolerations": pod.GPU_TOLERATIONS,
         "volumes": _train_volumes(run),
         # NOTE: the trainer webhook forbids env here for container "node" (trainer.env has it).
         "containers": [
             {
-                "name": "node",
+                "name": NODE,
                 "securityContext": pod.CONTAINER_SECURITY,
                 "volumeMounts": pod.train_mounts(),
             }
@@ -284,8 +288,11 @@ def jobset(run: Run) -> dict:
     _meta(doc, run, run.name)
     job = doc["spec"]["replicatedJobs"][0]["template"]["spec"]
     job["completions"] = job["parallelism"] = run.nodes
+    preemption.restartable_job(job, NODE)
+    preemption.restart_preempted(doc["spec"]["failurePolicy"])
     spec = job["template"]["spec"]
     spec.update(
+        terminationGracePeriodSeconds=run.grace_seconds,
         securityContext=pod.POD_SECURITY,
         tolerations=pod.GPU_TOLERATIONS,
         volumes=_train_volumes(run),
@@ -304,9 +311,21 @@ def jobset(run: Run) -> dict:
     return doc
 
 
+def training_runtime(run: Run) -> dict:
+    """The namespace's TrainingRuntime ``avfusion-torch``: torch-distributed + restart policies."""
+    (doc,) = base("runtime.yaml")
+    spec = _meta(doc, run)["spec"]["template"]["spec"]
+    preemption.restart_preempted(spec["failurePolicy"])
+    (node,) = spec["replicatedJobs"]
+    preemption.restartable_job(node["template"]["spec"], NODE)
+    return doc
+
+
 def render_run(run: Run) -> dict[str, list[dict]]:
-    """File name → documents, in the order they are applied (detached from module constants)."""
-    files = {"00-config.yaml": config_docs(run), "10-mlflow.yaml": mlflow_docs(run)}
+    """File name → documents, in the order they are applied (detached from module constants).
+    The TrainJob's runtime is a setting of the namespace, like the checkpoint claim: 00."""
+    config = config_docs(run) + ([training_runtime(run)] if run.launcher == "trainjob" else [])
+    files = {"00-config.yaml": config, "10-mlflow.yaml": mlflow_docs(run)}
     if run.shards_input:
         build, merge = shards_docs(run)
         files["20-shards-build.yaml"], files["30-shards-merge.yaml"] = [build], [merge]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from deploy import preemption
 from deploy.manifests import LAUNCHERS, Run, render_run
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -46,10 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "render",
         help="write the manifests of one run to a directory",
-        description="Render the Kubernetes manifests of one run: cluster settings + the run "
-        "config (00), the MLflow server (10), optionally the parallel shard build "
-        "and merge Jobs (20, 30), and the multi-node training job (40: a Kubeflow "
-        "TrainJob, or a JobSet with --launcher jobset). Apply them in file order.",
+        description="Render the Kubernetes manifests of one run: cluster settings, the run "
+        "config and the TrainJob's runtime (00), the MLflow server (10), optionally the "
+        "parallel shard build and merge Jobs (20, 30), and the multi-node training job (40: a "
+        "Kubeflow TrainJob, or a JobSet with --launcher jobset). Apply them in file order.",
     )
     p.add_argument(
         "--run-config",
@@ -92,6 +93,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=100,
         help="node-local shard cache volume in GiB (default: %(default)s)",
+    )
+    p.add_argument(
+        "--grace-seconds",
+        type=int,
+        default=preemption.DEFAULT_GRACE_S,
+        metavar="S",
+        help="terminationGracePeriodSeconds of the training pods: after SIGTERM they stop at a "
+        "step boundary, save a checkpoint and exit 143 (default: %(default)s, derived in "
+        "docs/DEPLOY.md)",
     )
     p.add_argument(
         "--env",
@@ -201,6 +211,8 @@ def build_run(args: argparse.Namespace) -> Run:
         "use letters, digits, '-', '_' and '.'",
     )
     _check(args.cache_gb >= 1, f"--cache-gb: expected >= 1, got {args.cache_gb}")
+    grace = preemption.grace_problem(args.grace_seconds)
+    _check(grace is None, grace or "")
     cpu = args.cpu or str(8 * args.gpus_per_node)
     memory = args.memory or f"{64 * args.gpus_per_node}Gi"
     for flag, value in (("--cpu", cpu), ("--memory", memory), ("--shm-size", args.shm_size)):
@@ -231,6 +243,7 @@ def build_run(args: argparse.Namespace) -> Run:
         overrides=tuple(args.overrides),
         extra_env=_extra_env(args.env),
         launcher=args.launcher,
+        grace_seconds=args.grace_seconds,
         mlflow_artifacts=_mlflow_artifacts(args, shards),
         s3_endpoint=args.s3_endpoint,
         **_shards_fields(args, shards),

@@ -352,3 +352,73 @@ def test_jobset_pods_start_one_distributed_run(sim, shard_set, mlflow_server):
     # Artifacts went through the server's proxy into the S3 store the manifests name.
     stored = {p.name for p in (shard_set / "mlflow").rglob("*") if p.is_file()}
     assert {"config.yaml", "manifest.json"} <= stored
+
+
+def wait_for_step(proc: subprocess.Popen, step: int, timeout: float = 300) -> None:
+    """Until the pod's log (rank 0) reports optimizer step ``step``."""
+    deadline = time.time() + timeout
+    while not any(int(s) >= step for s in re.findall(r"\bstep (\d+)/", proc.log.read_text())):
+        assert proc.poll() is None and time.time() < deadline, proc.log.read_text()[-4000:]
+        time.sleep(0.5)
+
+
+def test_sigterm_to_one_pod_stops_every_node_with_a_checkpoint_and_the_restart_resumes(
+    sim, shard_set, mlflow_server
+):
+    """A preemption as the kubelet delivers it (SIGTERM to pod 0's PID 1 only): both pods exit
+    143 — pod 1 because its workers stopped at the agreed step — with a complete checkpoint;
+    the JobSet's restart (tests/deploy/test_preemption.py: no maxRestarts used) runs the same
+    pods again, which resume from it in the same MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    pod_spec = copy.deepcopy(node_pod(sim.doc("JobSet", NAME))[0])
+    args = pod_spec["containers"][0]["args"]
+    out = args.index(f"train.output_dir=/mnt/runs/{NAME}")
+    args[out] += "-preempted"  # a run of its own, long enough to be stopped mid-way
+    args += ["optim.epochs=100", "train.max_steps=400"]
+    sim.dns = {
+        f"{NAME}-node-0-0.{NAME}": "127.0.0.1",
+        f"http://{MLFLOW_SERVICE}.{NAMESPACE}.svc:{MLFLOW_PORT}": f"http://{mlflow_server}",
+    }
+    cpu = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+
+    def start(attempt: str) -> list[subprocess.Popen]:
+        port = str(free_port())
+        return [
+            sim.start(pod_spec, k, f"{attempt}-{k}", PET_MASTER_PORT=port, **cpu) for k in (0, 1)
+        ]
+
+    pods = start("preempted")
+    wait_for_step(pods[0], 2)
+    pods[0].send_signal(signal.SIGTERM)
+    for p in pods:
+        p.wait(timeout=300)
+    logs = [p.log.read_text() for p in pods]
+    assert [p.returncode for p in pods] == [143, 143], logs[0][-3000:] + logs[1][-3000:]
+    assert "SIGTERM: stopping at the next step boundary with a checkpoint" in logs[0]
+    assert "deploy.launch: SIGTERM; exit 143" in logs[0]
+    assert "deploy.launch: workers exited [143]; exit 143" in logs[1]
+    stopped = int(re.search(r"stopped by a signal at step (\d+)", logs[0])[1])
+    root = sim.claims / "avfusion-runs" / f"{NAME}-preempted" / "checkpoints"
+    assert (root / "latest").read_text().strip() == f"step{stopped:08d}"
+    assert (root / f"step{stopped:08d}" / "complete.json").is_file()
+    client = MlflowClient(f"http://{mlflow_server}")
+
+    def mlflow_run():
+        (exp,) = [e for e in client.search_experiments() if e.name == "avfusion-demo"]
+        (run,) = [
+            r
+            for r in client.search_runs([exp.experiment_id])
+            if r.data.params["train.output_dir"].endswith(f"{NAME}-preempted")
+        ]
+        return run
+
+    assert mlflow_run().info.status == "KILLED"
+
+    args[-1] = f"train.max_steps={stopped + 2}"  # the restarted set, told to finish soon
+    logs = finish(start("restarted"))
+    assert f"resuming at step {stopped}" in logs[0]
+    run = mlflow_run()  # the same run (one of them), finished
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == list(range(1, stopped + 3))  # before the stop, then after it

@@ -104,7 +104,7 @@ def test_every_rendered_document_passes_schema_validation(render, combo):
             if is_crd(doc):
                 assert f"WARN {path} Couldn't find schema for kind {doc['kind']}" in proc.stdout
                 assert crd_errors(doc) == []
-                if doc["kind"] == "JobSet":
+                if doc["kind"] in ("JobSet", "TrainingRuntime"):
                     assert jobset_job_errors(doc) == []
             else:
                 assert f"INFO {path} passed for resource {kn} against version 1.35" in proc.stdout
@@ -116,7 +116,7 @@ def test_base_manifests_validate_on_their_own():
     proc = kubernetes_validate_cli(files)
     assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout
     crds = [d for f in files for d in load_docs(f) if is_crd(d)]
-    assert {d["kind"] for d in crds} == {"TrainJob", "JobSet"}
+    assert {d["kind"] for d in crds} == {"TrainJob", "TrainingRuntime", "JobSet"}
     assert all(crd_errors(d) == [] for d in crds)
 
 
@@ -134,7 +134,18 @@ def test_validators_reject_a_misspelt_field(render, tmp_path):
     assert any("completion" in e for e in jobset_job_errors(jobset))
     assert any("completion: unknown field" in e for e in crd_errors(jobset))
 
-    trainjob = load_docs(render(*COMBOS["1x1-trainjob"], out=tmp_path / "tj")["40-train.yaml"])[0]
+    tj_files = render(*COMBOS["1x1-trainjob"], out=tmp_path / "tj")
+    (runtime,) = [
+        d for d in load_docs(tj_files["00-config.yaml"]) if d["kind"] == "TrainingRuntime"
+    ]
+    job = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]
+    job["podFailurePolicy"]["rules"][1]["onExitCode"] = job["podFailurePolicy"]["rules"][1].pop(
+        "onExitCodes"
+    )
+    assert any("onExitCode" in e for e in jobset_job_errors(runtime))
+    assert any("onExitCode: unknown field" in e for e in crd_errors(runtime))
+
+    trainjob = load_docs(tj_files["40-train.yaml"])[0]
     broken = copy.deepcopy(trainjob)
     broken["spec"]["trainer"]["numNode"] = 2
     assert crd_errors(broken) == [
@@ -155,7 +166,7 @@ def test_trainjob_asks_for_the_nodes_and_gpus(render, nodes, gpus):
     res = trainer["resourcesPerNode"]
     assert res["limits"][pod.GPU] == res["requests"][pod.GPU] == str(gpus)
     assert res["requests"]["cpu"] == str(8 * gpus) and res["limits"]["memory"] == f"{64 * gpus}Gi"
-    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert job["spec"]["runtimeRef"]["name"] == "avfusion-torch"  # tests/deploy/test_preemption.py
     assert trainer["command"] == ["python", "-m", "deploy.launch"]
     # Kubeflow Trainer webhook rules the CRD schema does not carry:
     assert not {e["name"] for e in trainer["env"]} & {
@@ -351,6 +362,7 @@ def test_render_is_deterministic(render, tmp_path):
         ),
         ({"--env": "PET_NNODES=3"}, "PET_* variables are set by the launcher"),
         ({"--env": "NCCL_DEBUG"}, "--env 'NCCL_DEBUG': expected NAME=VALUE"),
+        ({"--grace-seconds": "6"}, "--grace-seconds 6: not even one checkpoint save fits"),
     ],
 )
 def test_unusable_input_is_one_clear_error_and_writes_nothing(tmp_path, change, message):

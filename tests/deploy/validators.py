@@ -1,10 +1,11 @@
 """Offline schema validation of rendered manifests.
 
 Core kinds: ``kubernetes-validate --strict`` against a pinned Kubernetes version (schemas ship
-with the package). Kubeflow kinds (TrainJob, JobSet): the ``kubeflow-trainer-api`` pydantic
-models, strictly — a document must survive ``from_dict(doc).to_dict()`` unchanged, so unknown
-fields (which ``from_dict`` drops) fail like wrong types do (defaults it adds are fine); a JobSet's Job template is also
-checked by kubernetes-validate as a batch/v1 Job.
+with the package). Kubeflow kinds (TrainJob, TrainingRuntime, JobSet): the
+``kubeflow-trainer-api`` pydantic models, strictly — a document must survive
+``from_dict(doc).to_dict()`` unchanged, so unknown fields (which ``from_dict`` drops) fail like
+wrong types do (defaults it adds are fine); the Job templates of a JobSet and of a
+TrainingRuntime are also checked by kubernetes-validate as batch/v1 Jobs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ K8S_VERSION = "1.35.0"  # oldest Kubernetes we deploy to (backoffLimitPerIndex i
 CRD_MODELS = {
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): models.TrainerV1alpha1TrainJob,
     ("jobset.x-k8s.io/v1alpha2", "JobSet"): models.JobsetV1alpha2JobSet,
+    ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"): models.TrainerV1alpha1TrainingRuntime,
 }
 KUBERNETES_VALIDATE = str(Path(sys.executable).with_name("kubernetes-validate"))
 
@@ -68,9 +70,11 @@ def _diff(want, got, path: str):
 
 
 def jobset_job_errors(doc: dict) -> list[str]:
-    """Each replicated Job template of a JobSet, strictly validated as a batch/v1 Job."""
+    """Each replicated Job template of a JobSet (or of a TrainingRuntime's JobSet template),
+    strictly validated as a batch/v1 Job."""
     errors = []
-    for rjob in doc["spec"]["replicatedJobs"]:
+    spec = doc["spec"]["template"]["spec"] if doc["kind"] == "TrainingRuntime" else doc["spec"]
+    for rjob in spec["replicatedJobs"]:
         job = {
             "apiVersion": "batch/v1",
             "kind": "Job",

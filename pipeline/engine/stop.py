@@ -42,8 +42,9 @@ class StopSignal:
     def __exit__(self, exc_type, *_) -> None:
         if self.work is not None and exc_type is None:
             self.work.wait()  # every rank has one in flight: complete it before the group goes
-        for s, handler in self._saved.items():
-            signal.signal(s, handler)
+        if not self.flag:  # after a stop the handler stays: the launcher's own SIGTERM to the
+            for s, handler in self._saved.items():  # ranks must not cut the exit short
+                signal.signal(s, handler)
         self._saved = {}
 
     def _on_signal(self, signum: int, _frame) -> None:

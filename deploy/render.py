@@ -184,10 +184,24 @@ def _check(ok: bool, message: str) -> None:
         raise _fail(message)
 
 
+def first_set(shards) -> str:
+    """The (first) shard set's path of ``data.shards``: a path, or a mixture's list of paths /
+    ``{path, weight}`` items (the first set names the bucket of the default artifact store)."""
+    if isinstance(shards, list):
+        shards = shards[0] if shards else ""
+        shards = shards.get("path", "") if isinstance(shards, dict) else shards
+    return str(shards or "")
+
+
 def build_run(args: argparse.Namespace) -> Run:
     """Validate the command line and the run config into a ``Run``."""
     text, tree = read_run_config(args.run_config)
-    shards = str(tree.get("data", {}).get("shards") or "")
+    listed = tree.get("data", {}).get("shards")
+    shards = first_set(listed)
+    _check(
+        not (args.shards_job and isinstance(listed, list)),
+        f"{args.run_config}: data.shards lists several sets; --shards-job builds one",
+    )
     name = args.name or re.sub(r"[^a-z0-9-]+", "-", args.run_config.stem.lower()).strip("-")
     _check(
         bool(DNS_LABEL.match(name)) and len(name) <= MAX_NAME,

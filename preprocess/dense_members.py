@@ -1,10 +1,12 @@
 """Optional dense-task members of a sample (docs/FORMAT.md): per-frame masks and the waveform.
 
-- ``<key>.fNN.mask.png``: 8-bit grey PNG, 255 = the sounding object, the size of the stored
-  frame ``fNN``. Masks come from the list's ``masks`` column: a folder of PNGs, one per second of
-  the video (AVSBench layout ``<name>_<s>.png``; ordered by the last number in the name); the
-  frame taken at video time ``t`` gets mask number ``floor(t)`` (nearest-neighbour resized).
-  Frames past the last mask get none.
+- ``<key>.fNN.mask.png``: 8-bit grey PNG the size of the stored frame ``fNN``: 255 = the
+  sounding object, 0 = not, 128 = half (a consensus map's 0.5: Flickr-SoundNet, where one of two
+  annotators marked the pixel). Masks come from the list's ``masks`` column: a folder of PNGs,
+  one per second of the video (AVSBench layout ``<name>_<s>.png``; ordered by the last number in
+  the name; local or URL); the frame taken at video time ``t`` gets mask number ``floor(t)``
+  (nearest-neighbour resized, made binary). Frames past the last mask get none. Boxes of a
+  dataset index become masks in ``preprocess.datasets.regions``.
 - ``<key>.flac``: the clip's mono waveform at the preset rate (16-bit FLAC, lossless).
 """
 
@@ -13,26 +15,36 @@ from __future__ import annotations
 import io
 import math
 import os
+import posixpath
 import re
 
 import av
+import fsspec
 import numpy as np
 from PIL import Image
 
 from preprocess.clips import EPS
 from preprocess.decode import MediaError
-from preprocess.shardformat import MEMBERS, WAVE_EXT, frame_ext, mask_ext
+from preprocess.shardformat import MEMBERS, WAVE_EXT, frame_ext, is_url, mask_ext
 
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+LEVELS = {0.0: 0, 0.5: 128, 1.0: 255}  # mask value -> stored grey level
 
 
 def mask_files(folder: str) -> list[str]:
     """The folder's PNGs in time order (by the last number in each name)."""
     try:
-        names = [n for n in os.listdir(folder) if n.lower().endswith(".png") and _NUMBER.search(n)]
+        fs, root = fsspec.core.url_to_fs(folder)
+        names = [posixpath.basename(p) for p in fs.ls(root, detail=False)]
     except OSError as e:
         raise MediaError("masks", f"{folder}: {e.strerror or e}") from None
-    return [os.path.join(folder, n) for n in sorted(names, key=lambda n: int(_NUMBER.search(n)[1]))]
+    names = [n for n in names if n.lower().endswith(".png") and _NUMBER.search(n)]
+    names.sort(key=lambda n: int(_NUMBER.search(n)[1]))
+    return [
+        f"{folder.rstrip('/')}/{n}" if is_url(folder) else os.path.join(folder, n) for n in names
+    ]
 
 
 def mask_members(files: list[str], frames: list[tuple[float, bytes]]) -> list[tuple[str, bytes]]:
@@ -48,12 +60,18 @@ def mask_members(files: list[str], frames: list[tuple[float, bytes]]) -> list[tu
 
 def _mask_png(path: str, size: tuple[int, int]) -> bytes:
     try:
-        with Image.open(path) as im:
+        with fsspec.open(path, "rb") as f, Image.open(f) as im:
             grey = np.array(im.convert("L").resize(size, Image.Resampling.NEAREST))
     except OSError as e:
         raise MediaError("masks", f"{path}: {e}") from None
+    return mask_png((grey > 127).astype(np.float32))
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """Float ``[H, W]`` of 0 / 0.5 / 1 → the stored PNG (grey 0 / 128 / 255)."""
+    grey = np.select([mask >= 0.75, mask >= 0.25], [LEVELS[1.0], LEVELS[0.5]], LEVELS[0.0])
     buf = io.BytesIO()
-    Image.fromarray(np.where(grey > 127, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
+    Image.fromarray(grey.astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -81,9 +99,18 @@ def read_flac(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def read_mask(data: bytes) -> np.ndarray:
-    """PNG bytes → bool ``[H, W]``."""
+    """PNG bytes → float32 ``[H, W]`` of 0 / 0.5 / 1 (grey 0 / 128 / 255; other greys are
+    taken to the nearest of these — ``verify`` reports them)."""
     with Image.open(io.BytesIO(data)) as im:
-        return np.array(im.convert("L")) > 127
+        grey = np.array(im.convert("L"))
+    return np.select([grey >= 192, grey >= 64], [1.0, 0.5], 0.0).astype(np.float32)
+
+
+def mask_level_problem(data: bytes) -> str | None:
+    """Why a stored mask is not made of the grey levels 0 / 128 / 255, or None."""
+    with Image.open(io.BytesIO(data)) as im:
+        odd = set(np.unique(np.array(im.convert("L"))).tolist()) - set(LEVELS.values())
+    return f"grey levels {sorted(odd)[:5]} besides 0 / 128 / 255" if odd else None
 
 
 def declared_members(has_masks: bool, keep_waveform: bool) -> list[str]:
@@ -106,9 +133,12 @@ def check_members(
         try:
             mask = read_mask(data)
             size = Image.open(io.BytesIO(files[frame_ext(i)])).size
+            levels = mask_level_problem(data)
         except Exception as e:  # PIL raises many kinds
             problems.append(f"{mask_ext(i)}: undecodable ({type(e).__name__})")
             continue
+        if levels:
+            problems.append(f"{mask_ext(i)}: {levels}")
         if (mask.shape[1], mask.shape[0]) != size:
             problems.append(
                 f"{mask_ext(i)}: {mask.shape[1]}x{mask.shape[0]}, frame is {size[0]}x{size[1]}"

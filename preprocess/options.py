@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from preprocess import shardformat as fmt
+from preprocess.datasets.records import ClipInfo
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,9 @@ class Task:
     label: str | None = None
     label_index: int | None = None
     masks: str | None = None  # folder of per-second mask PNGs
+    clip: ClipInfo | None = None  # a clip of a dataset index (segment, boxes, pictures, split)
+
+    @property
+    def name(self) -> str:
+        """Unique in a build: the dataset clip's id, else the path."""
+        return self.clip.id if self.clip else self.path

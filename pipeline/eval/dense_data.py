@@ -56,7 +56,7 @@ def check_members(root: str, spec: DenseSpec) -> dict:
 def dense_items(
     root: str, spec: DenseSpec, rank: int = 0, world_size: int = 1, seed: int = 0
 ) -> Iterator[dict]:
-    """Items ``{"key", "frame", "image" uint8 [3,S,S], "audio" float32 [1,F,T], "mask" bool [S,S]?,
+    """Items ``{"key", "frame", "image" uint8 [3,S,S], "audio" float32 [1,F,T], "mask" float32 [S,S]?,
     "wave" float32 [n]?}`` of this rank, in shard order."""
     manifest = check_members(root, spec)
     g = 0
@@ -137,8 +137,9 @@ def _image(jpeg: bytearray, size: int) -> torch.Tensor:
 
 
 def _mask(png: bytearray, size: int) -> torch.Tensor:
-    m = torch.from_numpy(read_mask(bytes(png)))[None, None].float()
-    return NF.interpolate(m, size=(size, size), mode="nearest")[0, 0] > 0.5
+    """float32 ``[S, S]`` of 0 / 0.5 / 1 (0.5: a consensus map's half, docs/FORMAT.md)."""
+    m = torch.from_numpy(read_mask(bytes(png)))[None, None]
+    return NF.interpolate(m, size=(size, size), mode="nearest")[0, 0]
 
 
 def batches(items: Iterator[dict], batch_size: int) -> Iterator[dict]:

@@ -8,7 +8,8 @@ definitions).
   recall of ``p >= t``, ``F = (1 + β²) P R / (β² P + R)`` with β² = 0.3, averaged over frames,
   then the maximum over thresholds.
 - Localization (VGG-SS / Flickr-SoundNet literature): the map is min-max normalised per frame;
-  ``pred = map > 0.5``; ``ciou_i = |pred ∩ gt| / (|gt| + |pred \\ gt|)``; ``ciou`` = share of
+  ``pred = map > 0.5``; ``ciou_i = |pred ∩ gt| / (|gt| + |pred \\ gt|)``, with a consensus
+  map's 0.5 pixels counting half in ``|pred ∩ gt|`` and ``|gt|`` (LVS); ``ciou`` = share of
   frames with ``ciou_i >= 0.5``; ``auc`` = trapezoid area under the success rate
   ``mean(ciou_i >= t)`` for ``t`` in 0, 0.05, …, 1.
 All results are percentages.
@@ -26,7 +27,8 @@ CIOU_THRESHOLDS = torch.linspace(0, 1, 21)
 
 
 class SegmentationMeter:
-    """Accumulates ``update(prob [N,H,W], gt [N,H,W] bool)``; ``result()`` → miou, jaccard_fg, fscore."""
+    """Accumulates ``update(prob [N,H,W], gt [N,H,W])`` (gt > 0: foreground); ``result()`` →
+    miou, jaccard_fg, fscore."""
 
     def __init__(self):
         self.sums = torch.zeros(
@@ -57,13 +59,14 @@ class SegmentationMeter:
 
 
 class LocalizationMeter:
-    """Accumulates ``update(heatmap [N,H,W], gt [N,H,W] bool)``; ``result()`` → ciou, auc."""
+    """Accumulates ``update(heatmap [N,H,W], gt [N,H,W])``; ``result()`` → ciou, auc. ``gt`` is
+    binary or a consensus map of 0 / 0.5 / 1 (Flickr-SoundNet)."""
 
     def __init__(self):
         self.sums = torch.zeros(1 + len(CIOU_THRESHOLDS), dtype=torch.float64)  # n, success[t]
 
     def update(self, heatmap: Tensor, gt: Tensor) -> None:
-        ciou = consensus_iou(heatmap.detach().float().cpu(), gt.cpu().bool())
+        ciou = consensus_iou(heatmap.detach().float().cpu(), gt.cpu().float())
         self.sums[0] += len(ciou)
         self.sums[1:] += (ciou[:, None] >= CIOU_THRESHOLDS[None].double()).sum(0)
 
@@ -80,13 +83,15 @@ class LocalizationMeter:
 
 
 def consensus_iou(heatmap: Tensor, gt: Tensor) -> Tensor:
-    """Per-frame cIoU ``[N]`` (float64) of min-max normalised maps thresholded at 0.5."""
+    """Per-frame cIoU ``[N]`` (float64) of min-max normalised maps thresholded at 0.5 against
+    ``gt`` weights (binary, or a consensus map of 0 / 0.5 / 1), as LVS computes it:
+    ``sum(pred · gt) / (sum(gt) + sum(pred · [gt = 0]))``."""
     flat = heatmap.flatten(1)
     lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    pred = (flat - lo) / (hi - lo).clamp_min(EPS) > 0.5
-    gt = gt.flatten(1)
-    inter = (pred & gt).sum(1).double()
-    return inter / (gt.sum(1).double() + (pred & ~gt).sum(1).double()).clamp_min(EPS)
+    pred = ((flat - lo) / (hi - lo).clamp_min(EPS) > 0.5).double()
+    gt = gt.flatten(1).double()
+    inter = (pred * gt).sum(1)
+    return inter / (gt.sum(1) + (pred * (gt == 0)).sum(1)).clamp_min(EPS)
 
 
 def centred_prior(n: int, height: int, width: int, sigma: float = 0.25) -> Tensor:

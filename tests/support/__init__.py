@@ -1,0 +1,1 @@
+"""Helpers shared by test packages: look-alike public dataset trees."""

@@ -122,7 +122,7 @@ def _sources(cfg: BuildConfig) -> tuple[list[Source], list[str], bool, dict | No
     """(sources, class list, multi-label, the dataset's manifest record or None)."""
     if cfg.dataset is None:
         sources = collect_sources(list(cfg.inputs))
-        return *_classes(sources, cfg.classes), None
+        return sources, *_classes(sources, cfg.classes), None
     found = dataset_sources(cfg.dataset, cfg.classes)
     multi = found.multi_label or _classes(found.sources, found.classes)[1]
     return found.sources, found.classes, multi, found.record

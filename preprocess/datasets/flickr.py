@@ -7,8 +7,9 @@ take (LVS's ``flickr_test.csv``: ``<id>,<n>``, no header). Boxes are read as LVS
 DeepAVFusion read them: every ``bbox`` element two levels below the root, its first child
 skipped, the next four ``xmin, ymin, xmax, ymax`` on the 256 × 256 grid the annotators saw.
 The ground truth is their consensus map: each box adds 1 inside it, the sum is divided by 2
-and capped at 1 (values 0, 0.5, 1). Media: ``frames/<id>.jpg`` + ``audio/<id>.wav`` (the
-picture is paired with the sound's centre), or a video ``<id>.<ext>``. No labels.
+and capped at 1 (values 0, 0.5, 1). A box outside the grid (or with a max below its min) is
+dropped with one problem line for its file. Media: ``frames/<id>.jpg`` + ``audio/<id>.wav``
+(the picture is paired with the sound's centre), or a video ``<id>.<ext>``. No labels.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import xml.etree.ElementTree as ET
 
 import fsspec
 
-from preprocess.datasets.index import DatasetIndex, Entry, read_text, where
+from preprocess.datasets.index import DatasetIndex, Entry, box_problems, check_box, read_text, where
 from preprocess.datasets.records import Regions
 from preprocess.errors import AvfusionError
 
@@ -38,7 +39,7 @@ def read(paths: list[str]) -> DatasetIndex:
         boxes, problem = _boxes(path, read_text(path))
         if problem:
             index.reject(problem[0], name, problem[1], "test")
-        else:
+        if boxes:
             regions = Regions(tuple(boxes), GRID, consensus=True)
             index.add(Entry(name, where(path, 1), name, None, "test", regions=regions))
     for name, at in sorted((wanted or {}).items()):
@@ -78,31 +79,29 @@ def _wanted(lists: list[str]) -> dict[str, str]:
 
 
 def _boxes(path: str, text: str) -> tuple[list, tuple[str, str] | None]:
-    """(boxes, None) or ([], (where, problem))."""
+    """(usable boxes, None or (where, problem)): one problem for the file's unusable boxes
+    (dropped), where the first of them is."""
     try:
         root = ET.fromstring(text)
     except ET.ParseError as e:
         return [], (where(path, e.position[0]), f"not XML ({e})")
     lines = _tag_lines(text, "bbox")
-    boxes = []
+    boxes, problems, first = [], [], None
     elements = [node for child in root for node in child if node.tag == "bbox"]
     for k, node in enumerate(elements):
-        at = where(path, lines[k] if k < len(lines) else 1)
         values = [(ch.text or "").strip() for ch in list(node)[1:5]]
         try:
-            box = tuple(float(v) for v in values)
+            box, problem = check_box([float(v) for v in values], GRID)
         except ValueError:
-            box = ()
-        if len(box) != 4:
-            return [], (at, f"bbox {k + 1}: expected 4 numbers after its first child, got {values}")
-        if any(not 0 <= v <= GRID for v in box):
-            return [], (at, f"bbox {k + 1} {box}: outside the {GRID:g} x {GRID:g} frame")
-        if box[2] < box[0] or box[3] < box[1]:
-            return [], (at, f"bbox {k + 1} {box}: max below min")
-        boxes.append(box)
-    if not boxes:
+            problem = f"{values}: expected 4 numbers after its first child"
+        if problem:
+            problems.append(f"bbox {k + 1} {problem}")
+            first = first or where(path, lines[k] if k < len(lines) else 1)
+        else:
+            boxes.append(box)
+    if not elements:
         return [], (where(path, 1), "no bbox element")
-    return boxes, None
+    return boxes, (first, box_problems(problems, len(boxes))) if problems else None
 
 
 def _tag_lines(text: str, tag: str) -> list[int]:

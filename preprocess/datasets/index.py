@@ -90,3 +90,23 @@ def seconds(text: str) -> float | None:
 def where(path: str, line: int) -> str:
     """``<index file>:<line>`` as errors name an entry (credentials in URLs masked)."""
     return f"{redact(path)}:{line}"
+
+
+def check_box(values, scale: float, tolerance: float = 1e-6) -> tuple[tuple, str | None]:
+    """(box clipped to [0, scale] within ``tolerance``, None), or ((), why it is unusable):
+    not four numbers, a coordinate outside the frame, or a max below its min."""
+    numbers = isinstance(values, list | tuple) and len(values) == 4
+    if not numbers or any(not isinstance(v, int | float) or isinstance(v, bool) for v in values):
+        return (), f"{list(values) if isinstance(values, tuple) else values!r}: expected 4 numbers"
+    if any(not -tolerance <= v <= scale + tolerance for v in values):
+        return (), f"{list(values)}: outside the frame (coordinates in [0, {scale:g}])"
+    box = tuple(min(max(float(v), 0.0), scale) for v in values)
+    if box[2] < box[0] or box[3] < box[1]:
+        return (), f"{list(values)}: max below min"
+    return box, None
+
+
+def box_problems(problems: list[str], kept: int) -> str:
+    """One message for an entry's unusable boxes (they are dropped; the others kept)."""
+    fate = f"dropped, {kept} box(es) kept" if kept else "no box left: the clip is not built"
+    return "; ".join(problems) + f" ({fate})"

@@ -5,7 +5,7 @@ A CSV with the header ``source_1,source_2,class_1,class_2,sep_type``; one pair p
 source a VGGSound clip id ``<ytid>_<start:06d>`` (the ytid may begin with ``-`` and contain
 ``_``), the classes the VGGSound labels without ``playing `` and with ``_`` for spaces
 (quoted when they hold a comma: ``"violin,_fiddle"``), ``sep_type`` ``Easy`` (two classes) or
-``Hard`` (one class twice). The release's 1,200 pairs mix the two sources' centre 3-s windows.
+``Hard`` (one class twice). The release's 1,201 pairs (910 Easy, 291 Hard) mix the two sources' centre 3-s windows.
 
 :func:`read_pairs` returns the pairs as sample keys of shard sets built with
 ``avfusion shards build --dataset vggsound`` (or ``vggss``): ``<source-id>_<clip-index>``,

@@ -60,28 +60,28 @@ class DatasetSources:
 
 
 def dataset_sources(spec: DatasetSpec, classes: tuple[str, ...] | None = None) -> DatasetSources:
-    """The sources of ``spec``; ``classes`` (``--classes``) replaces the index's class list."""
+    """The sources of ``spec``. ``classes`` (``--classes``) replaces the index's class list
+    and selects the clips whose classes are all in it (e.g. VGGSound's music classes); the
+    others are left out, counted as ``excluded``."""
     if spec.name not in READERS:
         raise AvfusionError(f"--dataset {spec.name}: expected one of {', '.join(READERS)}")
     index = READERS[spec.name](list(spec.index))
     entries = _in_split(index, spec)
     names = list(classes) if classes is not None else index.classes or []
+    listed = len(entries)
+    entries = [e for e in entries if all(c in names for c in split_label(e.label or ""))]
+    if not entries:
+        raise AvfusionError(f"--classes: none of the {listed} listed clips has those classes")
     media = MediaRoot(spec.media, spec.name_pattern)
     sources = [_problem(p.where, p.id, p.message) for p in index.problems if _wanted(p, spec)]
-    for entry in entries:
-        unknown = [c for c in split_label(entry.label or "") if c not in names]
-        if unknown:
-            message = f"class {unknown[0]!r} is not in the class list ({len(names)} classes)"
-            sources.append(_problem(entry.where, entry.id, message))
-        else:
-            sources.append(_locate(entry, media, spec.name))
+    sources += [_locate(entry, media, spec.name) for entry in entries]
     if entries and all(s.clip.problem for s in sources):
         example = entries[0]
         raise AvfusionError(
             f"--media {spec.media}: none of the {len(entries)} listed clips was found "
             f"(clip {example.id}: looked for {media.tried(example)}; see --name-pattern)"
         )
-    record = {**spec.record(), **index.record}
+    record = {**spec.record(), **index.record, "excluded": listed - len(entries)}
     return DatasetSources(
         sorted(sources, key=lambda s: s.clip.id), names, index.multi_label, record
     )

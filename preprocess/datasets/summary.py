@@ -1,10 +1,12 @@
 """The manifest's ``dataset`` record: what was listed, built, missing and rejected.
 
-``{"name", "index", "media", "split", "name_pattern", ["class_ids"], "listed", "built",
-"missing", "broken", "index_errors", "splits": {split: built clips}}`` — counts over the
-clips of this build (one part's slice for ``--part-index``; ``shards merge`` adds them up).
-``listed`` counts index entries that name a clip, ``index_errors`` the lines that could not be
-used; ``missing`` clips have no media, ``broken`` ones have media that yielded no sample.
+``{"name", "index", "media", "split", "name_pattern", ["class_ids"], "excluded", "listed",
+"built", "missing", "broken", "index_errors", "splits": {split: built clips}}`` — counts over
+the clips of this build (one part's slice for ``--part-index``; ``shards merge`` adds them up).
+``listed`` counts the index entries of the build's split (and ``--classes``) that name a clip,
+``index_errors`` the index problems (unusable lines, dropped boxes); ``missing`` clips have no
+media, ``broken`` ones have media that yielded no sample. ``excluded``: entries of the split
+left out by ``--classes`` (the whole index's count, not a part's).
 """
 
 from __future__ import annotations
@@ -45,12 +47,12 @@ def merge_summaries(records: list[dict]) -> dict:
 
 def summary_line(record: dict) -> str:
     """``vggsound (test): 15446 clips listed, 12000 built, 3400 missing, 46 broken; 2 index
-    lines rejected``."""
+    problems``."""
     split = f" ({record['split']})" if record.get("split") else ""
     return (
         f"{record['name']}{split}: {record['listed']} clips listed, {record['built']} built, "
         f"{record['missing']} missing, {record['broken']} broken; "
-        f"{record['index_errors']} index lines rejected (errors.jsonl)"
+        f"{record['index_errors']} index problems (errors.jsonl)"
     )
 
 

@@ -110,11 +110,20 @@ def test_vggss_entries_keep_their_line_and_reject_boxes_outside_the_frame(tmp_pa
         },
         {"file": "Bb_000010", "class": "tap dancing", "bbox": [[0.1, -0.2, 0.5, 0.5]]},
         {"file": "Cc_000010", "class": "tap dancing", "bbox": [[0.6, 0.1, 0.5, 0.5]]},
+        {  # as 12 published entries: one corrupt coordinate, the other box is kept
+            "file": "Db6Hjt0x28k_000056",
+            "class": "playing timbales",
+            "bbox": [
+                [0.384375, 0.859375, 0.696875, -2.8823037615171176e16],
+                [0.05, 0.35, 0.75, 0.98],
+            ],
+        },
     ]
     index = _write(tmp_path / "vggss.json", json.dumps(entries, indent=1))
     got = vggss.read([index])
-    assert got.classes == ["elk bugling", "tap dancing"]
-    first, second = got.entries
+    assert got.classes == ["elk bugling", "playing timbales", "tap dancing"]
+    first, second, third = got.entries
+    assert third.id == "Db6Hjt0x28k_000056" and third.regions.boxes == ((0.05, 0.35, 0.75, 0.98),)
     assert (first.id, first.name, first.start, first.end, first.split) == (
         "zpWuikVorYg_000032",
         "zpWuikVorYg",
@@ -129,15 +138,27 @@ def test_vggss_entries_keep_their_line_and_reject_boxes_outside_the_frame(tmp_pa
     assert [(p.where, p.id, p.message.split(":")[0]) for p in got.problems] == [
         (f"{index}:{starts[2]} entry 3", "Bb_000010", "box 1 [0.1, -0.2, 0.5, 0.5]"),
         (f"{index}:{starts[3]} entry 4", "Cc_000010", "box 1 [0.6, 0.1, 0.5, 0.5]"),
+        (
+            f"{index}:{starts[4]} entry 5",
+            "Db6Hjt0x28k_000056",
+            "box 1 [0.384375, 0.859375, 0.696875, -2.8823037615171176e+16]",
+        ),
     ]
-    assert "outside the frame" in got.problems[0].message
+    assert "outside the frame" in got.problems[0].message and "not built" in got.problems[0].message
     assert "max below min" in got.problems[1].message
+    assert (
+        "outside the frame" in got.problems[2].message
+        and "1 box(es) kept" in got.problems[2].message
+    )
 
 
 def test_flickr_reads_every_annotators_box_and_names_the_bad_box(tmp_path):
     notes = tmp_path / "Annotations"
     notes.mkdir()
-    box = "<bbox><annotator>{}</annotator><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax><ymax>{}</ymax></bbox>"
+    box = (
+        "<bbox><annotator>{}</annotator><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax>"
+        "<ymax>{}</ymax></bbox>"
+    )
     (notes / "111.xml").write_text(
         "<annotation>\n<object>\n"
         + box.format(1, 0, 0, 128, 128)
@@ -154,12 +175,14 @@ def test_flickr_reads_every_annotators_box_and_names_the_bad_box(tmp_path):
     )
     got = flickr.read([str(notes)])
     assert [(e.id, e.regions) for e in got.entries] == [
-        ("111", Regions(((0, 0, 128, 128), (64, 64, 192, 192)), 256.0, consensus=True))
+        ("111", Regions(((0, 0, 128, 128), (64, 64, 192, 192)), 256.0, consensus=True)),
+        ("222", Regions(((0, 0, 10, 10),), 256.0, consensus=True)),  # the bad box dropped
     ]
     assert [(p.where, p.id) for p in got.problems] == [(f"{notes}/222.xml:6", "222")]
+    assert "bbox 2 [0.0, 0.0, 300.0, 10.0]: outside the frame" in got.problems[0].message
     listed = _write(tmp_path / "flickr_test.csv", "111,202\n333,0\n")
     got = flickr.read([str(notes), listed])
-    assert [e.id for e in got.entries] == ["111"]
+    assert [e.id for e in got.entries] == ["111"]  # 222 is not listed
     assert [(p.where, p.id) for p in got.problems] == [(f"{listed}:2", "333")]
 
 

@@ -71,7 +71,10 @@ def box_of(mask: np.ndarray) -> list[float]:
     """The mask's bounding box as fractions of the frame: [xmin, ymin, xmax, ymax]."""
     rows, cols = np.nonzero(mask)
     h, w = mask.shape
-    return [float(cols.min() / w), float(rows.min() / h), float((cols.max() + 1) / w), float((rows.max() + 1) / h)]
+    return [float(cols.min() / w), float(rows.min() / h)] + [
+        float((cols.max() + 1) / w),
+        float((rows.max() + 1) / h),
+    ]
 
 
 def vggsound_tree(root: Path, videos: list[Path]) -> Tree:
@@ -215,7 +218,8 @@ def avsbench_tree(root: Path, videos: list[Path]) -> Tree:
 def vggss_tree(root: Path, videos: list[Path]) -> Tree:
     """``vggss.json`` with one entry per video (named ``<id>_<start:06d>.mp4`` as LVS reads
     them, every other one ``<id>_<start ms>_<end ms>.mp4``), the box the synth mask of the
-    frame at 1.5 s fills; plus an entry without media and one with a box outside the frame."""
+    frame at 1.5 s fills (the first entry also has a box outside the frame); plus an entry
+    without media and one whose only box is outside the frame."""
     root.mkdir(parents=True, exist_ok=True)
     media = root / "media"
     entries = []
@@ -224,7 +228,8 @@ def vggss_tree(root: Path, videos: list[Path]) -> Tree:
         ytid, start = f"Vv_{i:02d}-abc{i}", 10 * i
         clip_id = f"{ytid}_{start:06d}"
         box = box_of(truth_mask(video, 1))
-        entries.append({"file": clip_id, "class": f"class {i % 2}", "bbox": [box]})
+        bad = [[0.5, 0.1, 1.2, 0.5]] if i == 0 else []  # dropped, the good box kept
+        entries.append({"file": clip_id, "class": f"class {i % 2}", "bbox": [box, *bad]})
         name = clip_id if i % 2 == 0 else f"{ytid}_{start * 1000}_{(start + 10) * 1000}"
         _copy(video, media / f"{name}.mp4")
         tree.clips[clip_id] = {"label": f"class {i % 2}", "boxes": [box], "video": video}
@@ -234,7 +239,10 @@ def vggss_tree(root: Path, videos: list[Path]) -> Tree:
         {"file": "Outside0001_000000", "class": "class 1", "bbox": [[0.5, 0.1, 1.2, 0.5]]}
     )
     tree.index[0].write_text(json.dumps(entries))
-    tree.problems = {f"{tree.index[0]}:1 entry {len(entries)}": "outside the frame"}
+    tree.problems = {
+        f"{tree.index[0]}:1 entry 1": "1 box(es) kept",
+        f"{tree.index[0]}:1 entry {len(entries)}": "not built",
+    }
     return tree
 
 

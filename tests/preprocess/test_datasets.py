@@ -267,3 +267,30 @@ def test_the_release_pair_list_becomes_sample_keys(tmp_path):
         read_pairs(bad)
     with pytest.raises(AvfusionError, match="expected the header"):
         read_pairs(_write(tmp_path / "h.csv", "a,b\n"))
+
+
+def test_masks_read_as_0_half_1_and_consensus_iou_counts_half_pixels_half():
+    import io
+
+    import torch
+    from PIL import Image
+
+    from pipeline.eval.dense_metrics import consensus_iou
+    from preprocess.dense_members import mask_level_problem, mask_png, read_mask
+
+    soft = np.array([[1.0, 0.5, 0.5, 0.0]], np.float32)
+    png = mask_png(soft)
+    assert np.unique(np.array(Image.open(io.BytesIO(png)))).tolist() == [0, 128, 255]
+    assert np.array_equal(read_mask(png), soft) and mask_level_problem(png) is None
+    odd = io.BytesIO()
+    Image.fromarray(np.array([[0, 100, 255]], np.uint8), mode="L").save(odd, format="PNG")
+    assert "grey levels [100]" in mask_level_problem(odd.getvalue())
+    # LVS: sum(pred * gt) / (sum(gt) + sum(pred * (gt == 0))): (1 + 0.5) / (2 + 0) = 0.75;
+    # the last pixel predicted too: (1 + 0.5) / (2 + 1) = 0.5
+    gt = torch.from_numpy(soft)
+    assert consensus_iou(torch.tensor([[1.0, 1.0, 0.0, 0.0]]), gt).item() == 0.75
+    assert consensus_iou(torch.tensor([[1.0, 1.0, 0.0, 1.0]]), gt).item() == 0.5
+    binary = torch.tensor(
+        [[1.0, 1.0, 0.0, 0.0]]
+    )  # a binary mask: the former |∩| / (|gt| + |p \ gt|)
+    assert consensus_iou(torch.tensor([[1.0, 0.0, 1.0, 0.0]]), binary).item() == 1 / 3

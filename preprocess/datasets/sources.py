@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from preprocess.datasets import audioset, avsbench, flickr, vggsound, vggss
+from preprocess.datasets import NAMES, audioset, avsbench, flickr, vggsound, vggss
 from preprocess.datasets.index import DatasetIndex, Entry
 from preprocess.datasets.media import MediaRoot
 from preprocess.datasets.records import ClipInfo, Still
@@ -22,13 +22,9 @@ from preprocess.inputs import Source
 from preprocess.labels import split_label
 from preprocess.urls import redact
 
-READERS = {
-    "vggsound": vggsound.read,
-    "audioset": audioset.read,
-    "avsbench-s4": avsbench.read,
-    "vggss": vggss.read,
-    "flickr": flickr.read,
-}
+READERS = dict(  # in NAMES order
+    zip(NAMES, (vggsound.read, audioset.read, avsbench.read, vggss.read, flickr.read), strict=True)
+)
 
 
 @dataclass(frozen=True)

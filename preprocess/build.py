@@ -1,7 +1,8 @@
 """``avfusion shards build``: inputs → shard set; parallel, shuffled, deterministic, resumable.
 
-Order of work: list and sort the inputs → put them in the seeded order (``preprocess.shuffle``;
-``shuffle=False`` keeps the sorted order) → take this part's block → check the destination →
+Order of work: list and sort the inputs (or, with ``dataset``, a public dataset's index
+entries and their media: ``preprocess.datasets.sources``) → put them in the seeded order
+(``preprocess.shuffle``; ``shuffle=False`` keeps the sorted order) → take this part's block → check the destination →
 load resume state → decode in worker processes (results consumed in order) → per window of
 inputs, write its clips in the seeded permutation into shards of ``samples_per_shard``; after
 each tar, a completion record ``.progress/shard-NNNNNN.tar.json`` {shard entry, cursor, errors}

@@ -8,7 +8,7 @@ A sample ``<key>`` is the tar members ``<key>.<ext>``; :data:`MEMBERS` lists eve
 | `meta`  | `json`             | dict → UTF-8 JSON                 | dict                            |
 | `mel`   | `mel.npy`          | float16 ``[n_mels, T]`` → .npy    | float16 ``[n_mels, T]`` (view)  |
 | `frame` | `fNN.jpg`          | PIL image → JPEG (quality 90)     | PIL image (RGB)                 |
-| `mask`  | `fNN.mask.png`     | ``[H, W]`` in [0, 1] → grey PNG   | bool ``[H, W]``                 |
+| `mask`  | `fNN.mask.png`     | ``[H, W]`` 0/½/1 → grey 0/128/255 | float32 ``[H, W]`` of 0 / ½ / 1 |
 | `flac`  | `flac`             | (float ``[n]`` in [-1, 1], rate)  | (float32 ``[n]``, rate)         |
 
 ``check(value, meta, files)`` returns the problems of a decoded member (verify). ``mask`` and
@@ -35,6 +35,7 @@ MASK_EXT = "f{index:02d}.mask.png"  # 8-bit grey mask of frame fNN (255 = the so
 WAVE_EXT = "flac"  # the clip's mono waveform at the preset rate
 JPEG_QUALITY = 90  # stored frames (the preset records it)
 OPTIONAL = ("mask", "flac")  # declared in the manifest's ``members`` when a set holds them
+MASK_LEVELS = (0, 128, 255)  # stored grey of mask values 0, 0.5 (annotator consensus), 1
 _NPY_HEADER = re.compile(
     rb"'descr':\s*'<f2',\s*'fortran_order':\s*False,\s*'shape':\s*\((\d+),\s*(\d+)\)"
 )
@@ -94,21 +95,28 @@ def read_jpeg(data: bytes):
 
 
 def mask_png(mask: np.ndarray) -> bytes:
-    """``[H, W]`` in [0, 1] (bool or float) → 8-bit grey PNG: 255 inside, 0 outside."""
+    """``[H, W]`` of 0 / 0.5 / 1 (bool or float; a consensus map's 0.5: one of two annotators)
+    → 8-bit grey PNG of 0 / 128 / 255 (values snap to the nearest level)."""
     from PIL import Image
 
-    grey = np.where(np.asarray(mask, dtype=np.float32) > 0.5, 255, 0).astype(np.uint8)
+    m = np.asarray(mask, dtype=np.float32)
+    grey = np.select([m >= 0.75, m >= 0.25], [255, 128], 0).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(grey, mode="L").save(buf, format="PNG")
     return buf.getvalue()
 
 
 def read_mask(data: bytes) -> np.ndarray:
-    """PNG bytes → bool ``[H, W]``."""
+    """PNG bytes → float32 ``[H, W]`` of 0 / 0.5 / 1; a grey level other than 0 / 128 / 255 is
+    a MemberError (never rounded away silently)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        return np.array(im.convert("L")) > 127
+        grey = np.array(im.convert("L"))
+    odd = sorted(set(np.unique(grey).tolist()) - set(MASK_LEVELS))
+    if odd:
+        raise MemberError(f"grey levels {odd[:5]} besides 0 / 128 / 255")
+    return np.select([grey == 255, grey == 128], [1.0, 0.5], 0.0).astype(np.float32)
 
 
 def flac_bytes(wave: np.ndarray, rate: int) -> bytes:

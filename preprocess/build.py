@@ -1,7 +1,8 @@
 """``avfusion shards build``: inputs → shard set; parallel, shuffled, deterministic, resumable.
 
-Order of work: list and sort the inputs → put them in the seeded order (``preprocess.shuffle``;
-``shuffle=False`` keeps the sorted order) → take this part's block → check the destination →
+Order of work: list and sort the inputs (or, with ``dataset``, a public dataset's index
+entries and their media: ``preprocess.datasets.sources``) → put them in the seeded order
+(``preprocess.shuffle``; ``shuffle=False`` keeps the sorted order) → take this part's block → check the destination →
 load resume state → decode in worker processes (results consumed in order) → per window of
 inputs, write its clips in the seeded permutation into shards of ``samples_per_shard``; after
 each tar, a completion record ``.progress/shard-NNNNNN.tar.json`` {shard entry, cursor, errors}
@@ -25,8 +26,10 @@ from avbase import shardformat as fmt
 from avbase.errors import AvfusionError
 from avbase.progress import progress as show_progress
 from avbase.urls import redact
+from preprocess.datasets.sources import DatasetSpec, dataset_sources
+from preprocess.datasets.summary import dataset_summary
 from preprocess.dense_members import declared_members
-from preprocess.inputs import collect_sources, select_part, source_id
+from preprocess.inputs import Source, collect_sources, select_part, source_id
 from preprocess.labels import class_list, label_counts, label_index
 from preprocess.options import SampleOptions, Task
 from preprocess.pool import Failure, available_cores, ordered_map
@@ -62,6 +65,7 @@ class BuildConfig:
     window: int = 256  # inputs whose clips are permuted together
     force: bool = False  # replace a shard set (or unfinished build) at ``out``
     classes: tuple[str, ...] | None = None  # fixed class list (--classes); None: sorted labels seen
+    dataset: DatasetSpec | None = None  # a public dataset's index + media (then no inputs)
 
 
 @dataclass
@@ -73,17 +77,17 @@ class Progress:
 
 def build(cfg: BuildConfig) -> dict | None:
     """Build (or finish) the shard set; returns its manifest, ``None`` if it was complete."""
-    sources = collect_sources(list(cfg.inputs))
-    labels, multi = class_list([s.label for s in sources], cfg.classes)
+    sources, labels, multi, dataset = _sources(cfg)
     if cfg.shuffle:
-        sources = shuffled(sources, cfg.seed, name=lambda s: s.path)
+        sources = shuffled(sources, cfg.seed, name=lambda s: s.name)
     tasks = [
         Task(
             s.path,
-            source_id(s.path),
+            s.clip.source_id if s.clip else source_id(s.path),
             s.label,
             label_index(s.label, labels, multi, s.path) if s.label is not None else None,
             s.masks,
+            s.clip,
         )
         for s in select_part(sources, cfg.part_index, cfg.num_parts)
     ]
@@ -97,10 +101,13 @@ def build(cfg: BuildConfig) -> dict | None:
     manifest = make_manifest(
         cfg.options.preset_record(), progress.shards, len(progress.errors), labels, record
     )
-    manifest["members"] = declared_members(any(t.masks for t in tasks), cfg.options.keep_waveform)
+    has_masks = any(t.masks or t.clip and t.clip.regions for t in tasks)
+    manifest["members"] = declared_members(has_masks, cfg.options.keep_waveform)
+    if dataset is not None:
+        manifest["dataset"] = dataset_summary(dataset, tasks, progress.errors)
     if labels:
-        failed = {e["source"] for e in progress.errors}
-        done = [t.label_index for t in tasks if t.path not in failed and t.label_index is not None]
+        failed = {e.get("clip_id", e["source"]) for e in progress.errors}
+        done = [t.label_index for t in tasks if t.name not in failed and t.label_index is not None]
         manifest.update(
             multi_label=multi,
             labelled_inputs=len(done),
@@ -110,6 +117,20 @@ def build(cfg: BuildConfig) -> dict | None:
     write_manifest(store, manifest)
     store.remove(fmt.PROGRESS_DIR)
     return manifest
+
+
+def _sources(cfg: BuildConfig) -> tuple[list[Source], list[str], bool, dict | None]:
+    """(sources, class list, multi-label, the dataset's manifest record or None)."""
+    if cfg.dataset is None:
+        sources = collect_sources(list(cfg.inputs))
+        return sources, *_classes(sources, cfg.classes), None
+    found = dataset_sources(cfg.dataset, cfg.classes)
+    multi = found.multi_label or _classes(found.sources, found.classes)[1]
+    return found.sources, found.classes, multi, found.record
+
+
+def _classes(sources: list[Source], given) -> tuple[list[str], bool]:
+    return class_list([s.label for s in sources], given)
 
 
 def _run(store: Store, cfg: BuildConfig, tasks: list[Task], progress: Progress) -> None:
@@ -176,18 +197,20 @@ def _decode_window(
         if isinstance(result, Failure):
             failed += 1
             if errors is not None:
-                errors.append(
-                    {
-                        "source": redact(tasks[pos].path),
-                        "stage": result.stage,
-                        "error": redact(result.error),
-                    }
-                )
+                errors.append(_error(tasks[pos], result))
         else:
             for sample in result:
                 window.add(sample)
         bar.update(1)
     return failed
+
+
+def _error(task: Task, failure: Failure) -> dict:
+    """The ``errors.jsonl`` line of a failed input; a dataset clip's also names its id."""
+    record = {"source": redact(task.path), "stage": failure.stage, "error": redact(failure.error)}
+    if task.clip is not None and failure.stage != "index":
+        record["clip_id"] = task.clip.id
+    return record
 
 
 def _commit(
@@ -209,11 +232,11 @@ def _commit(
 
 def _config_record(cfg: BuildConfig, tasks: list[Task]) -> dict:
     """What determines the output bytes (execution settings such as workers excluded)."""
-    listing = "".join(
-        "\t".join(map(str, (t.path, t.label, *[t.masks] * bool(t.masks)))) + "\n" for t in tasks
-    ).encode()
+    rows = ((t.path, t.label, *(x for x in (t.masks, t.clip) if x)) for t in tasks)
+    listing = "".join("\t".join(map(str, row)) + "\n" for row in rows).encode()
     return {
         "inputs": [redact(i) for i in cfg.inputs],
+        **({"dataset": cfg.dataset.record()} if cfg.dataset else {}),
         "part_index": cfg.part_index,
         "num_parts": cfg.num_parts,
         "num_sources": len(tasks),

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 
 from avbase.errors import AvfusionError
+from preprocess.datasets.cli import DATASET_HELP, add_dataset_options, dataset_spec
 from preprocess.pool import available_cores
 
 
@@ -76,16 +78,23 @@ def _add_build(sub) -> None:
     p = sub.add_parser(
         "build",
         help="decode videos into a shard set",
-        description="Decode INPUTs (files, directories scanned recursively, .txt/.csv lists "
-        "with a 'path' and an optional 'label' column; local or s3://) with PyAV "
-        "and write shards to DEST. Inputs that yield no sample are listed in "
-        "errors.jsonl. Clips are written in a seeded random order (each shard a "
-        "random sample of the corpus). Output bytes depend only on the inputs and "
-        "options. Exit status: 0 a set with samples was written, 1 no input yielded a "
-        "sample, 2 unusable arguments or destination, 3 some inputs failed and "
-        "--strict was given.",
+        description=textwrap.fill(
+            "Decode INPUTs (files, directories scanned recursively, .txt/.csv lists "
+            "with a 'path' and an optional 'label' column; local or s3://) with PyAV "
+            "and write shards to DEST. Or, with --dataset, read a public dataset's index "
+            "files as published and find each listed clip under --media (docs/DATASETS.md). "
+            "Inputs that yield no sample are listed in "
+            "errors.jsonl. Clips are written in a seeded random order (each shard a "
+            "random sample of the corpus). Output bytes depend only on the inputs and "
+            "options. Exit status: 0 a set with samples was written, 1 no input yielded a "
+            "sample, 2 unusable arguments or destination (or no listed clip found), 3 some "
+            "inputs failed and --strict was given.",
+            width=79,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=DATASET_HELP,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("inputs", nargs="*", metavar="INPUT")
     p.add_argument("--out", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
     p.add_argument(
         "--preset",
@@ -173,8 +182,10 @@ def _add_build(sub) -> None:
         default=None,
         metavar="FILE",
         help="class list (one name per line or first CSV column) fixing label_index, so "
-        "that train and test sets agree (default: the sorted labels seen)",
+        "that train and test sets agree (default: the sorted labels seen; with --dataset "
+        "the index's class list)",
     )
+    add_dataset_options(p)
     p.set_defaults(func=_build)
 
 
@@ -291,6 +302,7 @@ def _build(args: argparse.Namespace) -> int:
     )
     if args.resume and args.force:
         raise AvfusionError("--resume and --force exclude each other")
+    dataset = dataset_spec(args)
     manifest = build(
         BuildConfig(
             tuple(args.inputs),
@@ -308,6 +320,7 @@ def _build(args: argparse.Namespace) -> int:
             window=args.shuffle_window,
             force=args.force,
             classes=_classes(args.classes),
+            dataset=dataset,
         )
     )
     if manifest is None:
@@ -318,6 +331,10 @@ def _build(args: argparse.Namespace) -> int:
         f"{manifest['num_failed']} inputs failed (errors.jsonl)",
         file=sys.stderr,
     )
+    if "dataset" in manifest:
+        from preprocess.datasets.summary import summary_line
+
+        print(f"{args.out}: {summary_line(manifest['dataset'])}", file=sys.stderr)
     if not manifest["num_samples"]:
         print(f"error: no input yielded a sample (see {args.out}/errors.jsonl)", file=sys.stderr)
         return 1

@@ -79,23 +79,28 @@ def pick_streams(container) -> tuple[av.VideoStream, av.AudioStream]:
     """First video stream that is not an attached cover picture, first audio stream."""
     cover = av.stream.Disposition.attached_pic
     video = next((s for s in container.streams.video if not s.disposition & cover), None)
-    audio = next(iter(container.streams.audio), None)
     if video is None:
         has_cover = any(s.disposition & cover for s in container.streams.video)
         raise MediaError(
             "streams", "no video stream" + (" (only a cover picture)" if has_cover else "")
         )
+    return video, audio_stream(container)
+
+
+def audio_stream(container) -> av.AudioStream:
+    audio = next(iter(container.streams.audio), None)
     if audio is None:
         raise MediaError("streams", "no audio stream")
-    return video, audio
+    return audio
 
 
-def decode_audio(media: MediaFile) -> Audio:
+def decode_audio(media: MediaFile, video: bool = True) -> Audio:
     """Decode the first audio stream to a mono (channel mean) waveform at its native rate,
-    each frame placed at its decoded timestamp."""
+    each frame placed at its decoded timestamp. ``video=False``: a sound file (no video
+    stream needed)."""
     mono = _MonoAssembler()
     with media.open() as container:
-        _, stream = pick_streams(container)
+        stream = pick_streams(container)[1] if video else audio_stream(container)
         try:
             for frame in container.decode(stream):
                 mono.add(frame)

@@ -22,6 +22,7 @@ import fsspec
 
 from avbase.errors import AvfusionError
 from avbase.shardformat import is_url
+from preprocess.datasets.records import ClipInfo
 
 LIST_SUFFIXES = (".txt", ".csv")
 # Side files skipped when scanning directories (lists, metadata, docs next to the videos).
@@ -34,6 +35,12 @@ class Source:
     path: str  # as given / discovered: local path or URL
     label: str | None = None
     masks: str | None = None  # folder of per-second mask PNGs (CSV ``masks`` column)
+    clip: ClipInfo | None = None  # a clip of a dataset index (preprocess/datasets)
+
+    @property
+    def name(self) -> str:
+        """Unique in a build: the dataset clip's id, else the path."""
+        return self.clip.id if self.clip else self.path
 
 
 def collect_sources(inputs: list[str]) -> list[Source]:
@@ -93,11 +100,24 @@ def _scan(fs, arg: str, root: str) -> list[str]:
         paths = [fs.unstrip_protocol(p) for p in fs.find(root)]
     else:
         paths = _walk(arg)
-    return [
-        _normalise(p)
-        for p in paths
-        if not posixpath.basename(p).startswith(".") and not p.lower().endswith(SKIP_SUFFIXES)
-    ]
+    return [_normalise(p) for p in paths if _kept(p)]
+
+
+def scan_folder(root: str) -> list[str]:
+    """The files under the folder ``root`` (local or URL) that a scan of an INPUT folder would
+    take, as sorted ``/``-separated paths relative to ``root``."""
+    if is_url(root):
+        fs, path = fsspec.core.url_to_fs(root)
+        path = path.rstrip("/")
+        found = [p[len(path) :].lstrip("/") for p in fs.find(path)]
+    else:
+        found = [os.path.relpath(p, root).replace(os.sep, "/") for p in _walk(root)]
+    return sorted(p for p in found if _kept(p))
+
+
+def _kept(path: str) -> bool:
+    """Not a hidden file, not a side file (lists, metadata, docs next to the videos)."""
+    return not posixpath.basename(path).startswith(".") and not path.lower().endswith(SKIP_SUFFIXES)
 
 
 def _walk(root: str) -> list[str]:

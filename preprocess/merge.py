@@ -5,9 +5,11 @@ Shards are *copied* into DEST and renumbered in the order the parts are given (a
 shards keep their sample counts, so the last shard of each part may be short). Samples pass
 through the same deterministic tar writer, so an unchanged shard is copied byte for byte and
 its sha256 must equal the part's manifest entry (a mismatch means a damaged part). Label
-maps are reconciled: the merged ``labels`` is the sorted union, and ``label_index`` is
-rewritten in the samples of parts whose map differs (their checksums then change, and the
-new ones are recorded). ``errors.jsonl`` files are concatenated.
+maps are reconciled: parts with one class list keep it (its order too: a dataset's or
+``--classes`` order); otherwise the merged ``labels`` is the sorted union, and ``label_index``
+is rewritten in the samples of parts whose map differs (their checksums then change, and the
+new ones are recorded). ``errors.jsonl`` files are concatenated, the optional ``members`` and
+the ``dataset`` counts combined.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from avbase import shardformat as fmt
 from avbase.errors import AvfusionError
 from avbase.members import META_EXT
 from avbase.progress import progress
+from preprocess.datasets.summary import merge_summaries
 from preprocess.labels import remap_index
 from preprocess.shards import (
     ShardWriter,
@@ -39,7 +42,7 @@ def merge(parts: list[str], out: str) -> dict:
                 f"{part}: preset differs from {parts[0]}'s; only sets built "
                 f"with the same preset and clip/frame options can be merged"
             )
-    labels = sorted(set().union(*(m.get("labels", []) for m in manifests)))
+    labels = _labels(manifests)
     dest = Store(out)
     dest.check_writable()
     dest.check_empty("choose an empty --out")
@@ -73,8 +76,21 @@ def merge(parts: list[str], out: str) -> dict:
             label_counts=counts,
             labelled_inputs=sum(m.get("labelled_inputs", 0) for m in manifests),
         )
+    members = set().union(*(m.get("members", []) for m in manifests))
+    manifest["members"] = [name for name in fmt.MEMBERS if name in members]
+    if all("dataset" in m for m in manifests):
+        manifest["dataset"] = merge_summaries([m["dataset"] for m in manifests])
     write_manifest(dest, manifest)
     return manifest
+
+
+def _labels(manifests: list[dict]) -> list[str]:
+    """The parts' common class list (kept in its order: a dataset's or --classes order), or
+    the sorted union when they differ."""
+    lists = [m.get("labels", []) for m in manifests]
+    if all(lst == lists[0] for lst in lists):
+        return list(lists[0])
+    return sorted(set().union(*lists))
 
 
 def _copy_shard(

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from avbase import shardformat as fmt
 from avbase.features import get_frontend
 from avbase.members import JPEG_QUALITY
+from preprocess.datasets.records import ClipInfo
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,9 @@ class Task:
     label: str | None = None
     label_index: int | None = None
     masks: str | None = None  # folder of per-second mask PNGs
+    clip: ClipInfo | None = None  # a clip of a dataset index (segment, boxes, pictures, split)
+
+    @property
+    def name(self) -> str:
+        """Unique in a build: the dataset clip's id, else the path."""
+        return self.clip.id if self.clip else self.path

@@ -9,7 +9,8 @@
 - image: scoring — the whole frame resized to ``size × size`` (no crop, so the mask stays
   aligned); training (``augment``, the release's AVS recipe) — RandomResizedCrop(size, scale
   (0.5, 1)) and a horizontal flip drawn once and applied to the frame and its mask alike;
-- mask: the same geometry, nearest-neighbour;
+- mask: the same geometry, nearest-neighbour; float 0 / 0.5 / 1 (0.5: a consensus map's half,
+  docs/FORMAT.md);
 - audio: the log-mel window centred on the frame time (training: ± ``jitter_seconds``, and
   RandomVol ±6 dB with ``augment``);
 - waveform (separation): the window of the clip's stored waveform under the mel window.
@@ -60,8 +61,8 @@ class DenseSpec:
 
 class DenseTransform:
     """Raw sample → ``(fields, label)``: fields ``image`` uint8 ``[n, 3, S, S]``, ``audio``
-    float32 ``[n, 1, F, T]``, ``frame`` int64 ``[n]``, ``mask`` bool ``[n, S, S]``?, ``wave``
-    float32 ``[n, L]``? (n = 1 when training)."""
+    float32 ``[n, 1, F, T]``, ``frame`` int64 ``[n]``, ``mask`` float32 ``[n, S, S]`` of
+    0 / 0.5 / 1?, ``wave`` float32 ``[n, L]``? (n = 1 when training)."""
 
     def __init__(self, audio: AudioFrontend, image: ImageSpec, spec: DenseSpec, train: bool):
         self.audio, self.image, self.spec, self.train = audio, image, spec, train
@@ -110,7 +111,7 @@ class DenseTransform:
         return item
 
     def _picture(self, raw: dict, i: int, rng) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(uint8 ``[3, S, S]``, bool ``[S, S]`` or None): the frame and its mask, alike."""
+        """(uint8 ``[3, S, S]``, float32 ``[S, S]`` or None): the frame and its mask, alike."""
         size = self.image.size
         try:
             img = decode(torch.frombuffer(raw[frame_ext(i)], dtype=torch.uint8))
@@ -131,8 +132,7 @@ class DenseTransform:
                 img, mask = img.flip(-1), None if mask is None else mask.flip(-1)
         img = img if img.shape[-2:] == (size, size) else resize_uint8(img, size)
         if mask is not None:
-            mask = NF.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")
-            mask = mask[0, 0] > 0.5
+            mask = NF.interpolate(mask[None, None], size=(size, size), mode="nearest")[0, 0]
         return img, mask
 
     def _mel_window(self, mel: torch.Tensor, start: float, gain_db: float) -> torch.Tensor:

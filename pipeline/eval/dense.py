@@ -158,11 +158,13 @@ def score_frames(
     sigma: float,
     shown_max: int,
     by_video: bool = False,
+    soft_truth: bool = False,
 ) -> tuple[dict[str, float], list[tuple]]:
     """Score ``predict(module, batch) → [rows, S, S]`` and the centred prior (``sigma``) with
     ``meter`` (``update(pred, truth[, videos])``; ``by_video``: each row's sample key is its
-    video) on every masked frame of ``data.test``, sums over ranks; returns the metrics with
-    their ``baseline_`` twins and the first rows (image, truth, prediction) for the figures."""
+    video; ``soft_truth``: masks keep a consensus map's 0.5, else truth = mask > 0.5) on every
+    masked frame of ``data.test``, sums over ranks; returns the metrics with their ``baseline_``
+    twins and the first rows (image, truth, prediction) for the figures."""
     cfg, info = task.cfg, task.info
     meters, shown = {"model": meter(), "baseline": meter()}, []
     loader = dense_loader(cfg, info, task.mcfg, DenseSpec(masks=True), train=False)
@@ -174,8 +176,9 @@ def score_frames(
                 pred = predict(module, batch).float().cpu()
                 prior = centred_prior(len(pred), task.size, task.size, sigma)
                 videos = [[batch["key"][j] for j in batch["sample"].tolist()]] if by_video else []
-                meters["model"].update(pred, batch["mask"], *videos)
-                meters["baseline"].update(prior, batch["mask"], *videos)
+                truth = batch["mask"] if soft_truth else batch["mask"] > 0.5
+                meters["model"].update(pred, truth, *videos)
+                meters["baseline"].update(prior, truth, *videos)
                 if len(shown) < shown_max:
                     pictures = to_uint8(batch["image"][: shown_max - len(shown)], task.mcfg.image)
                     shown += list(zip(pictures, batch["mask"], pred, strict=False))

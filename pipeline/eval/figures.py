@@ -55,9 +55,9 @@ def spectrogram_grid(rows: list[tuple[torch.Tensor, ...]], path: Path) -> Path:
 
 
 def _tint(frame: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    out = frame.copy()
-    out[mask] = 0.5 * out[mask] + 0.5 * colour
-    return out
+    """Blend ``colour`` over the frame by half the mask's value (0 / 0.5 / 1, or bool)."""
+    weight = 0.5 * np.asarray(mask, np.float32)[..., None]
+    return (1 - weight) * frame + weight * colour
 
 
 def _save(array: np.ndarray, path: Path) -> Path:

@@ -105,5 +105,6 @@ def run(cfg: EvalConfig, info: DistInfo) -> dict:
         LocalizationScores,
         cfg.localization.prior_sigma,
         cfg.localization.artifacts,
+        soft_truth=True,  # Flickr-SoundNet's annotator consensus (0 / 0.5 / 1)
     )
     return avs.finish(folder, step, metrics, shown, heatmap_grid, "localization_heatmaps.png")

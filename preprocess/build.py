@@ -44,7 +44,7 @@ from preprocess.shuffle import WindowBuffer, shuffled, windows
 from preprocess.storage import TMP_MARK, Store
 
 CONFIG_RECORD = f"{fmt.PROGRESS_DIR}/config.json"
-WORKER = "preprocess.samples:run_task"  # imported only by the worker processes
+WORKER = "preprocess.worker:run_task"  # imported only by the worker processes
 SHARD_FILE = re.compile(r"shard-\d{6}\.tar")
 
 

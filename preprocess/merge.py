@@ -18,7 +18,7 @@ import json
 
 from avbase import shardformat as fmt
 from avbase.errors import AvfusionError
-from avbase.members import META_EXT
+from avbase.members import META_EXT, OPTIONAL
 from avbase.progress import progress
 from preprocess.datasets.summary import merge_summaries
 from preprocess.labels import remap_index
@@ -77,7 +77,7 @@ def merge(parts: list[str], out: str) -> dict:
             labelled_inputs=sum(m.get("labelled_inputs", 0) for m in manifests),
         )
     members = set().union(*(m.get("members", []) for m in manifests))
-    manifest["members"] = [name for name in fmt.MEMBERS if name in members]
+    manifest["members"] = [name for name in OPTIONAL if name in members]
     if all("dataset" in m for m in manifests):
         manifest["dataset"] = merge_summaries([m["dataset"] for m in manifests])
     write_manifest(dest, manifest)

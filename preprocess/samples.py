@@ -19,22 +19,6 @@ from preprocess.decode import Audio, MediaError, MediaFile, decode_audio, decode
 from preprocess.dense_members import mask_files, mask_members
 from preprocess.features import encode_frame, log_mel, resample
 from preprocess.options import SampleOptions, Task
-from preprocess.pool import Failure
-
-
-def run_task(opts: SampleOptions, threads: int, task: Task) -> list[fmt.Sample] | Failure:
-    """Build-worker entry: the input's samples, or a ``Failure`` with its stage and reason
-    (at once for a dataset clip that was missing or rejected by its index)."""
-    if task.clip is not None and task.clip.problem is not None:
-        return Failure(*task.clip.problem)
-    try:
-        if task.clip is not None and task.clip.still is not None:
-            from preprocess.datasets.stills import still_samples  # it imports this module
-
-            return still_samples(task, opts)
-        return make_samples(task, opts, threads)
-    except MediaError as e:
-        return Failure(e.stage, str(e))
 
 
 def make_samples(task: Task, opts: SampleOptions, threads: int = 1) -> list[fmt.Sample]:

@@ -234,13 +234,11 @@ def test_flickr_consensus_is_stored_with_grey_128_for_half(videos, tmp_path):
     assert [(e["source"], e["stage"]) for e in errors] == [(w, "index") for w in tree.problems]
     cli("shards", "verify", tmp_path / "set")
 
-    from avbase.features import get_frontend
-    from pipeline.data.dense import DenseSpec, dense_items
+    from pipeline.data.dense import DenseSpec
+    from tests.support.dense import dense_rows
 
-    items = list(
-        dense_items(str(tmp_path / "set"), DenseSpec(32, get_frontend("deepavfusion"), masks=True))
-    )
-    assert len(items) == 2 and any((it["mask"] == 0.5).any() for it in items)
+    rows = [row for _, row in dense_rows(tmp_path / "set", DenseSpec(masks=True), size=32)]
+    assert len(rows) == 2 and any((row["mask"] == 0.5).any() for row in rows)
 
 
 def test_a_build_where_no_listed_clip_is_found_stops_before_any_work(videos, tmp_path, capsys):

@@ -45,21 +45,24 @@ def _eval(config: str, out, **overrides) -> dict:
     return json.loads([x for x in proc.stdout.splitlines() if x.startswith('{"task"')][-1])
 
 
-def _prior(shards, meter_type) -> dict:
+def _prior(shards, meter_type, by_video: bool = False) -> dict:
     """The centred-prior baseline scored on every masked frame of ``shards`` (64-px items)."""
-    from pipeline.eval.dense_metrics import centred_prior
-
-    from avbase.features import get_frontend
-    from pipeline.data.dense import DenseSpec, dense_items
+    from pipeline.data.dense import DenseSpec
+    from pipeline.eval.metrics.baselines import centred_prior
+    from tests.support.dense import dense_rows
 
     meter = meter_type()
-    for item in dense_items(str(shards), DenseSpec(64, get_frontend("deepavfusion"), masks=True)):
-        meter.update(centred_prior(1, 64, 64, 0.25), item["mask"][None])
+    for key, row in dense_rows(shards, DenseSpec(masks=True)):
+        prior = centred_prior(1, 64, 64, 0.25)
+        if by_video:
+            meter.update(prior, row["mask"][None] > 0.5, [key])
+        else:
+            meter.update(prior, row["mask"][None])
     return {k: round(v, 4) for k, v in meter.result().items()}
 
 
 def test_debug_avs_runs_on_an_avsbench_s4_lookalike(tmp_path_factory, tmp_path):
-    from pipeline.eval.dense_metrics import SegmentationMeter
+    from pipeline.eval.metrics.segmentation import SegmentationScores
 
     videos = synth_videos(tmp_path_factory.mktemp("avs-videos"), 4, 5.0, seed=3)
     tree = avsbench_tree(tmp_path / "avs", videos)
@@ -69,16 +72,20 @@ def test_debug_avs_runs_on_an_avsbench_s4_lookalike(tmp_path_factory, tmp_path):
     got = _eval(
         "debug_avs.yaml",
         tmp_path / "run",
-        **{"data.train": tmp_path / "train", "data.test": tmp_path / "val", "data.batch_size": 2},
+        **{
+            "data.train": tmp_path / "train",
+            "data.test": tmp_path / "val",
+            "data.train.batch_size": 2,
+        },
     )
-    want = _prior(tmp_path / "val", SegmentationMeter)  # 2 val clips x 5 masked frames
+    want = _prior(tmp_path / "val", SegmentationScores, by_video=True)  # 2 clips × 5 frames
     assert got["task"] == "avs"
     assert (got["baseline_miou"], got["baseline_fscore"]) == (want["miou"], want["fscore"])
     assert 0 <= got["miou"] <= 100 and got["miou"] != got["baseline_miou"]
 
 
 def test_debug_localization_runs_on_a_vggss_lookalike(tmp_path_factory, tmp_path):
-    from pipeline.eval.dense_metrics import LocalizationMeter
+    from pipeline.eval.metrics.localization import LocalizationScores
 
     videos = synth_videos(tmp_path_factory.mktemp("vggss-videos"), 4, 4.0, seed=4)
     tree = vggss_tree(tmp_path / "vggss", videos)
@@ -99,9 +106,9 @@ def test_debug_localization_runs_on_a_vggss_lookalike(tmp_path_factory, tmp_path
     got = _eval(
         "debug_localization.yaml",
         tmp_path / "run",
-        **{"data.train": shards, "data.test": shards, "data.batch_size": 2},
+        **{"data.train": shards, "data.test": shards, "data.train.batch_size": 2},
     )
-    want = _prior(shards, LocalizationMeter)  # one masked (centre) frame per clip
+    want = _prior(shards, LocalizationScores)  # one masked (centre) frame per clip
     assert got["task"] == "localization"
     assert (got["baseline_ciou"], got["baseline_auc"]) == (want["ciou"], want["auc"])
     assert 0 <= got["ciou"] <= 100 and 0 <= got["auc"] <= 100

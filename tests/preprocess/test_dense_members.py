@@ -19,6 +19,7 @@ from avbase.members import read_flac, read_mask
 from pipeline.data.dense import DenseSpec
 from preprocess.features import log_mel
 from preprocess.synth import SAMPLE_RATE, class_pattern, synth
+from tests.support.dense import dense_rows
 
 from .conftest import cli, load_set
 
@@ -125,7 +126,7 @@ def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
         )  # the clip's own sound
 
     # the loader's dense mode reads them back: every masked frame, its mask at the model's side
-    rows = list(_dense_rows(out, fe, DenseSpec(masks=True, waveform=True)))
+    rows = list(dense_rows(out, DenseSpec(masks=True, waveform=True)))
     assert len(rows) == 3 * 3
     for key, row in rows:
         raw = samples[key]
@@ -133,34 +134,7 @@ def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
         want = torch.nn.functional.interpolate(want, size=(64, 64), mode="nearest")[0, 0]
         assert torch.equal(row["mask"], want) and row["audio"].shape == (1, 128, 192)
         assert row["wave"].shape == (3 * fe.sample_rate,)
-    assert all("mask" not in r and "wave" not in r for _, r in _dense_rows(out, fe, DenseSpec()))
-
-
-def _dense_rows(root, fe, spec):
-    """(key, row) of every scoring row of the loader's dense mode over ``root`` (one rank)."""
-    from avbase.features import ImageSpec
-    from pipeline.config import DataConfig
-    from pipeline.data.dense import DenseTransform
-    from pipeline.data.loader import build_loader
-    from pipeline.eval.dense import scoring_batches
-
-    image = ImageSpec(size=64)
-    loader = build_loader(
-        DataConfig(shards=str(root), batch_size=2, workers=0),
-        audio=fe,
-        image=image,
-        rank=0,
-        world_size=1,
-        seed=0,
-        train=False,
-        transform=DenseTransform(fe, image, spec, train=False),
-    )
-    for batch in scoring_batches(loader):  # rank padding left out
-        for r, j in enumerate(batch["sample"].tolist()):
-            yield batch["key"][j], {k: batch[k][r] for k in DENSE_ROWS if k in batch}
-
-
-DENSE_ROWS = ("image", "audio", "frame", "mask", "wave")
+    assert all("mask" not in r and "wave" not in r for _, r in dense_rows(out, DenseSpec()))
 
 
 @pytest.mark.slow

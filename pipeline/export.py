@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import enum
 import json
+import logging
 import os
 import pickle
 import re
@@ -23,8 +24,10 @@ import numpy as np
 import torch
 import yaml
 
+from preprocess.errors import AvfusionError
 from preprocess.urls import redact_tree
 
+log = logging.getLogger("avfusion.export")
 # rank 0's model states: "mp_rank_00_…" (ZeRO 0-2) or "zero_pp_rank_0_mp_rank_00_…" (ZeRO-3)
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
 
@@ -139,28 +142,91 @@ def consolidated_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], dic
     """fp32 weights (ZeRO partitions merged) and the checkpoint's client state.
 
     Checkpoints are files others hand around: every load is restricted (:func:`safe_torch_loads`),
-    so a crafted pickle raises :class:`UnsafeCheckpoint` instead of running code.
+    so a crafted pickle raises :class:`UnsafeCheckpoint` instead of running code; a file torch
+    cannot read (cut short) raises :class:`pipeline.checkpoint.CorruptCheckpoint` naming it.
     """
-    try:
-        with safe_torch_loads():
-            states = torch.load(model_states_file(tag_dir), map_location="cpu", weights_only=True)
-            client = {
-                k: states[k]
-                for k in ("step", "epoch", "samples_seen", "config", "mlflow_run_id")
-                if k in states
-            }
-            stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
-            if any(tag_dir.glob("*optim_states.pt")) and stage > 0:
-                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    states_file = model_states_file(tag_dir)
+    states = _restricted(
+        states_file, lambda: torch.load(states_file, map_location="cpu", weights_only=True)
+    )
+    client = {
+        k: states[k]
+        for k in ("step", "epoch", "samples_seen", "config", "mlflow_run_id")
+        if k in states
+    }
+    stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
+    if any(tag_dir.glob("*optim_states.pt")) and stage > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-                sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-            else:
-                sd = states.get("module") or {}
-    except pickle.UnpicklingError as e:
-        raise unsafe_checkpoint(tag_dir, e) from None
+        sd = _restricted(
+            tag_dir,
+            lambda: get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag_dir.name),
+        )
+    else:
+        sd = states.get("module") or {}
     if not sd:
         raise UnsafeCheckpoint(f"{tag_dir}: the checkpoint holds an empty model state dict")
     return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}, client
+
+
+def _restricted(where: Path, load):
+    """``load()`` under :func:`safe_torch_loads`; its failures as one error naming ``where``."""
+    from pipeline.checkpoint import CorruptCheckpoint
+
+    try:
+        with safe_torch_loads():
+            return load()
+    except pickle.UnpicklingError as e:
+        raise unsafe_checkpoint(where if where.is_dir() else where.parent, e) from None
+    except (RuntimeError, EOFError) as e:  # a file cut short: "PytorchStreamReader failed ..."
+        raise CorruptCheckpoint(f"{where}: unreadable ({_first_line(e)})") from None
+
+
+def stored_config(tag_dir: Path) -> dict:
+    """The resolved training config a checkpoint was written with (``{}`` if it holds none);
+    the weights are memory-mapped, not read."""
+    states_file = model_states_file(tag_dir)
+    states = _restricted(
+        states_file,
+        lambda: torch.load(states_file, map_location="cpu", weights_only=True, mmap=True),
+    )
+    return states.get("config") or {}
+
+
+def _first_line(e: BaseException) -> str:
+    return _ANSI.sub("", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def checkpoint_candidates(path: Path, tag: str | None = None) -> list[Path]:
+    """Tag directories to load, newest first: ``path`` itself (a step directory) or ``path/tag``
+    alone; for a checkpoint root its ``latest`` tag, then the older step tags (as resume does)."""
+    first = resolve_tag_dir(path, tag)
+    if tag is not None or first == path:
+        return [first]
+    older = sorted(
+        (p for p in path.glob("step*") if p != first and model_states_file(p)), reverse=True
+    )
+    return [first, *older]
+
+
+def load_intact(path: Path, tag: str | None = None) -> tuple[Path, dict[str, torch.Tensor], dict]:
+    """(tag directory, fp32 weights, client state) of the newest intact checkpoint at ``path``.
+
+    A damaged one (a file missing or cut short: ``complete.json`` disagrees, or torch cannot read
+    it) is skipped with a warning naming the file, as resume does; a damaged checkpoint asked for
+    by name (a step directory, ``tag``) raises :class:`pipeline.checkpoint.CorruptCheckpoint`.
+    """
+    from pipeline.checkpoint import CorruptCheckpoint, verify_marker
+
+    *fallbacks, last = candidates = checkpoint_candidates(path, tag)
+    for tag_dir, older in zip(fallbacks, candidates[1:], strict=True):
+        try:
+            verify_marker(tag_dir)
+            return (tag_dir, *consolidated_state_dict(tag_dir))
+        except CorruptCheckpoint as e:
+            log.warning("%s; using the previous checkpoint, %s", e, older)
+    verify_marker(last)
+    return (last, *consolidated_state_dict(last))
 
 
 def check_model_preset(sd: dict[str, torch.Tensor], config: dict, source: str) -> None:
@@ -190,12 +256,12 @@ def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
 
     from model.checkpoints import adapt_keys
 
-    tag_dir = resolve_tag_dir(ckpt, tag)
+    checkpoint_candidates(ckpt, tag)  # a checkpoint at all: known before the destination is made
     with _writing(out):  # the destination takes a file: known before the (long) consolidation
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".avfusion-export-"):
             pass
-    sd, client = consolidated_state_dict(tag_dir)
+    tag_dir, sd, client = load_intact(ckpt, tag)
     config = client.get("config", {})
     check_model_preset(sd, config, str(tag_dir))
     metadata = {
@@ -237,9 +303,9 @@ def run(args) -> int:
     try:
         path = export(Path(args.ckpt), Path(args.out), args.tag)
     except (FileNotFoundError, UnsafeCheckpoint, CheckpointError, ExportNotWritten) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise AvfusionError(str(e)) from None
     except OSError as e:
-        raise SystemExit(f"error: {e.filename or args.ckpt}: {e.strerror or e}") from None
+        raise AvfusionError(f"{e.filename or args.ckpt}: {e.strerror or e}") from None
     print(json.dumps({"out": str(path), "bytes": path.stat().st_size}))
     return 0
 

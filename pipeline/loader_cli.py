@@ -9,7 +9,7 @@ import time
 
 from model.presets import ImageSpec, get_frontend
 from pipeline.config import DataConfig
-from pipeline.loader import DataError, ShardReadError, build_loader
+from pipeline.loader import build_loader
 from pipeline.shardio import read_manifest
 from preprocess.cli import check_ranges
 from preprocess.progress import progress
@@ -100,8 +100,6 @@ def bench(args: argparse.Namespace) -> int:
             train=not args.eval,
         )
         keys, batches, elapsed = _run(loader, args.epoch, args.batches)
-    except (ValueError, ShardReadError, DataError) as e:
-        raise SystemExit(f"error: {e}") from None
     finally:
         if "loader" in locals():
             loader.close()

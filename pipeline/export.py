@@ -12,13 +12,13 @@ import contextlib
 import dataclasses
 import enum
 import json
-import logging
 import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import yaml
 from preprocess.errors import AvfusionError
 from preprocess.urls import redact_tree
 
-log = logging.getLogger("avfusion.export")
+T = TypeVar("T")
 # rank 0's model states: "mp_rank_00_…" (ZeRO 0-2) or "zero_pp_rank_0_mp_rank_00_…" (ZeRO-3)
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
 
@@ -146,7 +146,7 @@ def consolidated_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], dic
     cannot read (cut short) raises :class:`pipeline.checkpoint.CorruptCheckpoint` naming it.
     """
     states_file = model_states_file(tag_dir)
-    states = _restricted(
+    states = restricted_load(
         states_file, lambda: torch.load(states_file, map_location="cpu", weights_only=True)
     )
     client = {
@@ -158,7 +158,7 @@ def consolidated_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], dic
     if any(tag_dir.glob("*optim_states.pt")) and stage > 0:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        sd = _restricted(
+        sd = restricted_load(
             tag_dir,
             lambda: get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag_dir.name),
         )
@@ -169,7 +169,7 @@ def consolidated_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], dic
     return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}, client
 
 
-def _restricted(where: Path, load):
+def restricted_load(where: Path, load: Callable[[], T]) -> T:
     """``load()`` under :func:`safe_torch_loads`; its failures as one error naming ``where``."""
     from pipeline.checkpoint import CorruptCheckpoint
 
@@ -182,51 +182,8 @@ def _restricted(where: Path, load):
         raise CorruptCheckpoint(f"{where}: unreadable ({_first_line(e)})") from None
 
 
-def stored_config(tag_dir: Path) -> dict:
-    """The resolved training config a checkpoint was written with (``{}`` if it holds none);
-    the weights are memory-mapped, not read."""
-    states_file = model_states_file(tag_dir)
-    states = _restricted(
-        states_file,
-        lambda: torch.load(states_file, map_location="cpu", weights_only=True, mmap=True),
-    )
-    return states.get("config") or {}
-
-
 def _first_line(e: BaseException) -> str:
     return _ANSI.sub("", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-
-
-def checkpoint_candidates(path: Path, tag: str | None = None) -> list[Path]:
-    """Tag directories to load, newest first: ``path`` itself (a step directory) or ``path/tag``
-    alone; for a checkpoint root its ``latest`` tag, then the older step tags (as resume does)."""
-    first = resolve_tag_dir(path, tag)
-    if tag is not None or first == path:
-        return [first]
-    older = sorted(
-        (p for p in path.glob("step*") if p != first and model_states_file(p)), reverse=True
-    )
-    return [first, *older]
-
-
-def load_intact(path: Path, tag: str | None = None) -> tuple[Path, dict[str, torch.Tensor], dict]:
-    """(tag directory, fp32 weights, client state) of the newest intact checkpoint at ``path``.
-
-    A damaged one (a file missing or cut short: ``complete.json`` disagrees, or torch cannot read
-    it) is skipped with a warning naming the file, as resume does; a damaged checkpoint asked for
-    by name (a step directory, ``tag``) raises :class:`pipeline.checkpoint.CorruptCheckpoint`.
-    """
-    from pipeline.checkpoint import CorruptCheckpoint, verify_marker
-
-    *fallbacks, last = candidates = checkpoint_candidates(path, tag)
-    for tag_dir, older in zip(fallbacks, candidates[1:], strict=True):
-        try:
-            verify_marker(tag_dir)
-            return (tag_dir, *consolidated_state_dict(tag_dir))
-        except CorruptCheckpoint as e:
-            log.warning("%s; using the previous checkpoint, %s", e, older)
-    verify_marker(last)
-    return (last, *consolidated_state_dict(last))
 
 
 def check_model_preset(sd: dict[str, torch.Tensor], config: dict, source: str) -> None:
@@ -255,13 +212,14 @@ def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
     from safetensors.torch import save_file
 
     from model.checkpoints import adapt_keys
+    from pipeline.checkpoint_choice import checkpoint_candidates, newest_intact
 
-    checkpoint_candidates(ckpt, tag)  # a checkpoint at all: known before the destination is made
+    candidates = checkpoint_candidates(ckpt, tag)  # a checkpoint at all, before the destination
     with _writing(out):  # the destination takes a file: known before the (long) consolidation
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".avfusion-export-"):
             pass
-    tag_dir, sd, client = load_intact(ckpt, tag)
+    tag_dir, (sd, client) = newest_intact(candidates, consolidated_state_dict)
     config = client.get("config", {})
     check_model_preset(sd, config, str(tag_dir))
     metadata = {

@@ -2,8 +2,8 @@
 
 Each failure is one line naming the key or path: the manifests of the training and probe
 shard sets (read, and matched to the model's audio front end), the model preset, the batch
-arithmetic at this world size, an epoch that holds at least one optimizer step, and a writable
-checkpoint folder. Every rank runs them on its own; they read the same inputs, so all ranks
+arithmetic at this world size, an epoch that holds at least one optimizer step, a writable
+checkpoint folder, and a checkpoint to resume from that was written for this model. Every rank runs them on its own; they read the same inputs, so all ranks
 fail alike and rank 0 says why.
 """
 
@@ -14,8 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from model.presets import AVMAEConfig, get_frontend
-from pipeline.checkpoint import check_writable
-from pipeline.config import Config, DataConfig
+from pipeline.checkpoint import CorruptCheckpoint, check_writable, resume_candidates
+from pipeline.checkpoint_choice import model_difference, newest_intact, stored_config
+from pipeline.config import Config, ConfigError, DataConfig, to_dict
 from pipeline.distributed import accumulation_steps
 from pipeline.loader import ShardLoader, build_loader
 
@@ -74,3 +75,23 @@ def preflight(cfg: Config) -> None:
     if cfg.probe.shards:
         shard_loader(cfg, mcfg, probe_data(cfg), rank, world_size, train=False, labels=True).close()
     check_writable(Path(cfg.train.output_dir) / "checkpoints")
+    check_resume_model(cfg)
+
+
+def check_resume_model(cfg: Config) -> None:
+    """ConfigError when the checkpoint resume would load was written for another model (its
+    stored config against ``model.*``): said before any checkpoint is tried, so that none is
+    reported as skipped (and deleted by a user who believes it damaged)."""
+    candidates = resume_candidates(cfg.train.resume, Path(cfg.train.output_dir) / "checkpoints")
+    if not candidates:
+        return
+    try:
+        tag_dir, stored = newest_intact(candidates, stored_config, warn=False)
+    except CorruptCheckpoint:
+        return  # resume names each damaged file
+    difference = model_difference(stored.get("model") or {}, to_dict(cfg)["model"])
+    if difference:
+        raise ConfigError(
+            f"train.resume: {tag_dir} {difference}; resume with the same model.* settings, or "
+            "start a new run (another train.output_dir, or train.resume=never)"
+        )

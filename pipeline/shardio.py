@@ -37,6 +37,7 @@ from preprocess.shardformat import (
     parse_manifest,
     tar_samples,
 )
+from preprocess.urls import refuse_credentials
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def filesystem(url: str, timeouts: tuple[float, float] = S3_TIMEOUTS):
     S3: (connect, read) ``timeouts`` in seconds, one attempt per call (retries are ours)."""
     import fsspec
 
-    protocol = url.split("://", 1)[0]
+    protocol = refuse_credentials(url).split("://", 1)[0]
     if protocol not in ("s3", "s3a"):
         return fsspec.filesystem(protocol, skip_instance_cache=True)
     fs = fsspec.filesystem(
@@ -88,7 +89,7 @@ def open_url(url: str, fs=None) -> BinaryIO:
 
 def read_manifest(root: str) -> dict:
     """Load and check ``root/manifest.json``; FormatError (a ValueError) with one clear line."""
-    url = join(root, MANIFEST)
+    url = join(refuse_credentials(root), MANIFEST)
     try:
         with open_url(url) as f:
             data = f.read()

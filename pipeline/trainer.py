@@ -30,7 +30,7 @@ from pipeline.checkpoint import (
     resume_candidates,
     tag_for,
 )
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, redacted_config
 from pipeline.distributed import DistInfo, build_engine, engine_dtype
 from pipeline.figures import save_reconstruction
 from pipeline.preflight import probe_data, shard_loader, steps_per_epoch
@@ -39,7 +39,6 @@ from pipeline.report import RunReport
 from pipeline.schedule import LRSchedule, build_optimizer
 from pipeline.tracking import Tracker
 from pipeline.trainstep import TrainStep
-from preprocess.urls import redact_tree
 
 log = logging.getLogger("avfusion.train")
 
@@ -139,11 +138,11 @@ class Trainer:
     def _start_run(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(
-            yaml.safe_dump(redact_tree(to_dict(self.cfg)), sort_keys=False)
+            yaml.safe_dump(redacted_config(self.cfg), sort_keys=False)
         )
         (self.out / "manifest.json").write_text(json.dumps(self.loader.manifest, indent=1))
         self.tracker.log_params(
-            to_dict(self.cfg)
+            redacted_config(self.cfg)
             | {
                 "derived": {
                     "world_size": self.info.world_size,
@@ -350,7 +349,7 @@ class Trainer:
         self.steps.totals(sum(self.loader.error_counts().values()), self.progress.epoch)
         self.checkpoints.save(
             self.progress.step,
-            {**asdict(self.progress), "config": redact_tree(to_dict(self.cfg))},
+            {**asdict(self.progress), "config": redacted_config(self.cfg)},
             self.loader,
             self.tracker.run_id,
         )

@@ -12,6 +12,7 @@ import sys
 
 from preprocess.errors import AvfusionError
 from preprocess.pool import available_cores
+from preprocess.urls import refuse_credentials
 
 
 def check_ranges(*checks: tuple[str, object, bool, str]) -> None:
@@ -333,7 +334,7 @@ def _classes(path: str | None) -> tuple[str, ...] | None:
     from preprocess.labels import read_class_file
 
     try:
-        with fsspec.open(path, "rt", encoding="utf-8-sig") as f:
+        with fsspec.open(refuse_credentials(path), "rt", encoding="utf-8-sig") as f:
             return tuple(read_class_file(path, f.read()))
     except FileNotFoundError:
         raise AvfusionError(f"--classes {path}: no such file") from None

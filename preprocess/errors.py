@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from preprocess.urls import redact
+from preprocess.urls import redact, redact_log_records
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
@@ -58,8 +58,9 @@ def run_cli(
 
     ``quiet`` (or ``quiet(e)``) suppresses the line for expected errors (the other ranks of a
     distributed job, where rank 0 already printed the same line). Tracebacks only with
-    ``AVFUSION_DEBUG=1``.
+    ``AVFUSION_DEBUG=1``. Every log line of the command has its URL credentials masked.
     """
+    redact_log_records()
     try:
         return int(func(*args) or 0)
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ import fsspec
 
 from preprocess.errors import AvfusionError
 from preprocess.shardformat import is_url
+from preprocess.urls import refuse_credentials
 
 LIST_SUFFIXES = (".txt", ".csv")
 # Side files skipped when scanning directories (lists, metadata, docs next to the videos).
@@ -74,7 +75,7 @@ def source_id(path: str) -> str:
 
 
 def _expand(arg: str) -> list[Source]:
-    fs, root = fsspec.core.url_to_fs(arg)
+    fs, root = fsspec.core.url_to_fs(refuse_credentials(arg))
     try:
         exists, isdir = fs.exists(root), fs.isdir(root)
     except OSError as e:
@@ -166,4 +167,4 @@ def _resolve(base: str, entry: str) -> str:
 
 
 def _normalise(path: str) -> str:
-    return path if is_url(path) else os.path.normpath(path)
+    return refuse_credentials(path) if is_url(path) else os.path.normpath(path)

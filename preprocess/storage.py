@@ -21,6 +21,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from preprocess.errors import AvfusionError
+from preprocess.urls import refuse_credentials
 
 TMP_MARK = ".tmp-"
 
@@ -29,7 +30,7 @@ class Store:
     """Files of one shard set, addressed by names relative to its root (``a/b.json``)."""
 
     def __init__(self, url: str):
-        self.url = url.rstrip("/") or url
+        self.url = refuse_credentials(url.rstrip("/") or url)
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **_s3_options(self.url))
         self.local = isinstance(self.fs, LocalFileSystem)
         if not self.local:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from model.presets import AudioFrontend, get_frontend
+from pipeline.config import redacted_config
 from pipeline.distributed import DistInfo
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.dense_data import DenseSpec, batches, check_members, dense_items
@@ -71,7 +71,7 @@ class DenseRun:
             self.out,
             {"task": cfg.task, "encoder": loaded.source},
         )
-        self.tracker.log_params(asdict(cfg))
+        self.tracker.log_params(redacted_config(cfg))
         self.epochs_done = 0
 
     def layer(self, i: int) -> int:

@@ -25,7 +25,7 @@ from torch import nn
 
 from pipeline import checkpoint as C
 from pipeline import distributed as D
-from pipeline.config import to_dict
+from pipeline.config import redacted_config
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.optim import LARS, apply_lr, schedule
 from pipeline.loader import ShardLoader
@@ -79,9 +79,11 @@ class EvalLoop:
             self.out.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker.from_config(cfg.tracking, info.is_main, run_id, self.out, tags)
         if info.is_main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            (self.out / "config.yaml").write_text(
+                yaml.safe_dump(redacted_config(cfg), sort_keys=False)
+            )
             self.tracker.log_params(
-                to_dict(cfg)
+                redacted_config(cfg)
                 | {
                     "derived": {
                         "world_size": info.world_size,
@@ -205,7 +207,7 @@ class EvalLoop:
             "step": self.step,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
-            "config": to_dict(self.cfg),
+            "config": redacted_config(self.cfg),
             "loader": C.gather_objects(self.loader.state_dict()),
             "rng": C.gather_objects(C.rng_state()),
             "mlflow_run_id": C.gather_objects(self.tracker.run_id)[0],

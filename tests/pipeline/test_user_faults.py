@@ -11,6 +11,7 @@ from model import AVMAE, get_model_config
 from pipeline.checkpoint import prune_checkpoints, tag_for, write_marker
 from pipeline.cli import main
 from pipeline.export import MODEL_STATES
+from tests.pipeline.helpers import REPO
 
 
 def checkpoint_root(root, steps=(1, 2), config=None):
@@ -93,3 +94,38 @@ def test_verify_exits_2_on_a_missing_shard_and_names_a_stray_one(shard_set, tmp_
     assert main(["shards", "verify", str(copy)]) == 2
     out = capsys.readouterr().out
     assert "MISMATCH shard-000001.tar: unreadable (FileNotFoundError" in out
+
+
+def test_resuming_with_another_model_names_both_before_any_checkpoint_is_skipped(
+    shard_set, tmp_path, capsys, caplog
+):
+    """#29.4a: a debug run's checkpoints, resumed with ``model.fusion_arch=token``: one line
+    naming the checkpoint, what wrote it and what the config asks for — not "skipping" each
+    intact checkpoint and an internal error; before any process group is joined."""
+    import torch.distributed as dist
+
+    from pipeline.config import load_config, to_dict
+    from pipeline.train import main as train_main
+
+    run = tmp_path / "run"
+    args = [
+        *(
+            "--config",
+            str(REPO / "configs" / "debug.yaml"),
+            f"data.shards={shard_set}",
+            "probe.shards=",
+        ),
+        *(f"train.output_dir={run}", "data.batch_size=4", "tracking.enabled=false"),
+    ]
+    written = to_dict(load_config(args[1], args[2:]))
+    checkpoint_root(run / "checkpoints", config=written)
+
+    assert train_main([*args, "model.fusion_arch=token"]) == 2
+    line = one_error_line(capsys)
+    assert line == (
+        f"error: train.resume: {run / 'checkpoints' / tag_for(2)} was written by model preset "
+        "'debug' with fusion_arch='factorized_mmi'; the config asks for preset 'debug' with "
+        "fusion_arch='token'; resume with the same model.* settings, or start a new run "
+        "(another train.output_dir, or train.resume=never)"
+    )
+    assert "skipping" not in caplog.text and not dist.is_initialized()

@@ -18,10 +18,10 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-import fsspec
-
+from preprocess.endpoint import s3_call
 from preprocess.errors import AvfusionError
 from preprocess.shardformat import is_url
+from preprocess.storage import retry_policy, s3_options, url_to_fs
 from preprocess.urls import refuse_credentials
 
 LIST_SUFFIXES = (".txt", ".csv")
@@ -75,7 +75,14 @@ def source_id(path: str) -> str:
 
 
 def _expand(arg: str) -> list[Source]:
-    fs, root = fsspec.core.url_to_fs(refuse_credentials(arg))
+    if not s3_options(arg):
+        return _expand_in(arg)
+    with s3_call(f"input {arg}", retry_policy(arg)):  # S3: a stall reported, refusal one line
+        return _expand_in(arg)
+
+
+def _expand_in(arg: str) -> list[Source]:
+    fs, root = url_to_fs(refuse_credentials(arg))
     try:
         exists, isdir = fs.exists(root), fs.isdir(root)
     except OSError as e:

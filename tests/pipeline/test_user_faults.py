@@ -3,6 +3,8 @@ error (#29.4–7). In this process (the console entry point's ``main``) where th
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -36,8 +38,9 @@ def truncate(path):
 
 
 def one_error_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
+    """The one ``error:`` line on stderr (torch may warn on its first import: not ours)."""
+    lines = [x for x in capsys.readouterr().err.splitlines() if not re.match(r"W\d{4} ", x)]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
 
 
@@ -129,3 +132,126 @@ def test_resuming_with_another_model_names_both_before_any_checkpoint_is_skipped
         "(another train.output_dir, or train.resume=never)"
     )
     assert "skipping" not in caplog.text and not dist.is_initialized()
+
+
+def test_a_rendezvous_port_in_use_is_one_line_saying_how_to_choose_another(capsys, monkeypatch):
+    """#29.4c: the demo's port held by another process (DistNetworkError EADDRINUSE)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from pipeline.distributed import process_group
+    from preprocess.errors import run_cli
+
+    def join() -> int:
+        with process_group():
+            return 0
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+        for k, v in (env | {"MASTER_PORT": str(port)}).items():
+            monkeypatch.setenv(k, v)
+        assert run_cli(join) == 2
+    assert one_error_line(capsys) == (
+        f"error: MASTER_PORT {port}: the port is in use on 127.0.0.1 (another job, or one "
+        "still ending); choose a free one: make demo DEMO_PORT=<port>, deepspeed --master_port "
+        "<port>, torchrun --master-port <port>, or MASTER_PORT=<port>"
+    )
+    assert not dist.is_initialized()
+
+
+@pytest.fixture
+def s3_env(monkeypatch):
+    """Short S3 timeouts and retries for a local endpoint; returns a function setting it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AVFUSION_S3_CONNECT_TIMEOUT", "0.5")
+    monkeypatch.setenv("AVFUSION_S3_READ_TIMEOUT", "0.5")
+    monkeypatch.setattr("pipeline.shardio.S3_TIMEOUTS", (0.5, 0.5))
+
+    def at(port: int, retries: int) -> str:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", str(retries))
+        return f"http://127.0.0.1:{port}"
+
+    return at
+
+
+REFUSED = {
+    "shards build: input": lambda T: ["shards", "build", "s3://b/videos", "--out", f"{T}/o"],
+    "shards build: --out": lambda T: ["shards", "build", f"{T}/list.txt", "--out", "s3://b/o"],
+    "shards verify": lambda T: ["shards", "verify", "s3://b/set"],
+    "shards inspect": lambda T: ["shards", "inspect", "s3://b/set"],
+    "data bench": lambda T: ["data", "bench", "s3://b/set"],
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_refused_s3_endpoint_is_one_line_naming_it(case, s3_env, tmp_path, capsys):
+    """#29.4d: not ``internal error (EndpointConnectionError …)``."""
+    from tests.pipeline.helpers import free_port
+
+    endpoint = s3_env(free_port(), retries=0)  # nothing listens there
+    (tmp_path / "list.txt").write_text("a.mp4\n")
+    assert main(REFUSED[case](str(tmp_path))) == 2
+    line = one_error_line(capsys)
+    assert "s3://b/" in line and f"{endpoint}" in line, line
+    assert "internal error" not in line
+
+
+@pytest.fixture
+def stalled_endpoint():
+    """A local endpoint that accepts connections and never answers."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed at the end of the test
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+STALLED = {
+    "shards build: --out": lambda T: ["shards", "build", f"{T}/list.txt", "--out", "s3://b/o"],
+    "shards build: input": lambda T: ["shards", "build", "s3://b/videos", "--out", f"{T}/o"],
+    "data bench": lambda T: ["data", "bench", "s3://b/set"],
+}
+
+
+@pytest.mark.parametrize("case", list(STALLED))
+def test_a_stalled_s3_endpoint_is_reported_while_it_is_retried(
+    case, s3_env, stalled_endpoint, tmp_path, capsys, caplog, monkeypatch
+):
+    """#29.7: a line naming the endpoint as soon as a call has waited ``WARN_AFTER_S`` (here
+    0.2 s), then the retries run out as before and one error line ends the command."""
+    import time
+
+    monkeypatch.setattr("preprocess.endpoint.WARN_AFTER_S", 0.2)
+    endpoint = s3_env(stalled_endpoint, retries=1)  # two tries of 0.5 s each
+    (tmp_path / "list.txt").write_text("a.mp4\n")
+    start = time.time()
+    assert main(STALLED[case](str(tmp_path))) == 2
+    took = time.time() - start
+    line = one_error_line(capsys)
+    assert endpoint in line and "s3://b/" in line, line
+    (warning,) = [r for r in caplog.records if "no answer from the S3 endpoint" in r.message]
+    assert warning.message.startswith("s3://b/" if "input" not in case else "input s3://b/")
+    assert f"endpoint {endpoint} yet; still trying (" in warning.message
+    assert took - (warning.created - start) > 0.5  # said while the tries went on

@@ -33,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_eval_config(args.config, args.overrides)
     from pipeline.distributed import process_group
+    from pipeline.eval.preflight import preflight
     from pipeline.eval.tasks import TASKS
 
+    preflight(cfg)  # encoder, data sets, batch arithmetic, output folder: before DeepSpeed starts
     with process_group() as info:
         metrics = TASKS[cfg.task](cfg, info)
     if info.is_main:

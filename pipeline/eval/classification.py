@@ -53,11 +53,7 @@ def run(cfg: EvalConfig, info: D.DistInfo) -> dict:
         train_manifest, loaders.test_manifest, cfg.data.train, cfg.data.test
     )
     c = cfg.classification
-    freq = (
-        class_frequencies(train_manifest, cfg.data.train)
-        if (c.bias_init == "class_freq" or _divides(cfg))
-        else None
-    )
+    freq = class_frequencies(train_manifest, cfg.data.train) if needs_frequencies(cfg) else None
     model = AVClassifier(
         enc.encoder,
         len(classes),
@@ -209,6 +205,11 @@ def mix(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """λ_i · x_i + (1 − λ_i) · x_{B−1−i}: each sample mixed with its partner in the reversed batch."""
     lam = lam.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
     return x * lam + x.flip(0) * (1 - lam)
+
+
+def needs_frequencies(cfg: EvalConfig) -> bool:
+    """The training set's class frequencies are used (bias init, or the loss division)."""
+    return cfg.classification.bias_init == "class_freq" or _divides(cfg)
 
 
 def _divides(cfg: EvalConfig) -> bool:

@@ -42,8 +42,13 @@ class DenseSpec:
 
 def check_members(root: str, spec: DenseSpec) -> dict:
     """The manifest, after checking it declares the members ``spec`` needs."""
+    return require_members(root, masks=spec.masks, waveform=spec.waveform)
+
+
+def require_members(root: str, masks: bool = False, waveform: bool = False) -> dict:
+    """The manifest, after checking it declares mask and/or waveform members."""
     manifest = read_manifest(root)
-    needed = [m for m, on in (("mask", spec.masks), ("flac", spec.waveform)) if on]
+    needed = [m for m, on in (("mask", masks), ("flac", waveform)) if on]
     missing = [m for m in needed if m not in manifest.get("members", [])]
     if missing:
         raise ValueError(

@@ -27,7 +27,8 @@ def TRAIN(T: str) -> list[str]:
 
 def EVAL(T: str) -> list[str]:
     return [
-        *("eval", "--config", LINEAR, "encoder.init=random", "encoder.preset=debug"),
+        *("eval", "--config", LINEAR, "encoder.checkpoint=", "encoder.init=random"),
+        "encoder.preset=debug",
         *(f"train.output_dir={T}/eval", "tracking.enabled=false"),
     ]
 

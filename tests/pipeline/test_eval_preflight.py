@@ -11,7 +11,7 @@ import pytest
 
 from tests.pipeline.conftest import write_shard_set
 from tests.pipeline.helpers import REPO
-from tests.pipeline.test_user_faults import checkpoint_root, one_error_line
+from tests.pipeline.test_user_faults import checkpoint_root, never_joined, one_error_line
 
 LINEAR = str(REPO / "configs" / "eval" / "debug_linear.yaml")
 
@@ -73,10 +73,12 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_evaluation_setup_fails_before_deepspeed_starts(case, sets, tmp_path, capsys):
-    import torch.distributed as dist
-
+def test_bad_evaluation_setup_fails_before_deepspeed_starts(
+    case, sets, tmp_path, capsys, monkeypatch
+):
     from pipeline.evaluate import main
+
+    monkeypatch.setattr("pipeline.distributed.init_distributed", never_joined)
 
     (tmp_path / "a-file").write_text("")
     names = {k: v for k, v in sets.items()} | {"T": tmp_path}
@@ -97,4 +99,3 @@ def test_bad_evaluation_setup_fails_before_deepspeed_starts(case, sets, tmp_path
     assert main(["--config", LINEAR, *overrides]) == 2
     line = one_error_line(capsys)
     assert line.startswith(expected.format(**names)), line
-    assert not dist.is_initialized()

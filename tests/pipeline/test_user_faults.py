@@ -37,6 +37,11 @@ def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def never_joined() -> None:
+    """Stands in for ``init_distributed`` where a fault must be found before start-up."""
+    raise AssertionError("the process group was joined: the fault was found after start-up")
+
+
 def one_error_line(capsys) -> str:
     """The one ``error:`` line on stderr (torch may warn on its first import: not ours)."""
     lines = [x for x in capsys.readouterr().err.splitlines() if not re.match(r"W\d{4} ", x)]
@@ -100,15 +105,15 @@ def test_verify_exits_2_on_a_missing_shard_and_names_a_stray_one(shard_set, tmp_
 
 
 def test_resuming_with_another_model_names_both_before_any_checkpoint_is_skipped(
-    shard_set, tmp_path, capsys, caplog
+    shard_set, tmp_path, capsys, caplog, monkeypatch
 ):
     """#29.4a: a debug run's checkpoints, resumed with ``model.fusion_arch=token``: one line
     naming the checkpoint, what wrote it and what the config asks for — not "skipping" each
     intact checkpoint and an internal error; before any process group is joined."""
-    import torch.distributed as dist
-
     from pipeline.config import load_config, to_dict
     from pipeline.train import main as train_main
+
+    monkeypatch.setattr("pipeline.distributed.init_distributed", never_joined)
 
     run = tmp_path / "run"
     args = [
@@ -131,7 +136,7 @@ def test_resuming_with_another_model_names_both_before_any_checkpoint_is_skipped
         "fusion_arch='token'; resume with the same model.* settings, or start a new run "
         "(another train.output_dir, or train.resume=never)"
     )
-    assert "skipping" not in caplog.text and not dist.is_initialized()
+    assert "skipping" not in caplog.text
 
 
 def test_a_rendezvous_port_in_use_is_one_line_saying_how_to_choose_another(capsys, monkeypatch):

@@ -240,7 +240,7 @@ def prune_checkpoints(root: Path, keep_last: int) -> list[str]:
     naming the file, so that ``keep_last`` counts checkpoints that load."""
     latest = (root / "latest").read_text().strip() if (root / "latest").exists() else None
     tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
-    damaged = {t: why for t in tags if t != latest and (why := damage(root / t))}
+    damaged = {t: why for t in tags if t != latest and (why := marker_problem(root / t))}
     intact = [t for t in tags if t not in damaged]
     doomed = [t for t in intact[:-keep_last] if t != latest] if keep_last > 0 else []
     for tag, why in damaged.items():
@@ -250,7 +250,7 @@ def prune_checkpoints(root: Path, keep_last: int) -> list[str]:
     return sorted([*damaged, *doomed])
 
 
-def damage(tag_dir: Path) -> str | None:
+def marker_problem(tag_dir: Path) -> str | None:
     """What :func:`verify_marker` finds wrong with ``tag_dir`` (None: intact, or no marker)."""
     try:
         verify_marker(tag_dir)

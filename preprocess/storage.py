@@ -164,7 +164,7 @@ def s3_options(url: str) -> dict:
             "connect_timeout": float(env("AVFUSION_S3_CONNECT_TIMEOUT", "5")),
             "read_timeout": float(env("AVFUSION_S3_READ_TIMEOUT", "10")),
             "retries": {"max_attempts": int(env("AWS_MAX_ATTEMPTS", "4")), "mode": "standard"},
-        }
+        },
     }
 
 

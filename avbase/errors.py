@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from avbase.urls import redact
+from avbase.urls import redact, redact_log_records
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
@@ -64,8 +64,9 @@ def run_cli(
 
     ``quiet`` (or ``quiet(e)``) suppresses the line for expected errors (the other ranks of a
     distributed job, where rank 0 already printed the same line). Tracebacks only with
-    ``AVFUSION_DEBUG=1``.
+    ``AVFUSION_DEBUG=1``. Every log line of the command has its URL credentials masked.
     """
+    redact_log_records()
     try:
         return int(func(*args) or 0)
     except Preempted as e:

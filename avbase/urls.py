@@ -5,10 +5,13 @@ model may import this module): the userinfo of a URL (``http://user:password@hos
 values of query parameters that authorise a request (pre-signed S3/GCS/Azure URLs, tokens)
 become ``***``. The URL keeps its scheme, host, path and other parameters, so it still says
 which store or server was meant. Text around URLs (error messages, YAML) is kept as is.
+``redact_log_records`` passes every log line through it; ``refuse_credentials`` stops an
+``s3://KEY:SECRET@bucket`` URL before any S3 client sees (and quotes) it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 
 MASK = "***"
@@ -56,3 +59,42 @@ def redact_tree(tree):
     if isinstance(tree, list | tuple):
         return type(tree)(redact_tree(v) for v in tree)
     return tree
+
+
+class CredentialsInURL(ValueError):
+    """An ``s3://`` URL carries credentials; the message names it redacted."""
+
+
+def refuse_credentials(url: str) -> str:
+    """``url``, unless it is an ``s3://KEY:SECRET@bucket/…`` URL: botocore would take
+    ``KEY:SECRET@bucket`` for a bucket name and quote it in its errors, so such a URL is refused
+    with one line naming it redacted (CredentialsInURL)."""
+    if url.lower().startswith(("s3://", "s3a://")) and USERINFO.match(url):
+        raise CredentialsInURL(
+            f"{redact(url)}: credentials in an s3:// URL are not used; give them as "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and write "
+            "s3://bucket/prefix"
+        )
+    return url
+
+
+def redact_log_records() -> None:
+    """From now on every log record's message is ``redact``-ed when it is made (the CLI layer
+    calls this once, so all handlers, ranks and libraries write masked lines)."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def redacting(*args, **kwargs) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: the handler reports it as usual
+            return record
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return record
+
+    redacting.redacts = True
+    logging.setLogRecordFactory(redacting)

@@ -1,7 +1,7 @@
 """One typed config tree: YAML + ``key=value`` overrides → validated dataclasses.
 
-Unknown keys and wrong types are errors that name the dotted key. The resolved tree is
-dumped to MLflow params and into every checkpoint (``to_dict``).
+Unknown keys and wrong types are errors that name the dotted key. The resolved tree leaves the
+process (config.yaml, checkpoints, MLflow params and artifacts) only as ``redacted_config``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from avbase.urls import redact_tree
 from model.presets import AVMAEConfig, ModelConfigError, get_model_config
 
 
@@ -225,6 +226,13 @@ def to_dict(cfg: Any) -> dict:
     """Plain nested dict (tuples as lists) for YAML, MLflow and checkpoints; the model section
     holds the resolved architecture (``ModelConfig.resolved``), so it rebuilds the same model."""
     return yaml.safe_load(yaml.safe_dump(_plain(cfg)))
+
+
+def redacted_config(cfg: Any) -> dict:
+    """``to_dict(cfg)`` with every URL's credentials masked (``tracking.uri``'s password, signed
+    URLs): the one form in which a config tree leaves the process — ``config.yaml``, checkpoints,
+    MLflow params and artifacts, exports."""
+    return redact_tree(to_dict(cfg))
 
 
 def _plain(x: Any) -> Any:

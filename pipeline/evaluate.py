@@ -41,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(args, cfg, cfg.optim, cfg.data.train)
     from pipeline.engine.distributed import process_group
+    from pipeline.eval.preflight import preflight
     from pipeline.eval.tasks import TASKS
 
+    preflight(cfg)  # encoder, data sets, batch arithmetic, output folder: before DeepSpeed starts
     with process_group() as info:
         metrics = TASKS[cfg.task](cfg, info)
     if info.is_main:

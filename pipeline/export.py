@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from avbase.errors import AvfusionError
 from avbase.urls import redact_tree
-from pipeline.engine.safeload import UnsafeCheckpoint, consolidated_state_dict, resolve_tag_dir
+from pipeline.engine.safeload import UnsafeCheckpoint, consolidated_state_dict
 
 
 def check_model_preset(sd: dict[str, torch.Tensor], config: dict, source: str) -> None:
@@ -48,13 +49,14 @@ def export(ckpt: Path, out: Path, tag: str | None = None) -> Path:
     from safetensors.torch import save_file
 
     from model.keys import adapt_keys
+    from pipeline.engine.choice import checkpoint_candidates, newest_intact
 
-    tag_dir = resolve_tag_dir(ckpt, tag)
+    candidates = checkpoint_candidates(ckpt, tag)  # a checkpoint at all, before the destination
     with _writing(out):  # the destination takes a file: known before the (long) consolidation
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".avfusion-export-"):
             pass
-    sd, client = consolidated_state_dict(tag_dir)
+    tag_dir, (sd, client) = newest_intact(candidates, consolidated_state_dict)
     config = client.get("config", {})
     check_model_preset(sd, config, str(tag_dir))
     metadata = {
@@ -96,9 +98,9 @@ def run(args) -> int:
     try:
         path = export(Path(args.ckpt), Path(args.out), args.tag)
     except (FileNotFoundError, UnsafeCheckpoint, CheckpointError, ExportNotWritten) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise AvfusionError(str(e)) from None
     except OSError as e:
-        raise SystemExit(f"error: {e.filename or args.ckpt}: {e.strerror or e}") from None
+        raise AvfusionError(f"{e.filename or args.ckpt}: {e.strerror or e}") from None
     print(json.dumps({"out": str(path), "bytes": path.stat().st_size}))
     return 0
 

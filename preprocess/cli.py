@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 from avbase.errors import AvfusionError
+from avbase.urls import refuse_credentials
 from preprocess.datasets.cli import DATASET_HELP, add_dataset_options, dataset_spec
 from preprocess.pool import available_cores
 
@@ -192,10 +193,11 @@ def _add_build(sub) -> None:
 def _add_verify(sub) -> None:
     p = sub.add_parser(
         "verify",
-        help="check a shard set completely (exit 1 on any mismatch)",
+        help="check a shard set completely (exit 2 on any mismatch)",
         description="Check counts, sizes and sha256 of every shard, that every "
         "sample decodes, and that mel shapes/dtype and frame sizes "
-        "match the preset in the manifest.",
+        "match the preset in the manifest, and that every .tar file in DEST is listed there. "
+        "Exit status: 0 the set is intact, 2 a mismatch (MISMATCH lines) or no shard set.",
     )
     p.add_argument("dest", metavar="DEST")
     p.set_defaults(func=_verify)
@@ -349,7 +351,7 @@ def _classes(path: str | None) -> tuple[str, ...] | None:
     from preprocess.labels import read_class_file
 
     try:
-        with fsspec.open(path, "rt", encoding="utf-8-sig") as f:
+        with fsspec.open(refuse_credentials(path), "rt", encoding="utf-8-sig") as f:
             return tuple(read_class_file(path, f.read()))
     except FileNotFoundError:
         raise AvfusionError(f"--classes {path}: no such file") from None
@@ -362,7 +364,7 @@ def _verify(args: argparse.Namespace) -> int:
     for line in problems[:50]:
         print(f"MISMATCH {line}")
     print(summary)
-    return 1 if problems else 0
+    return 2 if problems else 0  # unusable data (avfusion --help)
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 
 import fsspec
 
+from avbase.endpoint import s3_call
 from avbase.errors import AvfusionError
 from avbase.shardformat import is_url
+from avbase.urls import refuse_credentials
 from preprocess.datasets.records import ClipInfo
+from preprocess.storage import retry_policy, s3_options, url_to_fs
 
 LIST_SUFFIXES = (".txt", ".csv")
 # Side files skipped when scanning directories (lists, metadata, docs next to the videos).
@@ -81,7 +84,14 @@ def source_id(path: str) -> str:
 
 
 def _expand(arg: str) -> list[Source]:
-    fs, root = fsspec.core.url_to_fs(arg)
+    if not s3_options(arg):
+        return _expand_in(arg)
+    with s3_call(f"input {arg}", retry_policy(arg)):  # S3: a stall reported, refusal one line
+        return _expand_in(arg)
+
+
+def _expand_in(arg: str) -> list[Source]:
+    fs, root = url_to_fs(refuse_credentials(arg))
     try:
         exists, isdir = fs.exists(root), fs.isdir(root)
     except OSError as e:
@@ -186,4 +196,4 @@ def _resolve(base: str, entry: str) -> str:
 
 
 def _normalise(path: str) -> str:
-    return path if is_url(path) else os.path.normpath(path)
+    return refuse_credentials(path) if is_url(path) else os.path.normpath(path)

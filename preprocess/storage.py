@@ -5,51 +5,71 @@ object stores the object appears only when its upload completes (multipart uploa
 on error). S3 endpoint and credentials come from the standard AWS environment variables
 (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), read by botocore. Network time is bounded:
 connect/read timeouts ``AVFUSION_S3_CONNECT_TIMEOUT``/``AVFUSION_S3_READ_TIMEOUT`` (5 s / 10 s)
-and botocore's ``standard`` retries with backoff, ``AWS_MAX_ATTEMPTS`` attempts (4): a stalled
-or refused endpoint fails a call within about a minute.
+and botocore's ``standard`` retries with backoff, ``AWS_MAX_ATTEMPTS`` retries (4): a stalled
+or refused endpoint fails a call within about a minute; a warning line names the endpoint after
+a few seconds of waiting, and a refused one is one error line (:mod:`avbase.endpoint`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from avbase.endpoint import s3_call
 from avbase.errors import AvfusionError
+from avbase.urls import refuse_credentials
 
 TMP_MARK = ".tmp-"
+
+
+def _remote(method: Callable) -> Callable:
+    """A Store method that talks to S3: a stall is reported while it waits, a refused endpoint
+    is one error line (local stores: the method as is)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.local:
+            return method(self, *args, **kwargs)
+        with s3_call(self.url, retry_policy(self.url)):
+            return method(self, *args, **kwargs)
+
+    return call
 
 
 class Store:
     """Files of one shard set, addressed by names relative to its root (``a/b.json``)."""
 
     def __init__(self, url: str):
-        self.url = url.rstrip("/") or url
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **_s3_options(self.url))
+        self.url = refuse_credentials(url.rstrip("/") or url)
+        self.fs, self.root = url_to_fs(self.url)
         self.local = isinstance(self.fs, LocalFileSystem)
-        if not self.local:
-            self.fs.retries = 1  # s3fs's own retry loop would multiply botocore's
 
     def path(self, name: str) -> str:
         return posixpath.join(self.root, name) if not self.local else os.path.join(self.root, name)
 
+    @_remote
     def exists(self, name: str) -> bool:
         return self.fs.exists(self.path(name))
 
+    @_remote
     def size(self, name: str) -> int:
         return int(self.fs.size(self.path(name)))
 
+    @_remote
     def read_bytes(self, name: str) -> bytes:
         return self.fs.cat_file(self.path(name))
 
     def open_read(self, name: str) -> IO[bytes]:
         return self.fs.open(self.path(name), "rb")
 
+    @_remote
     def list(self, prefix: str = "") -> list[str]:
         """Names (relative to the root) of all files under ``prefix``, sorted."""
         base = self.path(prefix) if prefix else self.root
@@ -58,6 +78,7 @@ class Store:
         root = self.root.rstrip("/")
         return sorted(p[len(root) + 1 :] for p in self.fs.find(base))
 
+    @_remote
     def remove(self, name: str) -> None:
         """Delete a file, or a folder with everything under it."""
         if self.exists(name):
@@ -111,6 +132,7 @@ class Store:
             if TMP_MARK in posixpath.basename(name):
                 self.remove(name)
 
+    @_remote
     def check_writable(self) -> None:
         """Create the root if needed and prove it accepts writes; ``AvfusionError`` otherwise."""
         probe = f".write-test{TMP_MARK}{os.getpid()}"
@@ -123,17 +145,36 @@ class Store:
             raise AvfusionError(f"{self.url}: destination is not writable ({_reason(e)})") from None
 
 
-def _s3_options(url: str) -> dict:
+def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path) for ``url``; S3 with the timeouts and retries of :func:`s3_options`."""
+    fs, root = fsspec.core.url_to_fs(url, **s3_options(url))
+    if not isinstance(fs, LocalFileSystem):
+        fs.retries = 1  # s3fs's own retry loop (5 tries) would multiply botocore's
+    return fs, root
+
+
+def s3_options(url: str) -> dict:
+    """fsspec options for ``url``: for S3 the timeouts and retries of the module docstring."""
     if not url.startswith(("s3://", "s3a://")):
         return {}
     env = os.environ.get
     return {
+        "skip_instance_cache": True,  # a client per store: the environment at the time it is made
         "config_kwargs": {
             "connect_timeout": float(env("AVFUSION_S3_CONNECT_TIMEOUT", "5")),
             "read_timeout": float(env("AVFUSION_S3_READ_TIMEOUT", "10")),
             "retries": {"max_attempts": int(env("AWS_MAX_ATTEMPTS", "4")), "mode": "standard"},
-        }
+        },
     }
+
+
+def retry_policy(url: str) -> str:
+    """:func:`s3_options` in words, for the line that reports a stalled endpoint."""
+    c = s3_options(url)["config_kwargs"]
+    return (
+        f"each try waits {c['connect_timeout']:g} s to connect and {c['read_timeout']:g} s "
+        f"for an answer, {c['retries']['max_attempts']} retries"
+    )
 
 
 def write_failed(url: str, e: OSError) -> AvfusionError:

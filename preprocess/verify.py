@@ -40,6 +40,7 @@ def verify(url: str, threads: int = 4) -> tuple[list[str], str]:
             f"{fmt.MANIFEST}: num_samples {manifest['num_samples']}, shard entries sum "
             f"to {total}, {len(keys)} distinct samples found"
         )
+    problems += stray_shards(store, manifest)
     errors = read_errors(store)
     if len(errors) != manifest["num_failed"] or any(
         set(e) < {"source", "stage", "error"} for e in errors
@@ -53,6 +54,16 @@ def verify(url: str, threads: int = 4) -> tuple[list[str], str]:
         f"{state}: {url}: {len(keys)} samples in {len(manifest['shards'])} shards, "
         f"{manifest['num_failed']} failed inputs, {len(problems)} problems"
     )
+
+
+def stray_shards(store: Store, manifest: dict) -> list[str]:
+    """A problem line per ``.tar`` file in the set's folder that the manifest does not list."""
+    listed = {s["name"] for s in manifest["shards"]}
+    return [
+        f"{name}: a shard file that {fmt.MANIFEST} does not list (left by another build?)"
+        for name in store.list()
+        if name.endswith(".tar") and "/" not in name and name not in listed
+    ]
 
 
 def _verify_shard(store: Store, entry: dict, check: _SampleCheck) -> tuple[list[str], list[str]]:

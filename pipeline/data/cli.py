@@ -10,7 +10,7 @@ import time
 from avbase.features import ImageSpec, get_frontend
 from avbase.progress import progress
 from pipeline.config import DataConfig
-from pipeline.data.loader import DataError, ShardReadError, build_loader
+from pipeline.data.loader import build_loader
 from pipeline.data.shardio import read_manifest
 from preprocess.cli import check_ranges
 
@@ -100,8 +100,6 @@ def bench(args: argparse.Namespace) -> int:
             train=not args.eval,
         )
         keys, batches, elapsed = _run(loader, args.epoch, args.batches)
-    except (ValueError, ShardReadError, DataError) as e:
-        raise SystemExit(f"error: {e}") from None
     finally:
         if "loader" in locals():
             loader.close()

@@ -10,7 +10,8 @@
   at most 8 s); a read that fails part-way re-opens the shard and skips the samples already
   delivered. The retry budget is ``data.s3_retries`` attempts within ``data.s3_retry_seconds``
   (60 s) of failing; then a :class:`ShardReadError` names the shard and the endpoint. A stalled
-  endpoint costs up to about three timeouts per attempt (s3fs asks for the object's size first).
+  endpoint costs up to about three timeouts per attempt (s3fs asks for the object's size first);
+  reading the manifest, a warning line names the endpoint after a few seconds of waiting.
 - The optional cache downloads whole remote shards to a node-local directory (temp name +
   rename, so concurrent workers never see partial files), named by the manifest's sha256, and
   evicts least-recently-used shards beyond the size limit. A download whose sha256 differs from
@@ -20,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -27,6 +29,7 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from avbase.endpoint import endpoint, waiting_for
 from avbase.errors import AvfusionError
 from avbase.shardformat import (
     MANIFEST,
@@ -37,6 +40,7 @@ from avbase.shardformat import (
     parse_manifest,
     tar_samples,
 )
+from avbase.urls import refuse_credentials
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +58,14 @@ def join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if is_url(root) else os.path.join(root, name)
 
 
-def endpoint() -> str:
-    """The S3 endpoint the clients talk to (for error messages)."""
-    return os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
-
-
-def filesystem(url: str, timeouts: tuple[float, float] = S3_TIMEOUTS):
+def filesystem(url: str, timeouts: tuple[float, float] | None = None):
     """A new fsspec client for ``url``'s protocol — never shared across processes or stores.
-    S3: (connect, read) ``timeouts`` in seconds, one attempt per call (retries are ours)."""
+    S3: (connect, read) ``timeouts`` in seconds (default ``S3_TIMEOUTS``), one attempt per call
+    (retries are ours)."""
     import fsspec
 
-    protocol = url.split("://", 1)[0]
+    timeouts = timeouts or S3_TIMEOUTS
+    protocol = refuse_credentials(url).split("://", 1)[0]
     if protocol not in ("s3", "s3a"):
         return fsspec.filesystem(protocol, skip_instance_cache=True)
     fs = fsspec.filesystem(
@@ -88,9 +89,13 @@ def open_url(url: str, fs=None) -> BinaryIO:
 
 def read_manifest(root: str) -> dict:
     """Load and check ``root/manifest.json``; FormatError (a ValueError) with one clear line."""
-    url = join(root, MANIFEST)
+    url = join(refuse_credentials(root), MANIFEST)
+    waiting = f"one try, {S3_TIMEOUTS[0]:g} s to connect and {S3_TIMEOUTS[1]:g} s for each answer"
     try:
-        with open_url(url) as f:
+        with (
+            waiting_for(url, waiting) if is_url(url) else contextlib.nullcontext(),
+            open_url(url) as f,
+        ):
             data = f.read()
     except FileNotFoundError:
         raise FormatError(

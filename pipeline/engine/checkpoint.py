@@ -23,16 +23,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.engine.safeload import model_states_file, safe_torch_loads, unsafe_checkpoint
+from pipeline.engine.safeload import (
+    CorruptCheckpoint,
+    model_states_file,
+    safe_torch_loads,
+    unsafe_checkpoint,
+)
 
 log = logging.getLogger("avfusion.checkpoint")
 
 
 MARKER = "complete.json"
-
-
-class CorruptCheckpoint(RuntimeError):
-    """A checkpoint file is missing, truncated or unreadable; the message names it."""
 
 
 class CheckpointNotWritten(OSError):
@@ -234,10 +235,25 @@ def resume_candidates(resume: str, root: Path) -> list[Path]:
 
 
 def prune_checkpoints(root: Path, keep_last: int) -> list[str]:
-    """Delete all but the newest ``keep_last`` step tags (main rank, after a barrier)."""
-    tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
+    """Delete all but the newest ``keep_last`` intact step tags (main rank, after a barrier);
+    a damaged one (a file missing or cut short, which resume skipped) is deleted with a warning
+    naming the file, so that ``keep_last`` counts checkpoints that load."""
     latest = (root / "latest").read_text().strip() if (root / "latest").exists() else None
-    doomed = [t for t in tags[:-keep_last] if t != latest] if keep_last > 0 else []
-    for tag in doomed:
+    tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
+    damaged = {t: why for t in tags if t != latest and (why := marker_problem(root / t))}
+    intact = [t for t in tags if t not in damaged]
+    doomed = [t for t in intact[:-keep_last] if t != latest] if keep_last > 0 else []
+    for tag, why in damaged.items():
+        log.warning("removing the damaged checkpoint %s (%s)", root / tag, why)
+    for tag in [*damaged, *doomed]:
         shutil.rmtree(root / tag, ignore_errors=True)
-    return doomed
+    return sorted([*damaged, *doomed])
+
+
+def marker_problem(tag_dir: Path) -> str | None:
+    """What :func:`verify_marker` finds wrong with ``tag_dir`` (None: intact, or no marker)."""
+    try:
+        verify_marker(tag_dir)
+    except CorruptCheckpoint as e:
+        return str(e)
+    return None

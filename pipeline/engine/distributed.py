@@ -57,9 +57,24 @@ def init_distributed() -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    try:
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    except dist.DistNetworkError as e:
+        if "EADDRINUSE" not in str(e):
+            raise
+        raise port_in_use() from None
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def port_in_use() -> AvfusionError:
+    """The one line for a rendezvous port that another process holds (EADDRINUSE)."""
+    port, addr = os.environ.get("MASTER_PORT"), os.environ.get("MASTER_ADDR")
+    return AvfusionError(
+        f"MASTER_PORT {port}: the port is in use on {addr} (another job, or one still ending); "
+        "choose a free one: make demo DEMO_PORT=<port>, deepspeed --master_port <port>, "
+        "torchrun --master-port <port>, or MASTER_PORT=<port>"
+    )
 
 
 def accumulation_steps(spec: EngineSpec, world_size: int) -> int:

@@ -105,7 +105,7 @@ class Engine:
         self.spec, self.info, self.task, self.folder = spec, info, task, folder
         run = spec.train
         self.loader = task.loader()
-        self.accum, self.steps_per_epoch = steps_per_epoch(spec, self.loader, info.world_size)
+        self.accum, self.steps_per_epoch = steps_per_epoch(spec, len(self.loader), info.world_size)
         self.effective_batch = spec.batch_size * info.world_size * self.accum
         self.schedule = task.schedule(self.effective_batch)
         root = Path(run.output_dir) / "checkpoints" / task.name

@@ -14,11 +14,16 @@ import enum
 import os
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+from avbase.errors import AvfusionError
+
+T = TypeVar("T")
 
 # rank 0's model states: "mp_rank_00_…" (ZeRO 0-2) or "zero_pp_rank_0_mp_rank_00_…" (ZeRO-3)
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
@@ -78,6 +83,10 @@ class UnsafeCheckpoint(ValueError):
     """A checkpoint file needs full unpickling (it could run code); the message names the file."""
 
 
+class CorruptCheckpoint(AvfusionError, RuntimeError):
+    """A checkpoint file is missing, truncated or unreadable; the message names it (exit 2)."""
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _OBJECTION = re.compile(r"WeightsUnpickler error|GLOBAL|getattr|[Uu]nsupported|unrecognized")
 
@@ -134,25 +143,43 @@ def consolidated_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], dic
     """fp32 weights (ZeRO partitions merged) and the checkpoint's client state.
 
     Checkpoints are files others hand around: every load is restricted (:func:`safe_torch_loads`),
-    so a crafted pickle raises :class:`UnsafeCheckpoint` instead of running code.
+    so a crafted pickle raises :class:`UnsafeCheckpoint` instead of running code; a file torch
+    cannot read (cut short) raises :class:`CorruptCheckpoint` naming it.
     """
-    try:
-        with safe_torch_loads():
-            states = torch.load(model_states_file(tag_dir), map_location="cpu", weights_only=True)
-            client = {
-                k: states[k]
-                for k in ("step", "epoch", "samples_seen", "config", "mlflow_run_id")
-                if k in states
-            }
-            stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
-            if any(tag_dir.glob("*optim_states.pt")) and stage > 0:
-                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    states_file = model_states_file(tag_dir)
+    states = restricted_load(
+        states_file, lambda: torch.load(states_file, map_location="cpu", weights_only=True)
+    )
+    client = {
+        k: states[k]
+        for k in ("step", "epoch", "samples_seen", "config", "mlflow_run_id")
+        if k in states
+    }
+    stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
+    if any(tag_dir.glob("*optim_states.pt")) and stage > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-                sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-            else:
-                sd = states.get("module") or {}
-    except pickle.UnpicklingError as e:
-        raise unsafe_checkpoint(tag_dir, e) from None
+        sd = restricted_load(
+            tag_dir,
+            lambda: get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag_dir.name),
+        )
+    else:
+        sd = states.get("module") or {}
     if not sd:
         raise UnsafeCheckpoint(f"{tag_dir}: the checkpoint holds an empty model state dict")
     return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}, client
+
+
+def restricted_load(where: Path, load: Callable[[], T]) -> T:
+    """``load()`` under :func:`safe_torch_loads`; its failures as one error naming ``where``."""
+    try:
+        with safe_torch_loads():
+            return load()
+    except pickle.UnpicklingError as e:
+        raise unsafe_checkpoint(where if where.is_dir() else where.parent, e) from None
+    except (RuntimeError, EOFError) as e:  # a file cut short: "PytorchStreamReader failed ..."
+        raise CorruptCheckpoint(f"{where}: unreadable ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return _ANSI.sub("", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)

@@ -37,9 +37,9 @@ from pipeline.eval.targets import (
     ClassificationLoss,
     EvalInputError,
     class_frequencies,
-    divides,
     mix,
     mixup_lambdas,
+    needs_frequencies,
     soft_targets,
 )
 
@@ -63,7 +63,7 @@ class Classification(Task):
         c = cfg.classification
         self.freq = (
             class_frequencies(self.train_loader.sets.manifests, self.train_loader.sets.paths)
-            if (c.bias_init == "class_freq" or divides(cfg))
+            if needs_frequencies(cfg)
             else None
         )
         self._model = AVClassifier(

@@ -117,15 +117,24 @@ def dense_loader(
         train=train,
         transform=DenseTransform(mcfg.frontend, mcfg.image, spec, train),
     )
-    for path, manifest in zip(loader.sets.paths, loader.sets.manifests, strict=True):
-        missing = [m for m in spec.members() if m not in manifest.get("members", [])]
+    try:
+        require_members(loader.sets, spec.members())
+    except ValueError:
+        loader.close()
+        raise
+    return loader
+
+
+def require_members(sets, members: list[str] | tuple[str, ...]) -> None:
+    """One line naming the manifest of the first set (of ``sets``, a loader's ``ShardSets``)
+    that does not declare every one of ``members`` (``mask``, ``flac``)."""
+    for path, manifest in zip(sets.paths, sets.manifests, strict=True):
+        missing = [m for m in members if m not in manifest.get("members", [])]
         if missing:
-            loader.close()
             raise ValueError(
                 f"{join(path, MANIFEST)}: the set has no {' or '.join(missing)} members "
                 "(build it from a list with a 'masks' column / with --keep-waveform)"
             )
-    return loader
 
 
 ROWS = ("image", "audio", "frame", "mask", "wave", "sample")  # one row per frame; else per sample

@@ -30,6 +30,7 @@ from model.checkpoints import (
 from model.fusion import FusionBlock
 from model.presets import AVMAEConfig
 from model.vit import Block
+from pipeline.engine.choice import checkpoint_candidates, newest_intact, stored_config
 from pipeline.eval.config import EncoderConfig
 
 
@@ -45,7 +46,48 @@ def load_encoder(cfg: EncoderConfig) -> LoadedEncoder:
     state, model_cfg, run_id, source = (
         _read_source(cfg) if cfg.checkpoint else (None, {}, None, "random")
     )
-    overrides = {k: v for k, v in model_cfg.items() if k != "preset"}
+    mcfg = architecture(cfg, model_cfg, source, state)
+    encoder = DeepAVFusion(mcfg)
+    if cfg.init == "pretrained":
+        load_strict(encoder, _encoder_keys(state), source)
+    set_drop_path(encoder, cfg.drop_path)
+    return LoadedEncoder(encoder, mcfg, run_id if cfg.init == "pretrained" else None, source)
+
+
+def encoder_config(cfg: EncoderConfig) -> AVMAEConfig | None:
+    """The architecture :func:`load_encoder` builds, from the source's stored config alone (no
+    weights are read); None for an official file without ``encoder.preset`` (its preset is
+    detected from the weights). A missing or unusable source raises one error naming it."""
+    if not cfg.checkpoint:
+        return architecture(cfg, {}, "random")
+    path = Path(cfg.checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"encoder.checkpoint: {path}: no such file or folder (expected a pretraining run's "
+            "output_dir or its checkpoints/, an exported .safetensors or an official .pth)"
+        )
+    if path.is_dir():
+        tag_dir, config = newest_intact(
+            checkpoint_candidates(_checkpoint_root(path)), stored_config, warn=False
+        )
+        return architecture(cfg, _model_section(config), str(tag_dir))
+    if path.suffix == ".safetensors":
+        return architecture(cfg, _model_section(_safetensors_metadata(path)[0]), str(path))
+    return architecture(cfg, {}, str(path)) if cfg.preset else None
+
+
+def architecture(
+    cfg: EncoderConfig, stored: dict, source: str, state: dict | None = None
+) -> AVMAEConfig:
+    """``encoder.preset`` (which must agree with the source's stored one), else the stored
+    preset, else the one ``state`` fits; the stored fields and ``encoder.fusion_*`` on top."""
+    if cfg.preset and stored.get("preset") and cfg.preset != stored["preset"]:
+        raise CheckpointError(
+            f"encoder.preset: {cfg.preset!r}, but {source} was written by model preset "
+            f"{stored['preset']!r} (its stored config); leave encoder.preset unset or set it "
+            f"to {stored['preset']!r}"
+        )
+    overrides = {k: v for k, v in stored.items() if k != "preset"}
     overrides.update(
         {
             k: v
@@ -58,16 +100,11 @@ def load_encoder(cfg: EncoderConfig) -> LoadedEncoder:
         }
     )
     preset = (
-        cfg.preset or model_cfg.get("preset") or (_detect_preset(state, source) if state else None)
+        cfg.preset or stored.get("preset") or (_detect_preset(state, source) if state else None)
     )
     if preset is None:
         raise CheckpointError(f"{source}: cannot tell the model preset; set encoder.preset")
-    mcfg = get_model_config(preset, **overrides)
-    encoder = DeepAVFusion(mcfg)
-    if cfg.init == "pretrained":
-        load_strict(encoder, _encoder_keys(state), source)
-    set_drop_path(encoder, cfg.drop_path)
-    return LoadedEncoder(encoder, mcfg, run_id if cfg.init == "pretrained" else None, source)
+    return get_model_config(preset, **overrides)
 
 
 def set_drop_path(encoder: DeepAVFusion, rate: float) -> None:
@@ -92,12 +129,20 @@ def _read_source(cfg: EncoderConfig) -> tuple[dict, dict, str | None, str]:
     return state, {}, None, str(path)
 
 
-def _training_checkpoint(path: Path) -> tuple[dict, dict, str | None, str]:
-    from pipeline.engine.safeload import consolidated_state_dict, resolve_tag_dir
+def _checkpoint_root(path: Path) -> Path:
+    """A run's ``output_dir`` → its ``checkpoints/``; a checkpoint root or step folder as is."""
+    return path / "checkpoints" if (path / "checkpoints" / "latest").is_file() else path
 
-    root = path / "checkpoints" if (path / "checkpoints" / "latest").is_file() else path
-    tag_dir = resolve_tag_dir(root)
-    state, client = consolidated_state_dict(tag_dir)
+
+def _training_checkpoint(path: Path) -> tuple[dict, dict, str | None, str]:
+    pass
+
+
+def _training_checkpoint(path: Path) -> tuple[dict, dict, str | None, str]:
+    from pipeline.engine.safeload import consolidated_state_dict
+
+    candidates = checkpoint_candidates(_checkpoint_root(path))
+    tag_dir, (state, client) = newest_intact(candidates, consolidated_state_dict)
     return (
         state,
         _model_section(client.get("config") or {}),
@@ -107,13 +152,21 @@ def _training_checkpoint(path: Path) -> tuple[dict, dict, str | None, str]:
 
 
 def _safetensors(path: Path) -> tuple[dict, dict, str | None, str]:
-    from safetensors import safe_open
-
     state = unwrap_state_dict(read_checkpoint(path), str(path))
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    config = yaml.safe_load(meta.get("config") or "{}") or {}
-    return state, _model_section(config), meta.get("mlflow_run_id"), str(path)
+    config, run_id = _safetensors_metadata(path)
+    return state, _model_section(config), run_id, str(path)
+
+
+def _safetensors_metadata(path: Path) -> tuple[dict, str | None]:
+    """(training config, pretraining run id) from an export's header (weights not read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return yaml.safe_load(meta.get("config") or "{}") or {}, meta.get("mlflow_run_id")
 
 
 def _model_section(config: dict) -> dict:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from avbase.urls import redact_tree
-from pipeline.config import to_dict
+from pipeline.config import redacted_config
 from pipeline.engine.distributed import DistInfo
 from pipeline.engine.output import RunFolder
 from pipeline.eval.config import EvalConfig
@@ -16,4 +15,4 @@ def run_folder(cfg: EvalConfig, info: DistInfo, enc: LoadedEncoder) -> RunFolder
     tags = {"avfusion.task": cfg.task, "avfusion.encoder": enc.source}
     if enc.pretrain_run_id:
         tags["avfusion.pretrain_run_id"] = enc.pretrain_run_id
-    return RunFolder(cfg.train.output_dir, redact_tree(to_dict(cfg)), cfg.tracking, info, tags)
+    return RunFolder(cfg.train.output_dir, redacted_config(cfg), cfg.tracking, info, tags)

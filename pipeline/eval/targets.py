@@ -54,6 +54,11 @@ def mix(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return x * lam + x.flip(0) * (1 - lam)
 
 
+def needs_frequencies(cfg: EvalConfig) -> bool:
+    """Whether the training set's class counts are used (bias init or the loss division)."""
+    return cfg.classification.bias_init == "class_freq" or divides(cfg)
+
+
 def divides(cfg: EvalConfig) -> bool:
     d = cfg.classification.class_freq_division
     return d if d is not None else cfg.task == "finetune"

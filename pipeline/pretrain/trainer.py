@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-from avbase.urls import redact_tree
 from model import AVMAE
 from model.checkpoints import load_tower_weights
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, redacted_config
 from pipeline.data.loader import shard_loader
 from pipeline.engine.checkpoint import gather_objects, tag_for
 from pipeline.engine.distributed import DistInfo, engine_dtype
@@ -160,7 +159,7 @@ class Pretraining(Task):
 def pretrain(cfg: Config, info: DistInfo) -> dict:
     """Run pretraining to the end: the engine's loop, then the last reconstruction figure."""
     task = Pretraining(cfg, info)
-    folder = RunFolder(cfg.train.output_dir, redact_tree(to_dict(cfg)), cfg.tracking, info, tags={})
+    folder = RunFolder(cfg.train.output_dir, redacted_config(cfg), cfg.tracking, info, tags={})
     engine = Engine(cfg.engine_spec(), info, task, folder)
     if info.is_main:  # the training set's manifest (a mixture: every set's, with its path)
         sets = engine.loader.sets

@@ -154,4 +154,4 @@ def test_verify_rejects_undeclared_members(corpus, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["members"] = []
     (out / "manifest.json").write_text(json.dumps(manifest))
-    cli("shards", "verify", out, expect=1)
+    cli("shards", "verify", out, expect=2)

@@ -101,7 +101,7 @@ def test_verify_reports_damage_and_inspect_draws(media_build, tmp_path, capsys):
     shard.write_bytes(bytes(data))
     errors = (damaged / "errors.jsonl").read_text().splitlines()
     (damaged / "errors.jsonl").write_text("\n".join(errors[1:]) + "\n")
-    cli("shards", "verify", damaged, expect=1)
+    cli("shards", "verify", damaged, expect=2)
     report = capsys.readouterr().out
     assert "shard-000001.tar: sha256" in report and "errors.jsonl" in report
     assert "shard-000000.tar" not in report

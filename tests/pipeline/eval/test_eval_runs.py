@@ -2,8 +2,8 @@
 
 Small labelled shard sets written per docs/FORMAT.md (tests/pipeline/conftest.py) and the `debug`
 encoder: a 2-rank ZeRO-3 fine-tune of an official-format checkpoint on a multi-label set, a linear
-probe killed with SIGKILL and resumed (same per-step losses as an uninterrupted run, one MLflow run),
-and the one-line error for a test set whose classes differ.
+probe killed with SIGKILL and resumed (same per-step losses as an uninterrupted run, one MLflow run).
+A test set whose classes differ is a pre-flight error: tests/pipeline/test_eval_preflight.py.
 """
 
 from __future__ import annotations
@@ -100,7 +100,6 @@ def sets(tmp_path_factory) -> dict[str, Path]:
         "test": labelled_set(root / "test", 24),
         "mtrain": labelled_set(root / "mtrain", 48, multi=True),
         "mtest": labelled_set(root / "mtest", 24, multi=True),
-        "other": labelled_set(root / "other", 8, labels=("bird", "cow", "dog")),
     }
 
 
@@ -190,21 +189,3 @@ def test_linear_probe_kill9_then_resume_continues_the_curve(sets, tmp_path):
     client = MlflowClient(f"sqlite:///{out}.db")
     runs = client.search_runs([client.get_experiment_by_name("avfusion-demo").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-
-
-def test_a_test_set_with_other_classes_is_one_line_naming_file_and_class(sets, tmp_path):
-    proc = subprocess.run(
-        single(overrides(sets["train"], sets["other"], tmp_path / "bad")),
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
-    assert (
-        last.startswith("error: ")
-        and str(sets["other"] / "manifest.json") in last
-        and "'cow'" in last
-    )

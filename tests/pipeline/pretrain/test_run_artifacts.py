@@ -1,6 +1,6 @@
-"""What a run leaves behind: no credential from a URL anywhere (run folder, MLflow store and
-artifacts, console, exported file), exports readable by others, sqlite-tracked artifacts next
-to the database."""
+"""What a run leaves behind: no credential from a URL anywhere (run and evaluation folders,
+checkpoints, MLflow store and artifacts, errors.jsonl, console, exported file), exports readable
+by others, sqlite-tracked artifacts next to the database."""
 
 from __future__ import annotations
 
@@ -41,81 +41,89 @@ def mlflow_server(tmp_path):
     stop(server)
 
 
-@pytest.mark.slow
-@pytest.mark.multiproc
-def test_a_password_in_the_tracking_uri_is_in_no_artifact_of_the_run(
-    shard_set, mlflow_server, tmp_path
-):
-    from mlflow.tracking import MlflowClient
-
-    root, port = mlflow_server
-    out, exported = tmp_path / "run", tmp_path / "export" / "model.safetensors"
-    train = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.train",
-            "--config",
-            str(REPO / "configs" / "debug.yaml"),
-            f"data.shards={shard_set}",
-            f"probe.shards={shard_set}",
-            f"train.output_dir={out}",
-            f"tracking.uri=http://avf:{PLANTED}@127.0.0.1:{port}",
-            "data.batch_size=4",
-            "train.max_steps=2",
-            "train.log_every=1",
-            "train.save_every_steps=2",
-        ],
-        cwd=tmp_path,
+def command(module: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m module args`` as a user runs it (its own process, the CPU environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd,
         env=env(),
         capture_output=True,
         text=True,
         timeout=900,
     )
-    assert train.returncode == 0, train.stderr[-3000:]
-    export = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "export",
-            str(out / "checkpoints"),
-            "--out",
-            str(exported),
-        ],
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_a_password_in_the_tracking_uri_is_in_no_artifact_of_the_run(
+    shard_set, mlflow_server, tmp_path, capfd, caplog
+):
+    """#29.2: a pretraining, a linear-probe evaluation of it and an export, all tracked through
+    ``http://avf:PASSWORD@host``, plus a shards build whose failing inputs carry a password and
+    a signature: the password is in no file any of them wrote (run and evaluation folders,
+    their checkpoints, the MLflow store and artifacts, errors.jsonl, the export) nor on the
+    console. (A password in an s3:// URL is refused up front: tests/pipeline/test_redaction.py.)"""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.cli import main
+
+    root, port = mlflow_server
+    uri = f"http://avf:{PLANTED}@127.0.0.1:{port}"
+    out, evaluation = tmp_path / "run", tmp_path / "eval"
+    exported = tmp_path / "export" / "model.safetensors"
+    train = command(
+        "pipeline.train",
+        *("--config", REPO / "configs" / "debug.yaml", f"tracking.uri={uri}"),
+        *(f"data.shards={shard_set}", f"probe.shards={shard_set}", f"train.output_dir={out}"),
+        *("data.batch_size=4", "train.max_steps=2", "train.log_every=1"),
+        "train.save_every_steps=2",
         cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert export.returncode == 0, export.stderr
+    assert train.returncode == 0, train.stderr[-3000:]
+    linear = command(
+        "pipeline.evaluate",
+        *("--config", REPO / "configs" / "eval" / "debug_linear.yaml", f"tracking.uri={uri}"),
+        *(f"encoder.checkpoint={out}", f"data.train={shard_set}", f"data.test={shard_set}"),
+        *(f"train.output_dir={evaluation}", "data.batch_size=8", "optim.epochs=1"),
+        *("optim.warmup_epochs=0", "train.max_steps=2", "train.log_every=1"),
+        cwd=tmp_path,
+    )
+    assert linear.returncode == 0, linear.stderr[-3000:]
+    # export and build in this process (the console entry point's main): no start-up each
+    assert main(["export", str(out / "checkpoints"), "--out", str(exported)]) == 0
+    inputs, built = tmp_path / "inputs.txt", tmp_path / "built"
+    inputs.write_text(
+        f"http://avf:{PLANTED}@127.0.0.1:9/a.mp4\n"
+        f"http://127.0.0.1:9/b.mp4?X-Amz-Signature={PLANTED}&v=1\n"
+    )
+    build = ["shards", "build", str(inputs), "--out", str(built), "--workers", "1"]
+    assert main(build) == 1  # no input yielded a sample
+    assert len((built / "errors.jsonl").read_text().splitlines()) == 2
+    in_process = capfd.readouterr()
 
-    # The run was tracked through the credentialed URI, and says where it went without the password.
+    # Both runs were tracked through the credentialed URI, and say where it went without it.
+    masked = f"http://***@127.0.0.1:{port}"
     client = MlflowClient(f"http://127.0.0.1:{port}")
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name("avfusion-demo").experiment_id],
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    assert run.data.params["tracking.uri"] == f"http://***@127.0.0.1:{port}"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
-    assert {"config.yaml", "manifest.json"} <= {
-        a.path for a in client.list_artifacts(run.info.run_id)
-    }
-    assert (
-        yaml.safe_load((out / "config.yaml").read_text())["tracking"]["uri"]
-        == f"http://***@127.0.0.1:{port}"
-    )
+    experiment = client.get_experiment_by_name("avfusion-demo").experiment_id
+    runs = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
+    assert [r.data.tags.get("avfusion.task") for r in runs] == [None, "linear"]
+    for run in runs:
+        assert run.data.params["tracking.uri"] == masked
+        assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [1, 2]
+    for folder in (out, evaluation):
+        assert yaml.safe_load((folder / "config.yaml").read_text())["tracking"]["uri"] == masked
+    checkpoints = [*out.rglob("mp_rank_00_model_states.pt")]
+    checkpoints += [*evaluation.rglob("mp_rank_00_model_states.pt")]
+    assert len(checkpoints) == 2  # one per run: searched below with everything else
     with safe_open(str(exported), "pt") as f:
-        assert (
-            yaml.safe_load(f.metadata()["config"])["tracking"]["uri"]
-            == f"http://***@127.0.0.1:{port}"
-        )
+        assert yaml.safe_load(f.metadata()["config"])["tracking"]["uri"] == masked
 
-    assert files_holding(PLANTED, out, root, exported) == []  # run folder, MLflow store, export
-    console = train.stdout + train.stderr + export.stdout + export.stderr
-    assert PLANTED not in console
+    written = (out, evaluation, root, exported, built)  # runs, MLflow store, export, errors.jsonl
+    assert files_holding(PLANTED, *written) == []
+    console = "".join(p.stdout + p.stderr for p in (train, linear)) + in_process.out
+    console += in_process.err
+    assert exported.name in in_process.out and PLANTED not in console + caplog.text
     assert stat.S_IMODE(exported.stat().st_mode) == 0o644  # a file meant to be shared
 
 

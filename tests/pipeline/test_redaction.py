@@ -11,7 +11,7 @@ import logging
 import pytest
 
 from pipeline.cli import main
-from tests.pipeline.test_run_artifacts import files_holding
+from tests.pipeline.pretrain.test_run_artifacts import files_holding
 from tests.pipeline.test_user_faults import never_joined
 from tests.support.procs import REPO
 

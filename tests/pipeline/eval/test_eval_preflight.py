@@ -53,13 +53,13 @@ CASES = {
     ),
     "batch arithmetic": (
         {"train.effective_batch_size": 12},
-        "error: train.effective_batch_size: 12 is not a multiple of data.batch_size × world "
+        "error: train.effective_batch_size: 12 is not a multiple of data.train.batch_size × world "
         "size = 8 × 1",
     ),
-    "epoch too short": (  # 61 samples, batches of 8 dropping the rest: 7 batches < 8
-        {"train.effective_batch_size": 64},
-        "error: data.train: 7 batches per rank per epoch is fewer than one optimizer step "
-        "(8 micro-batches)",
+    "epoch too short": (  # 61 samples, batches of 8, the rest padded: 8 batches < 9
+        {"train.effective_batch_size": 72},
+        "error: data.train.shards: 8 batches per rank per epoch is fewer than one optimizer step "
+        "(9 micro-batches)",
     ),
     "output folder not writable": (
         {"train.output_dir": "{T}/a-file/eval"},
@@ -89,7 +89,7 @@ def test_bad_evaluation_setup_fails_before_deepspeed_starts(
         "encoder.preset": "debug",
         "data.train": "{S}",
         "data.test": "{S}",
-        "data.batch_size": 8,
+        "data.train.batch_size": 8,
         "train.output_dir": "{T}/eval",
         "tracking.enabled": "false",
     }

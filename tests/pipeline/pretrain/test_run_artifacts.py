@@ -84,7 +84,7 @@ def test_a_password_in_the_tracking_uri_is_in_no_artifact_of_the_run(
         "pipeline.evaluate",
         *("--config", REPO / "configs" / "eval" / "debug_linear.yaml", f"tracking.uri={uri}"),
         *(f"encoder.checkpoint={out}", f"data.train={shard_set}", f"data.test={shard_set}"),
-        *(f"train.output_dir={evaluation}", "data.batch_size=8", "optim.epochs=1"),
+        *(f"train.output_dir={evaluation}", "data.train.batch_size=8", "optim.epochs=1"),
         *("optim.warmup_epochs=0", "train.max_steps=2", "train.log_every=1"),
         cwd=tmp_path,
     )

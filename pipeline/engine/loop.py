@@ -196,6 +196,7 @@ class Engine:
                         self.task.after_epoch(self)
                 self.save()
         except BaseException as e:
+            self.loader.close()  # its workers first: a launcher's SIGTERM must find none left
             self.folder.close(self.stop.status(e))
             raise
         finally:

@@ -28,6 +28,7 @@ class StopSignal:
 
     def __init__(self):
         self.flag, self.work, self.group, self._saved = 0, None, None, {}
+        self.stopped = False  # the ranks agreed to stop (this rank may have had no signal)
         self.buf = torch.zeros(1, dtype=torch.int32)
         self.signum: int | None = None
 
@@ -42,9 +43,9 @@ class StopSignal:
     def __exit__(self, exc_type, *_) -> None:
         if self.work is not None and exc_type is None:
             self.work.wait()  # every rank has one in flight: complete it before the group goes
-        if not self.flag:  # after a stop the handler stays: the launcher's own SIGTERM to the
-            for s, handler in self._saved.items():  # ranks must not cut the exit short
-                signal.signal(s, handler)
+        if not (self.flag or self.stopped):  # after a stop the handler stays on every rank:
+            for s, handler in self._saved.items():  # the launcher's own SIGTERM to the ranks
+                signal.signal(s, handler)  # must not cut their exit (tracking, teardown) short
         self._saved = {}
 
     def _on_signal(self, signum: int, _frame) -> None:
@@ -72,6 +73,7 @@ class StopSignal:
         """At a step boundary: when the ranks agree to stop, save and raise :class:`Preempted`."""
         if not self.agreed():
             return
+        self.stopped, self.flag = True, self.flag or 1
         engine.save()
         raise Preempted(
             f"stopped by a signal at step {engine.progress.step}; checkpoint saved in "

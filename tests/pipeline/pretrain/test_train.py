@@ -350,7 +350,8 @@ def test_sigterm_on_one_rank_saves_and_exits_143_then_resume_continues_the_curve
             os.killpg(proc.pid, signal.SIGKILL)
     print(f"launcher exited {proc.returncode} {time.time() - sent:.1f} s after SIGTERM")
     assert proc.returncode == 143, log[-3000:]
-    assert "stopping at the next step boundary" in log and "stopped by a signal at step" in log
+    assert "stopping at the next step boundary" in log, log[-3000:]
+    assert "stopped by a signal at step" in log, log[-3000:]
     stopped = int((out / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
     assert 1 <= stopped < STEPS and max(losses(out)) == stopped  # mid-run, at a step boundary
     verify_marker(out / "checkpoints" / f"step{stopped:08d}")  # complete: every file's size

@@ -75,7 +75,13 @@ def synth(
         )
         for i in range(videos)
     ]
-    with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
+    # NOTE: every video is encoded by a fresh process (the forkserver has the module loaded):
+    # libx264 through PyAV gave a video encoded after others in the same process different
+    # (valid) bytes than the same video encoded first, so a corpus depended on how the videos
+    # were spread over the workers; one process per video makes it a function of the seed alone.
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
         for _ in progress(pool.map(_write_video, jobs), total=videos, unit="videos", desc="synth"):
             pass
     rows = "".join(
@@ -115,10 +121,9 @@ def _write_video(job: tuple) -> None:
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
         video = container.add_stream(
-            "libx264", rate=FPS, options={"preset": "veryfast", "crf": "26"}
+            "libx264", rate=FPS, options={"preset": "veryfast", "crf": "26", "threads": "1"}
         )
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        video.codec_context.thread_count = 1
         audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         for i, (rgb, mask) in enumerate(_frames(rng, sources, extra, round(seconds * FPS))):
             if i % FPS == FPS // 2:  # the frame at s + 0.5 s

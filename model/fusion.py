@@ -30,6 +30,29 @@ def register(name: str):
     return add
 
 
+class FusionAttention(nn.Module):
+    """What every registered variant is: built from ``(dim, num_heads, attn_ratio, num_tokens,
+    attn_impl)`` — its layers in :meth:`layers` (d = int(D · attn_ratio)) — and called as
+    ``attn(m [B, F, D], normed image [B, Ni, D], normed audio [B, Na, D]) → [B, F, D]``."""
+
+    swaps_norms = False  # True: the block normalises image with norm1_aud and audio with norm1_img
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        attn_ratio: float,
+        num_tokens: tuple[int, int, int],
+        attn_impl: str,
+    ):
+        super().__init__()
+        self.num_heads, self.num_tokens, self.attn_impl = num_heads, tuple(num_tokens), attn_impl
+        self.layers(dim, int(dim * attn_ratio))
+
+    def layers(self, dim: int, d: int) -> None:
+        raise NotImplementedError
+
+
 class CrossAttention(nn.Module):
     """Full-width cross-attention (``attn_v`` / ``attn_a``): ``q`` on x1, ``kv`` [k | v] on x2.
 
@@ -51,7 +74,7 @@ class CrossAttention(nn.Module):
 
 
 @register("factorized_mmi")
-class FactorizedAttention(nn.Module):
+class FactorizedAttention(FusionAttention):
     """``factorized_mmi`` (the released variant, REFERENCE §2.4).
 
     1. aggregation: visual tokens attend to image patches (``attn_v``), audio tokens to audio
@@ -62,22 +85,12 @@ class FactorizedAttention(nn.Module):
 
     swaps_norms = False  # name-consistent: norm1_img on image, norm1_aud on audio
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        attn_ratio: float,
-        num_tokens: tuple[int, int, int],
-        attn_impl: str,
-    ):
-        super().__init__()
-        self.num_heads, self.num_tokens, self.attn_impl = num_heads, tuple(num_tokens), attn_impl
+    def layers(self, dim: int, d: int) -> None:
         # NOTE: scale (D/H)^−0.5 = 1/8 at ViT-B even though q/k heads are d/H wide (16 at ratio
         # 0.25); v heads stay D/H wide. Kept on purpose (REFERENCE §9.A.4).
-        self.scale = (dim // num_heads) ** -0.5
-        d = int(dim * attn_ratio)
-        self.attn_v = CrossAttention(dim, num_heads, attn_impl)
-        self.attn_a = CrossAttention(dim, num_heads, attn_impl)
+        self.scale = (dim // self.num_heads) ** -0.5
+        self.attn_v = CrossAttention(dim, self.num_heads, self.attn_impl)
+        self.attn_a = CrossAttention(dim, self.num_heads, self.attn_impl)
         self.q = nn.Linear(dim, d)
         self.k = nn.Linear(dim * 2, d)
         self.v = nn.Linear(dim * 2, dim)
@@ -99,7 +112,7 @@ class FactorizedAttention(nn.Module):
 
 
 @register("token")
-class TokenAttention(nn.Module):
+class TokenAttention(FusionAttention):
     """``token``: all fusion tokens attend to [audio ; image] patches (REFERENCE §2.5).
 
     q ``[B, F, d]``, kv over ``[B, Na+Ni, D]`` → ``[B, F, d]`` → proj → ``[B, F, D]``.
@@ -109,19 +122,9 @@ class TokenAttention(nn.Module):
     # ``norm1_aud`` and the audio tokens with ``norm1_img`` (REFERENCE §9.A.1).
     swaps_norms = True
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        attn_ratio: float,
-        num_tokens: tuple[int, int, int],
-        attn_impl: str,
-    ):
-        super().__init__()
-        d = int(dim * attn_ratio)
-        self.num_heads, self.attn_impl = num_heads, attn_impl
+    def layers(self, dim: int, d: int) -> None:
         # NOTE: scale (d/H)^−0.5 here (0.25 at ratio 0.25), unlike the other two variants.
-        self.scale = (d // num_heads) ** -0.5
+        self.scale = (d // self.num_heads) ** -0.5
         self.q = nn.Linear(dim, d)
         self.kv = nn.Linear(dim, d * 2)
         self.proj = nn.Linear(d, dim)
@@ -134,7 +137,7 @@ class TokenAttention(nn.Module):
 
 
 @register("dense_mmi")
-class DenseAttention(nn.Module):
+class DenseAttention(FusionAttention):
     """``dense_mmi``: all fusion tokens attend to every (audio, image) token pair (REFERENCE §2.6).
 
     NOTE (swap inside the official attention, kept): pairs are audio-major (p = a·Ni + v) with
@@ -145,18 +148,8 @@ class DenseAttention(nn.Module):
 
     swaps_norms = False  # norms are name-correct; the swap is in the pair layout
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        attn_ratio: float,
-        num_tokens: tuple[int, int, int],
-        attn_impl: str,
-    ):
-        super().__init__()
-        d = int(dim * attn_ratio)
-        self.num_heads, self.attn_impl = num_heads, attn_impl
-        self.scale = (dim // num_heads) ** -0.5  # NOTE: 1/8 from D/H, not d/H
+    def layers(self, dim: int, d: int) -> None:
+        self.scale = (dim // self.num_heads) ** -0.5  # NOTE: 1/8 from D/H, not d/H
         self.q = nn.Linear(dim, d)
         self.kv = nn.Linear(dim * 2, d * 2)
         self.proj = nn.Linear(d, dim)

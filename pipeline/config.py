@@ -1,26 +1,29 @@
-"""One typed config tree: YAML + ``key=value`` overrides → validated dataclasses.
+"""The pretraining config tree: YAML + ``key=value`` overrides → validated dataclasses.
 
-Unknown keys and wrong types are errors that name the dotted key. The resolved tree leaves the
+Built by :mod:`pipeline.typedtree`: unknown keys and wrong types are errors that name the dotted
+key; ``model.*`` takes a preset plus AVMAEConfig overrides (``ModelConfig.from_mapping``). The resolved tree leaves the
 process (config.yaml, checkpoints, MLflow params and artifacts) only as ``redacted_config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, ClassVar
 
 from avbase.urls import redact_tree
 from model.presets import AVMAEConfig, ModelConfigError, get_model_config
-
-
-class ConfigError(ValueError):
-    """A config key is unknown, has the wrong type or an unusable value."""
+from pipeline.typedtree import (
+    ConfigError,
+    check_values,
+    checked_fields,
+    coerce,
+    from_dict,
+    raw_tree,
+    to_dict,
+)
 
 
 @dataclass
@@ -43,35 +46,32 @@ class ModelConfig:
         except ModelConfigError as e:
             raise ConfigError(f"model.{e.field}: {e.problem}") from None
 
-    def resolved(self) -> dict:
-        """Plain form for checkpoints and MLflow: preset, every resolved AVMAEConfig field, tower files."""
+    def to_plain(self) -> dict:
+        """Plain form for checkpoints and MLflow: preset, every resolved AVMAEConfig field, tower
+        files — so that the stored tree rebuilds the same model."""
         towers = {k: getattr(self, k) for k in ("init_image", "init_audio", "trust_pickle")}
         return {"preset": self.preset, **dataclasses.asdict(self.architecture()), **towers}
 
-
-def _model_config(data: dict, prefix: str) -> ModelConfig:
-    """``ModelConfig`` from its own keys plus AVMAEConfig fields, each checked against that field's type.
-
-    A dataclass-typed field (``image``) may be given in part: its keys are checked, the preset fills the rest.
-    """
-    own = {f.name for f in dataclasses.fields(ModelConfig)} - {"overrides"}
-    arch = typing.get_type_hints(AVMAEConfig)
-    unknown = sorted(set(data) - own - set(arch))
-    if unknown:
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(own | set(arch)))})"
-        )
-    cfg = ModelConfig(
-        **_checked_fields(ModelConfig, {k: v for k, v in data.items() if k in own}, prefix)
-    )
-    cfg.overrides = {
-        k: _checked_fields(arch[k], v, f"{prefix}{k}.")
-        if dataclasses.is_dataclass(arch[k])
-        else _coerce(arch[k], v, f"{prefix}{k}")
-        for k, v in data.items()
-        if k in arch
-    }
-    return cfg
+    @classmethod
+    def from_mapping(cls, data: dict, prefix: str) -> ModelConfig:
+        """Its own keys plus AVMAEConfig fields, each checked against that field's type; a
+        dataclass-typed field (``image``) may be given in part: the preset fills the rest."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"overrides"}
+        arch = typing.get_type_hints(AVMAEConfig)
+        unknown = sorted(set(data) - own - set(arch))
+        if unknown:
+            raise ConfigError(
+                f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(own | set(arch)))})"
+            )
+        cfg = cls(**checked_fields(cls, {k: v for k, v in data.items() if k in own}, prefix))
+        cfg.overrides = {
+            k: checked_fields(arch[k], v, f"{prefix}{k}.")
+            if dataclasses.is_dataclass(arch[k])
+            else coerce(arch[k], v, f"{prefix}{k}")
+            for k, v in data.items()
+            if k in arch
+        }
+        return cfg
 
 
 @dataclass
@@ -85,6 +85,7 @@ class ShardSource:
 
 @dataclass
 class DataConfig:
+    SHORTHAND: ClassVar[str] = "shards"  # `data.train=path` sets data.train.shards
     # a shard-set directory or s3://bucket/prefix, or a mixture: a list of such paths and
     # {path, weight} or {path, repeat} items (docs/RECIPES.md "Mixtures")
     shards: str | list[str | ShardSource] = ""
@@ -222,12 +223,6 @@ class Config:
         return EngineSpec(self.train, self.data.batch_size, self.optim.epochs, self.optim.grad_clip)
 
 
-def to_dict(cfg: Any) -> dict:
-    """Plain nested dict (tuples as lists) for YAML, MLflow and checkpoints; the model section
-    holds the resolved architecture (``ModelConfig.resolved``), so it rebuilds the same model."""
-    return yaml.safe_load(yaml.safe_dump(_plain(cfg)))
-
-
 def redacted_config(cfg: Any) -> dict:
     """``to_dict(cfg)`` with every URL's credentials masked (``tracking.uri``'s password, signed
     URLs): the one form in which a config tree leaves the process — ``config.yaml``, checkpoints,
@@ -235,138 +230,13 @@ def redacted_config(cfg: Any) -> dict:
     return redact_tree(to_dict(cfg))
 
 
-def _plain(x: Any) -> Any:
-    if isinstance(x, ModelConfig):
-        return _plain(x.resolved())
-    if dataclasses.is_dataclass(x):
-        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
     """Read YAML at ``path`` (optional), apply ``a.b=value`` overrides, validate."""
-    cfg = from_dict(Config, raw_tree(path, overrides))
+    cfg = from_dict(Config, raw_tree(path, overrides, DataConfig.SHORTHAND))
     validate(cfg)
     return cfg
-
-
-def raw_tree(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """The YAML mapping at ``path`` (optional) with ``a.b=value`` overrides applied, unvalidated."""
-    raw: dict = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_steps=20")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value != "" else None)
-    return raw
-
-
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = tree.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {p!r} is not a section")
-        tree = node
-    if isinstance(tree.get(leaf), dict) and not isinstance(value, dict):
-        tree[leaf]["shards"] = value  # a loader section given its shard set: keep its other keys
-    else:
-        tree[leaf] = value
-
-
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, checking every key and type."""
-    if cls is ModelConfig:
-        return _model_config(_mapping(data, prefix), prefix)
-    return cls(**_checked_fields(cls, data, prefix))
-
-
-def _mapping(data: Any, prefix: str) -> dict:
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {type(data).__name__}"
-        )
-    return data
-
-
-def _checked_fields(cls: type, data: Any, prefix: str) -> dict:
-    """The keys of ``data`` (all fields of dataclass ``cls``), each coerced to its field's type."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(_mapping(data, prefix)) - names)
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
-    return {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    if tp is DataConfig and not isinstance(value, dict):
-        value = {"shards": value}  # a loader section given as its shard set alone
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key + ".")
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _coerce(_member(args, value, key), value, key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(
-            _coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
-        )
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected float, got {value!r}") from None
-    if tp in (int, str, bool, float) and not (
-        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
-    ):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def _member(args: tuple, value: Any, key: str) -> Any:
-    """The member of a union type that ``value``'s kind calls for: a list type for a list, a
-    dataclass for a mapping, else the one other member (a ConfigError when there are several)."""
-    inner = [a for a in args if a is not type(None)]
-    for a in inner:
-        if isinstance(value, (list, tuple)) and typing.get_origin(a) in (list, tuple):
-            return a
-        if isinstance(value, dict) and dataclasses.is_dataclass(a):
-            return a
-    if len(inner) == 1:
-        return inner[0]
-    plain = [a for a in inner if typing.get_origin(a) is None and not dataclasses.is_dataclass(a)]
-    if len(plain) == 1 and isinstance(value, plain[0]):
-        return plain[0]
-    kinds = [
-        "a mapping" if dataclasses.is_dataclass(a) else (typing.get_origin(a) or a).__name__
-        for a in inner
-    ]
-    raise ConfigError(f"{key}: expected {' or '.join(kinds)}, got {value!r}")
 
 
 _CHOICES = {
@@ -376,25 +246,6 @@ _CHOICES = {
     "train.zero_stage": (0, 1, 2, 3),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
 }
-
-
-def lookup(cfg: Any, key: str) -> Any:
-    """``cfg.a.b`` for ``key`` = ``"a.b"``."""
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def check_values(cfg: Any, choices: dict[str, tuple], positive: tuple[str, ...]) -> None:
-    """Each ``choices`` key holds one of its values; each ``positive`` key is > 0 (or None)."""
-    for key, allowed in choices.items():
-        value = lookup(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
-    for key in positive:
-        value = lookup(cfg, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {value}")
 
 
 def validate(cfg: Config) -> None:

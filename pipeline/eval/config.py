@@ -1,4 +1,4 @@
-"""Typed config of the downstream evaluations (same loader and checks as :mod:`pipeline.config`).
+"""Typed config of the downstream evaluations (built by :mod:`pipeline.typedtree` like :mod:`pipeline.config`).
 
 The sections the engine reads are pretraining's own types: ``train`` is a ``RunConfig``
 (effective batch, precision, ZeRO stage, compile, resume, …), ``data.train`` / ``data.test`` are
@@ -11,17 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import (
-    ConfigError,
-    DataConfig,
-    EngineSpec,
-    RunConfig,
-    TrackingConfig,
-    check_values,
-    from_dict,
-    lookup,
-    raw_tree,
-)
+from pipeline.config import DataConfig, EngineSpec, RunConfig, TrackingConfig
+from pipeline.typedtree import ConfigError, check_values, from_dict, lookup, raw_tree
 
 TASK_NAMES = ("linear", "finetune", "avs", "separation", "localization")
 
@@ -171,7 +162,7 @@ def load_eval_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> EvalConfig:
     """Read YAML at ``path``, apply ``a.b=value`` overrides, validate (errors name the key)."""
-    cfg = from_dict(EvalConfig, raw_tree(path, overrides))
+    cfg = from_dict(EvalConfig, raw_tree(path, overrides, DataConfig.SHORTHAND))
     validate(cfg)
     return cfg
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from avbase.errors import AvfusionError
 from model import DeepAVFusion, get_model_config
 from model.heads.classification import AVClassifier, frequency_bias
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, DataConfig
 from pipeline.data.augment import Augment, EvalView
 from pipeline.engine.optim import LARS, layer_decay_groups, layer_id
 from pipeline.engine.schedule import LRSchedule
@@ -321,6 +321,18 @@ def test_eval_config_errors_name_the_key(tmp_path):
             load_eval_config(None, [*base, override])
     with pytest.raises(ConfigError, match="encoder.checkpoint: required"):
         load_eval_config(None, ["data.train=/a", "data.test=/b"])
+
+
+def test_a_loader_section_given_a_path_keeps_its_other_keys(tmp_path):
+    """``data.train=path`` (the loader's shorthand) sets data.train.shards only: the YAML's batch
+    size stays; given as a path alone in YAML, the section takes DataConfig's defaults."""
+    yaml_file = tmp_path / "eval.yaml"
+    yaml_file.write_text(
+        "encoder: {checkpoint: /c}\ndata:\n  train: {shards: /a, batch_size: 5}\n  test: /b\n"
+    )
+    cfg = load_eval_config(yaml_file, ["data.train=/elsewhere"])
+    assert (cfg.data.train.shards, cfg.data.train.batch_size) == ("/elsewhere", 5)
+    assert (cfg.data.test.shards, cfg.data.test.batch_size) == ("/b", DataConfig().batch_size)
 
 
 # -- kNN probe at scale -------------------------------------------------------------------------

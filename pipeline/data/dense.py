@@ -53,6 +53,7 @@ class DenseSpec:
     centre_frame: bool = False  # scoring: only the frame nearest the clip centre
     jitter_seconds: float = 0.0  # training: audio window centre ± this (REFERENCE §8: 0.99 s)
     augment: bool = False  # training: joint crop + flip, RandomVol (the release's AVS recipe)
+    labels: bool = False  # batches carry label_index (separation draws pairs of two classes)
 
     def members(self) -> list[str]:
         """The optional shard members this spec reads (the manifest must declare them)."""

@@ -115,6 +115,7 @@ def dense_loader(
         cfg.train.seed,
         info.device,
         train=train,
+        labels=spec.labels,
         transform=DenseTransform(mcfg.frontend, mcfg.image, spec, train),
     )
     try:

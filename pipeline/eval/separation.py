@@ -134,7 +134,9 @@ def score(cfg: EvalConfig, info: DistInfo, models: dict) -> tuple[dict, list]:
 def test_clips(cfg: EvalConfig, info: DistInfo, task: Separation) -> dict[str, tuple]:
     """This rank's share of ``data.test``: key → (frame uint8 ``[3, S, S]``, centre waveform
     window ``[n]``, label)."""
-    loader = dense_loader(cfg, info, task.mcfg, DenseSpec(waveform=True, centre_frame=True), False)
+    # without a pair list, pairs are drawn from two classes: the labels are read (and required)
+    spec = DenseSpec(waveform=True, centre_frame=True, labels=not cfg.separation.pairs)
+    loader = dense_loader(cfg, info, task.mcfg, spec, False)
     clips = {}
     for batch in scoring_batches(loader):
         pictures = to_uint8(batch["image"], task.mcfg.image)
@@ -165,6 +167,11 @@ def test_pairs(cfg: EvalConfig, ranks: list[list[tuple[str, int]]]) -> tuple[lis
         if b is not None:
             pool.remove(b)
             pairs.append((a, b))
+    if not pairs:
+        raise AvfusionError(
+            f"data.test: {len(keys)} clips and no two of different classes to pair; "
+            "list the test pairs in separation.pairs (key_a,key_b)"
+        )
     return pairs, f"drawn with seed {cfg.train.seed}, sources of different classes"
 
 

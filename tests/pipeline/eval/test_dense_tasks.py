@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from avbase.shardformat import read_samples
 from tests.support.procs import AVFUSION, REPO, cpu_env, deepspeed_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
@@ -111,7 +112,6 @@ def _masks(root: Path, size: int) -> list:
     import torch
 
     from avbase.members import read_mask
-    from avbase.shardformat import read_samples
 
     out = []
     for tar in sorted(root.glob("shard-*.tar")):
@@ -222,6 +222,34 @@ def test_avs_from_s3_accumulates_and_resumes_after_kill_9(dense_set, s3_server, 
         assert run.data.metrics["eval/miou"] == result["miou"]
 
 
+def test_separation_draws_its_test_pairs_from_two_classes_of_the_stored_labels(dense_set):
+    """Without separation.pairs: every clip of the test set, paired with one of another class
+    (its label read from the shards: 3 clips of each of 2 classes give 3 pairs)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from model import get_model_config
+    from pipeline.engine.distributed import DistInfo
+    from pipeline.eval.config import load_eval_config
+    from pipeline.eval.separation import test_clips, test_pairs
+
+    argv = _args("separation", dense_set, dense_set.parent / "unused")
+    cfg = load_eval_config(argv[1], argv[2:])
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    clips = test_clips(cfg, info, SimpleNamespace(mcfg=get_model_config("debug")))
+    stored = {}
+    for tar in sorted(dense_set.glob("shard-*.tar")):
+        with open(tar, "rb") as f:
+            for key, members in read_samples(f):
+                stored[key] = json.loads(dict(members)["json"])["label_index"]
+    assert {k: c[2] for k, c in clips.items()} == stored
+    pairs, how = test_pairs(cfg, [[(k, c[2]) for k, c in clips.items()]])
+    assert len(pairs) == 3 and "different classes" in how
+    assert all(stored[a] != stored[b] for a, b in pairs)
+    assert sorted(k for p in pairs for k in p) == sorted(stored)
+
+
 def test_separation_trains_both_heads_and_scores_the_mixture_independently(dense_set, tmp_path):
     """Listed pairs (separation.pairs): the mixture baseline equals mir_eval's on the clips'
     own waveforms (the centre 3-s window of a 3-s clip is the whole clip)."""
@@ -229,7 +257,6 @@ def test_separation_trains_both_heads_and_scores_the_mixture_independently(dense
     import numpy as np
 
     from avbase.members import read_flac
-    from avbase.shardformat import read_samples
 
     waves, labels = {}, {}
     for tar in sorted(dense_set.glob("shard-*.tar")):

@@ -13,7 +13,9 @@ distractors excluded) of the frame at ``s + 0.5`` s — the time the shard build
 frames at the default frame rate — and ``NNNNN/source.wav``, the clean sounding-object track
 (the class tones alone, no distractor tone or noise); ``labels.csv`` gains a ``masks`` column.
 ``two_sources=True`` puts a second sounding object (another class, its own shape, tone and
-rhythm) into every clip; the label is then ``"a;b"`` (sorted class names).
+rhythm) into every clip; the label is then ``"a;b"`` (sorted class names). ``object_scale``
+multiplies every shape's radius (1: the sounding shape covers 1–4 % of the frame, 2.5: 8–27 %,
+the size of VGG-SS / Flickr-SoundNet boxes, which the localization metrics assume).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def synth(
     workers: int,
     masks: bool = False,
     two_sources: bool = False,
+    object_scale: float = 1.0,
 ) -> None:
     """Write ``videos`` clips (class = index mod ``classes``) and ``labels.csv`` (written last)."""
     if two_sources and classes < 2:
@@ -72,6 +75,7 @@ def synth(
             seconds,
             (seed, i),
             masks,
+            object_scale,
         )
         for i in range(videos)
     ]
@@ -108,7 +112,7 @@ def _sounding_classes(i: int, classes: int, seed: int, two_sources: bool) -> tup
 
 
 def _write_video(job: tuple) -> None:
-    path, ks, classes, seconds, seed, masks = job
+    path, ks, classes, seconds, seed, masks, scale = job
     rng = np.random.default_rng(seed)
     pattern = class_pattern(ks[0], classes)
     phase = rng.uniform(0, 1)
@@ -125,7 +129,7 @@ def _write_video(job: tuple) -> None:
         )
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
-        for i, (rgb, mask) in enumerate(_frames(rng, sources, extra, round(seconds * FPS))):
+        for i, (rgb, mask) in enumerate(_frames(rng, sources, extra, round(seconds * FPS), scale)):
             if i % FPS == FPS // 2:  # the frame at s + 0.5 s
                 truth.append(mask)
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -183,10 +187,14 @@ def _sound(
 
 
 def _frames(
-    rng: np.random.Generator, sources: list[tuple[dict, float]], extra: np.random.Generator, n: int
+    rng: np.random.Generator,
+    sources: list[tuple[dict, float]],
+    extra: np.random.Generator,
+    n: int,
+    scale: float,
 ):
     """(``[H, W, 3]`` uint8 frame, ``[H, W]`` bool sounding-object mask): background, 2 grey
-    distractors, then the pulsing class shape(s) on top."""
+    distractors, then the pulsing class shape(s) on top; every radius × ``scale``."""
     coarse = rng.uniform(20, 110, size=(HEIGHT // 40, WIDTH // 40, 3))
     background = np.kron(coarse, np.ones((40, 40, 1))).astype(np.uint8)
     paths = rng.uniform([30, 30, -40, -40], [WIDTH - 30, HEIGHT - 30, 40, 40], size=(3, 4))
@@ -208,11 +216,11 @@ def _frames(
             x = _bounce(paths[j, 0] + paths[j, 2] * t, WIDTH)
             y = _bounce(paths[j, 1] + paths[j, 3] * t, HEIGHT)
             if j < 2:
-                _draw(frame, x, y, 14, (shape + j + 1) % 3, greys[j])
+                _draw(frame, x, y, 14 * scale, (shape + j + 1) % 3, greys[j])
             else:
                 pattern, phase = sources[j - 2]
                 colour = np.array(colorsys.hsv_to_rgb(pattern["hue"], 0.9, 1.0)) * 255
-                radius = 18 + 14 * float(_beeping(np.array(t), pattern, phase))
+                radius = (18 + 14 * float(_beeping(np.array(t), pattern, phase))) * scale
                 _draw(frame, x, y, radius, pattern["shape"], colour, mask)
         yield frame, mask
 

@@ -17,6 +17,10 @@ CASES = [
         "--workers: expected an integer >= 1, got 0",
     ),
     (
+        ["synth", "--out", "{T}/v", "--videos", "2", "--object-scale", "5"],
+        "--object-scale: expected a number in (0, 4], got 5.0",
+    ),
+    (
         ["shards", "build", "{T}/a.mp4", "--out", "{T}/s", "--workers", "0"],
         "--workers: expected an integer >= 1, got 0",
     ),

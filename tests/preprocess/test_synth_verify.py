@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from preprocess.preview import figure
-from preprocess.synth import SAMPLE_RATE, class_pattern, synth
+from preprocess.synth import HEIGHT, SAMPLE_RATE, WIDTH, _frames, class_pattern, synth
 
 from .conftest import cli, cli_error, load_set
 
@@ -69,6 +69,28 @@ def test_synth_is_a_function_of_the_seed_alone(corpus, tmp_path):
     synth(str(tmp_path / "one"), videos=6, seconds=3.0, classes=CLASSES, seed=7, workers=1)
     for name in sorted(p.name for p in corpus.glob("*.mp4")):
         assert (tmp_path / "one" / name).read_bytes() == (corpus / name).read_bytes(), name
+
+
+def _shares(scale: float) -> np.ndarray:
+    """The sounding shape's share of the frame, 30 frames of each shape (circle, square, diamond)."""
+    shares = []
+    for k in range(3):
+        rng, extra = np.random.default_rng((5, k)), np.random.default_rng((5, k, 1))
+        shares += [
+            m.mean() for _, m in _frames(rng, [(class_pattern(k, 3), 0.0)], extra, 30, scale)
+        ]
+    return np.array(shares)
+
+
+def test_object_scale_multiplies_every_radius():
+    """Same paths, radius (18 silent, 32 beeping) × scale: the area grows 2.5² = 6.25 times where
+    no border clips the shape; the full shapes bound the shares (circle πr², square 4r², diamond
+    2·(1.3r)²: 5.3 % of the 320×240 frame at scale 1, 33.3 % at 2.5)."""
+    one, big = _shares(1.0), _shares(2.5)
+    assert one.max() <= 4 * 32**2 / (WIDTH * HEIGHT) and big.max() <= 4 * 80**2 / (WIDTH * HEIGHT)
+    ratio = big / one
+    assert ratio.max() == pytest.approx(6.25, rel=0.05) and ratio.min() > 2  # pixel grid
+    assert np.median(big) > 0.08 > one.max()
 
 
 def test_class_is_visible_audible_and_synchronous(corpus):

@@ -46,14 +46,11 @@ from pipeline.config import DataConfig  # noqa: E402
 from pipeline.data.augment import CROP_RATIO, Augment, crop_params  # noqa: E402
 from pipeline.data.jpeg import resize_uint8  # noqa: E402
 from pipeline.data.loader import build_loader  # noqa: E402
+from tests.support.media import FOUR_VIDEOS, SHARED  # noqa: E402
 from tests.support.s3server import S3Server  # noqa: E402
 
-SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))
 VIDEOS = (
-    "bbb_h264_aac16k_mono_426x240.mp4",
-    "bbb_mpeg4_mp3_22k_mono_480x270.avi",
-    "bbb_h264_vorbis32k_512x288.mkv",
-    "bbb_vp8_vorbis11k_mono_352x198_15fps.webm",
+    *FOUR_VIDEOS,
     "bbb_vp9_opus_640x360.webm",
     "moviepy_chaplin.mp4",
     "torchcodec_nasa_13013.mp4",

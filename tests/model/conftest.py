@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from model import build_avmae
+from tests.support.media import SHARED
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))
 PARITY_DIR = SHARED / "fixtures" / "parity"
 PARITY_FIXTURES = sorted(PARITY_DIR.glob("*.pt"))
 HEAD_DIR = SHARED / "fixtures" / "heads"

@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))
-MEDIA = SHARED / "media"
+from tests.support.media import MEDIA, REPO
 
 
 def media_rows() -> list[dict]:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchaudio.compliance import kaldi
 
 from preprocess.decode import MediaFile, decode_audio
 from preprocess.features import resample
+from tests.support.media import kaldi_fbank
 
 from .conftest import MEDIA, cli, cli_error, load_set, mel, meta
 
@@ -141,17 +141,7 @@ def test_audiomae_preset_stores_kaldi_fbank(tmp_path):
     audio = decode_audio(MediaFile(str(SMALL)))
     n = round(meta(sample)["clip_seconds"] * 16000)
     wave = torch.from_numpy(resample(audio.wave, audio.rate, 16000)[:n])
-    ref = kaldi.fbank(
-        (wave - wave.mean())[None],
-        htk_compat=True,
-        sample_frequency=16000,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=128,
-        dither=0.0,
-        frame_length=25,
-        frame_shift=10,
-    ).T.numpy()  # Kaldi defaults: 20 Hz .. Nyquist
+    ref = kaldi_fbank(wave - wave.mean()).numpy()
     stored = mel(sample)
     assert stored.shape == ref.shape == (128, 1 + (n - 400) // 160)
     np.testing.assert_allclose(stored.astype(np.float32), ref, atol=2e-2, rtol=2e-3)

@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from avbase.features import FRONTENDS, ImageSpec
 from pipeline.data.augment import Augment, SampleError, crop_params, pad_frames, random_vol
 from pipeline.data.jpeg import decode, decode_crops, jpeg_size, resize_uint8
+from tests.support.media import kaldi_fbank
 from tests.support.shardsets import make_sample, sample_mel
 
 DAF, AMAE = FRONTENDS["deepavfusion"], FRONTENDS["audiomae"]
@@ -38,20 +39,6 @@ def melspec_log(wave: torch.Tensor) -> torch.Tensor:
     return torch.log10(mel + DAF.log_offset)
 
 
-def kaldi_log(wave: torch.Tensor) -> torch.Tensor:
-    """§6.6 Kaldi fbank [128, T] (before normalisation)."""
-    return torchaudio.compliance.kaldi.fbank(
-        wave[None],
-        htk_compat=True,
-        sample_frequency=16000,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=128,
-        dither=0.0,
-        frame_shift=10,
-    ).T
-
-
 def test_random_vol_in_log_mel_equals_gain_before_the_transform():
     gen = torch.Generator().manual_seed(0)
     wave = 0.1 * torch.randn(48000, generator=gen)
@@ -67,8 +54,8 @@ def test_random_vol_in_log_mel_equals_gain_before_the_transform():
 def test_random_vol_kaldi_fbank():
     wave = 0.1 * torch.randn(32000, generator=torch.Generator().manual_seed(1))
     for gain in (-6.0, 4.0):
-        expected = kaldi_log(wave * 10 ** (gain / 20))
-        assert torch.allclose(random_vol(kaldi_log(wave), gain, AMAE), expected, atol=1e-3)
+        expected = kaldi_fbank(wave * 10 ** (gain / 20))
+        assert torch.allclose(random_vol(kaldi_fbank(wave), gain, AMAE), expected, atol=1e-3)
 
 
 def test_short_clip_padding_matches_appending_the_reversed_waveform():

@@ -20,16 +20,9 @@ from pipeline.config import DataConfig
 from pipeline.data.augment import pad_frames
 from pipeline.data.loader import build_loader
 from tests.pipeline.data.test_data_loader import keys_of, run_epoch
+from tests.support.media import FOUR_VIDEOS, REPO, SHARED
 
-REPO = Path(__file__).resolve().parents[3]
-SHARED = Path(os.environ.get("AVFUSION_SHARED", REPO / ".." / "shared"))
-# 30 s (3 clips), 12.07 s (10 s + a 2.07-s partial clip), 11 s and 10.5 s: 7 samples
-VIDEOS = (
-    "bbb_h264_aac16k_mono_426x240.mp4",
-    "bbb_mpeg4_mp3_22k_mono_480x270.avi",
-    "bbb_h264_vorbis32k_512x288.mkv",
-    "bbb_vp8_vorbis11k_mono_352x198_15fps.webm",
-)
+VIDEOS = FOUR_VIDEOS  # 7 samples of 10 s
 DAF = FRONTENDS["deepavfusion"]
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 

@@ -83,3 +83,11 @@ def run_cli(
         if not (expected and (quiet(e) if callable(quiet) else quiet)):
             print(error_line(e), file=sys.stderr, flush=True)
         return EXIT_USAGE if expected else EXIT_INTERNAL
+
+
+def check_ranges(*checks: tuple[str, object, bool, str]) -> None:
+    """``AvfusionError`` for the first ``(flag, value, ok, expected)`` that is not ok, stating
+    the range: ``--workers: expected an integer >= 1, got 0``."""
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise AvfusionError(f"{flag}: expected {expected}, got {value}")

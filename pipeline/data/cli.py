@@ -7,12 +7,12 @@ import hashlib
 import json
 import time
 
+from avbase.errors import check_ranges
 from avbase.features import ImageSpec, get_frontend
 from avbase.progress import progress
 from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
 from pipeline.data.shardio import read_manifest
-from preprocess.cli import check_ranges
 
 
 def register(subparsers) -> None:

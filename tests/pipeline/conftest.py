@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 import weakref
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+from tests.support.procs import free_port, start_mlflow_server, stop
 from tests.support.shardsets import write_shard_set
 
 
@@ -16,6 +19,24 @@ def shard_set(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("shards")
     write_shard_set(dest, 61, 8)
     return dest
+
+
+class MlflowServer(NamedTuple):
+    uri: str  # http://127.0.0.1:PORT
+    proc: subprocess.Popen  # the server, in a process group of its own (its workers too)
+    root: Path  # its sqlite store and artifacts
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> MlflowServer:
+    """One real `mlflow server` for the session (a start costs ≈ 10 s). Tests that stop it
+    (SIGSTOP) resume it before they end; tests that kill or restart a server start their own;
+    each test tracks to an experiment or run name of its own."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = start_mlflow_server(root, port)
+    yield MlflowServer(f"http://127.0.0.1:{port}", proc, root)
+    stop(proc)
 
 
 @pytest.fixture(autouse=True)

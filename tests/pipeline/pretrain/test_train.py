@@ -26,8 +26,6 @@ from tests.support.procs import (
     REPO,
     deepspeed_module,
     free_port,
-    start_mlflow_server,
-    stop,
     synth_shards,
 )
 from tests.support.procs import (
@@ -86,12 +84,8 @@ def train_shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    server = start_mlflow_server(root, port)
-    yield f"http://127.0.0.1:{port}"
-    stop(server)
+def mlflow_uri(mlflow_server):
+    return mlflow_server.uri
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,12 @@
 """MLflow tracking: the journal, and a server that is down when the run starts (real `mlflow server`)."""
 
 import logging
+import time
 
 import pytest
 
 from pipeline.tracking.pending import PENDING_FILE, Pending
-from pipeline.tracking.tracker import Tracker, flatten
+from pipeline.tracking.tracker import CLOSE_WAIT_S, Tracker, flatten
 from tests.support.procs import free_port, start_mlflow_server, stop
 
 
@@ -94,9 +95,12 @@ def test_a_new_sqlite_store_is_migrated_before_training_starts_and_keeps_artifac
     """A kill during MLflow's first migration of a sqlite file leaves it unusable (CI saw
     ``_alembic_tmp_latest_metrics already exists`` on resume), so the store must be complete
     when the Tracker is returned, not later in the sender thread. Its artifacts go next to the
-    database, not into ./mlruns of wherever training started. (One store: a migration ≈ 10 s.)"""
+    database, not into ./mlruns of wherever training started; ``close()`` returns once all is
+    delivered."""
     import json
     import sqlite3
+
+    from mlflow.tracking import MlflowClient
 
     elsewhere = tmp_path / "started-here"
     elsewhere.mkdir()
@@ -112,7 +116,11 @@ def test_a_new_sqlite_store_is_migrated_before_training_starts_and_keeps_artifac
     note = tmp_path / "note.json"
     note.write_text(json.dumps({"a": 1}))
     tracker.log_artifact(note)
+    started = time.monotonic()
     tracker.close()
+    # everything delivered, close returns (it used to sit out CLOSE_WAIT_S at every run's end)
+    assert time.monotonic() - started < CLOSE_WAIT_S / 2
+    assert MlflowClient(f"sqlite:///{db}").get_run(tracker.run_id).info.status == "FINISHED"
     stored = list((tmp_path / "store" / "runs-artifacts").rglob("note.json"))
     assert len(stored) == 1 and stored[0].read_text() == note.read_text()
     assert list(elsewhere.iterdir()) == []  # no ./mlruns where training started

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import weakref
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,23 +40,24 @@ def mlflow_server(tmp_path_factory) -> MlflowServer:
 
 @pytest.fixture(autouse=True)
 def close_loaders(monkeypatch):
-    """Closes, at the test's end, every :class:`ShardLoader` the test iterated.
+    """Holds every :class:`ShardLoader` the test iterates and closes it at the test's end.
 
     A loader holds its live iteration and the iteration holds the loader: one left mid-epoch
-    and unclosed is freed only by a later garbage collection, after multiprocessing has
-    finalised its workers' queues, so torch waits out its 5-s join timeout for each worker —
-    in whichever later test triggers the collection (120 s in one test of the full suite).
+    and unclosed is freed only by a garbage collection, after multiprocessing has finalised its
+    workers' queues, so torch waits out its 5-s join timeout for each worker — at whichever
+    later point a collection runs (120 s in one test of the full suite). Held here, none is
+    garbage before the test ends.
     """
     from pipeline.data.loader import ShardLoader
 
-    iterated = weakref.WeakSet()
+    iterated: dict[int, ShardLoader] = {}
     iterate = ShardLoader.__iter__
 
     def tracked(self):
-        iterated.add(self)
+        iterated[id(self)] = self
         return iterate(self)
 
     monkeypatch.setattr(ShardLoader, "__iter__", tracked)
     yield
-    for loader in list(iterated):
+    for loader in iterated.values():
         loader.close()

@@ -238,7 +238,8 @@ class Tracker:
         """
         retry_at, delay, outage = 0.0, RETRY_MIN_S, False
         while True:
-            self._wake.wait(max(retry_at - time.monotonic(), 0.0) if retry_at else None)
+            if not self._closing:  # closing: no waiting, send what is left and end
+                self._wake.wait(max(retry_at - time.monotonic(), 0.0) if retry_at else None)
             self._wake.clear()
             with self._journal_lock:
                 self._pending.append(self._take())

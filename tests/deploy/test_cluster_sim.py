@@ -316,44 +316,6 @@ def test_indexed_job_builds_one_slice_per_index_and_merge_joins_them(shard_set):
     assert len(merged["shards"]) == sum(len(p["shards"]) for p in parts)
 
 
-def test_jobset_pods_start_one_distributed_run(sim, shard_set, mlflow_server):
-    from mlflow.tracking import MlflowClient
-
-    jobset = sim.doc("JobSet", NAME)
-    pod_spec, _, _ = node_pod(jobset)
-    assert sim.env(pod_spec["containers"][0], 1)["PET_MASTER_PORT"] == "29500"
-    sim.dns = {
-        f"{NAME}-node-0-0.{NAME}": "127.0.0.1",
-        f"http://{MLFLOW_SERVICE}.{NAMESPACE}.svc:{MLFLOW_PORT}": f"http://{mlflow_server}",
-    }
-    port = str(free_port())  # 29500 may be taken on a shared machine
-    outputs = finish(
-        [
-            sim.start(
-                pod_spec,
-                k,
-                f"node-{k}",
-                PET_MASTER_PORT=port,
-                DS_ACCELERATOR="cpu",
-                OMP_NUM_THREADS="1",
-            )  # CPU nodes
-            for k in range(jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"])
-        ]
-    )
-    assert "--node-rank=1" in outputs[1] and "--master-addr=127.0.0.1" in outputs[1]
-
-    client = MlflowClient(f"http://{mlflow_server}")
-    (exp,) = [e for e in client.search_experiments() if e.name == "avfusion-demo"]
-    (run,) = client.search_runs([exp.experiment_id])
-    assert run.data.params["derived.world_size"] == "2"
-    run_dir = sim.claims / "avfusion-runs" / NAME  # train.output_dir on the shared claim
-    assert run.data.params["train.output_dir"] == str(run_dir)
-    assert (run_dir / "checkpoints" / "latest").is_file()
-    # Artifacts went through the server's proxy into the S3 store the manifests name.
-    stored = {p.name for p in (shard_set / "mlflow").rglob("*") if p.is_file()}
-    assert {"config.yaml", "manifest.json"} <= stored
-
-
 def wait_for_step(proc: subprocess.Popen, step: int, timeout: float = 300) -> None:
     """Until the pod's log (rank 0) reports optimizer step ``step``."""
     deadline = time.time() + timeout
@@ -362,28 +324,31 @@ def wait_for_step(proc: subprocess.Popen, step: int, timeout: float = 300) -> No
         time.sleep(0.5)
 
 
-def test_sigterm_to_one_pod_stops_every_node_with_a_checkpoint_and_the_restart_resumes(
+def test_jobset_pods_run_one_distributed_run_that_a_sigterm_stops_and_the_restart_resumes(
     sim, shard_set, mlflow_server
 ):
-    """A preemption as the kubelet delivers it (SIGTERM to pod 0's PID 1 only): both pods exit
+    """The JobSet's two pods start one 2-rank run (pod 1 joins pod 0 as node rank 1), tracked
+    through the MLflow Deployment, whose artifacts land in the S3 store the manifests name.
+    A preemption as the kubelet delivers it (SIGTERM to pod 0's PID 1 only): both pods exit
     143 — pod 1 because its workers stopped at the agreed step — with a complete checkpoint;
     the JobSet's restart (tests/deploy/test_preemption.py: no maxRestarts used) runs the same
     pods again, which resume from it in the same MLflow run."""
     from mlflow.tracking import MlflowClient
 
-    pod_spec = copy.deepcopy(node_pod(sim.doc("JobSet", NAME))[0])
+    jobset = sim.doc("JobSet", NAME)
+    assert jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"] == 2
+    pod_spec = copy.deepcopy(node_pod(jobset)[0])
+    assert sim.env(pod_spec["containers"][0], 1)["PET_MASTER_PORT"] == "29500"
     args = pod_spec["containers"][0]["args"]
-    out = args.index(f"train.output_dir=/mnt/runs/{NAME}")
-    args[out] += "-preempted"  # a run of its own, long enough to be stopped mid-way
-    args += ["optim.epochs=100", "train.max_steps=400"]
+    args += ["optim.epochs=100", "train.max_steps=400"]  # long enough to be stopped mid-way
     sim.dns = {
         f"{NAME}-node-0-0.{NAME}": "127.0.0.1",
         f"http://{MLFLOW_SERVICE}.{NAMESPACE}.svc:{MLFLOW_PORT}": f"http://{mlflow_server}",
     }
-    cpu = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    cpu = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}  # CPU nodes
 
     def start(attempt: str) -> list[subprocess.Popen]:
-        port = str(free_port())
+        port = str(free_port())  # 29500 may be taken on a shared machine
         return [
             sim.start(pod_spec, k, f"{attempt}-{k}", PET_MASTER_PORT=port, **cpu) for k in (0, 1)
         ]
@@ -395,30 +360,34 @@ def test_sigterm_to_one_pod_stops_every_node_with_a_checkpoint_and_the_restart_r
         p.wait(timeout=300)
     logs = [p.log.read_text() for p in pods]
     assert [p.returncode for p in pods] == [143, 143], logs[0][-3000:] + logs[1][-3000:]
+    assert "--node-rank=1" in logs[1] and "--master-addr=127.0.0.1" in logs[1]
     assert "SIGTERM: stopping at the next step boundary with a checkpoint" in logs[0]
     assert "deploy.launch: SIGTERM; exit 143" in logs[0]
     assert "deploy.launch: workers exited [143]; exit 143" in logs[1]
     stopped = int(re.search(r"stopped by a signal at step (\d+)", logs[0])[1])
-    root = sim.claims / "avfusion-runs" / f"{NAME}-preempted" / "checkpoints"
+    run_dir = sim.claims / "avfusion-runs" / NAME  # train.output_dir on the shared claim
+    root = run_dir / "checkpoints"
     assert (root / "latest").read_text().strip() == f"step{stopped:08d}"
     assert (root / f"step{stopped:08d}" / "complete.json").is_file()
     client = MlflowClient(f"http://{mlflow_server}")
 
     def mlflow_run():
         (exp,) = [e for e in client.search_experiments() if e.name == "avfusion-demo"]
-        (run,) = [
-            r
-            for r in client.search_runs([exp.experiment_id])
-            if r.data.params["train.output_dir"].endswith(f"{NAME}-preempted")
-        ]
+        (run,) = client.search_runs([exp.experiment_id])  # one run for both pods
         return run
 
-    assert mlflow_run().info.status == "KILLED"
+    run = mlflow_run()
+    assert run.info.status == "KILLED"
+    assert run.data.params["derived.world_size"] == "2"
+    assert run.data.params["train.output_dir"] == str(run_dir)
 
     args[-1] = f"train.max_steps={stopped + 2}"  # the restarted set, told to finish soon
     logs = finish(start("restarted"))
     assert f"resuming at step {stopped}" in logs[0]
-    run = mlflow_run()  # the same run (one of them), finished
+    run = mlflow_run()  # the same run (the only one), finished
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == list(range(1, stopped + 3))  # before the stop, then after it
+    # Artifacts went through the server's proxy into the S3 store the manifests name.
+    stored = {p.name for p in (shard_set / "mlflow").rglob("*") if p.is_file()}
+    assert {"config.yaml", "manifest.json"} <= stored

@@ -38,6 +38,16 @@ def _tag_dir(tmp_path, states: dict):
     return tmp_path / "ckpt"
 
 
+def _export_here(ckpt, out, capsys) -> tuple[int, str]:
+    """`avfusion export` in this process (the console entry point's ``main``): (exit code,
+    stderr). The crafted-pickle test runs the real command, start-up included."""
+    from pipeline.cli import main
+
+    capsys.readouterr()
+    code = main(["export", str(ckpt), "--out", str(out)])
+    return code, capsys.readouterr().err
+
+
 def _export(ckpt, out):
     return subprocess.run(
         [*AVFUSION, "export", str(ckpt), "--out", str(out)],
@@ -65,20 +75,20 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
     assert "GLOBAL posix.system" in lines[0]  # what the restricted unpickler objected to
 
 
-def test_empty_or_foreign_state_dict_is_refused(tmp_path):
+def test_empty_or_foreign_state_dict_is_refused(tmp_path, capsys):
     empty = _tag_dir(tmp_path / "a", {"module": {}, "config": {"model": {"preset": "debug"}}})
-    proc = _export(empty, tmp_path / "a.safetensors")
-    assert proc.returncode != 0 and "empty model state dict" in proc.stderr
+    code, err = _export_here(empty, tmp_path / "a.safetensors", capsys)
+    assert code != 0 and "empty model state dict" in err
     foreign = _tag_dir(
         tmp_path / "b", {"module": {"w": torch.zeros(3)}, "config": {"model": {"preset": "debug"}}}
     )
-    proc = _export(foreign, tmp_path / "b.safetensors")
-    assert proc.returncode != 0 and "does not match model preset 'debug'" in proc.stderr
+    code, err = _export_here(foreign, tmp_path / "b.safetensors", capsys)
+    assert code != 0 and "does not match model preset 'debug'" in err
     assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
-    assert all(len(p.splitlines()) == 1 for p in (proc.stderr.strip(),))
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_export_of_a_plain_state_dict_with_rng_state(tmp_path):
+def test_export_of_a_plain_state_dict_with_rng_state(tmp_path, capsys):
     """A ZeRO-0 style file with numpy RNG state in its client state exports under the restricted loader."""
     import numpy as np
 
@@ -92,8 +102,8 @@ def test_export_of_a_plain_state_dict_with_rng_state(tmp_path):
             "rng": [{"numpy": np.random.get_state(), "torch": torch.get_rng_state()}],
         },
     )
-    proc = _export(ckpt, tmp_path / "ok.safetensors")
-    assert proc.returncode == 0, proc.stderr
+    code, err = _export_here(ckpt, tmp_path / "ok.safetensors", capsys)
+    assert code == 0, err
     from safetensors.torch import load_file
 
     out = load_file(tmp_path / "ok.safetensors")
@@ -103,16 +113,16 @@ def test_export_of_a_plain_state_dict_with_rng_state(tmp_path):
     )
 
 
-def test_unwritable_destination_is_one_line(tmp_path):
+def test_unwritable_destination_is_one_line(tmp_path, capsys):
     module = AVMAE(get_model_config("debug")).state_dict()
     ckpt = _tag_dir(tmp_path, {"module": module, "config": {"model": {"preset": "debug"}}})
     blocker = tmp_path / "file"
     blocker.write_text("x")
     out = blocker / "sub" / "out.safetensors"
-    proc = _export(ckpt, out)
-    assert proc.returncode != 0
-    assert proc.stderr.strip().startswith(f"error: {out}: cannot write the export (")
-    assert len(proc.stderr.strip().splitlines()) == 1
+    code, err = _export_here(ckpt, out, capsys)
+    assert code != 0
+    assert err.strip().startswith(f"error: {out}: cannot write the export (")
+    assert len(err.strip().splitlines()) == 1
 
 
 class _GetattrPickler(pickle.Pickler):

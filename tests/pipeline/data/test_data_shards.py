@@ -113,26 +113,32 @@ def test_built_shards_evaluation_windows(built):
     assert any(samples[k]["meta"]["clip_seconds"] < 3.0 for k in batch["key"])
 
 
-def test_bench_ranks_report_disjoint_keys_covering_the_set(built, tmp_path):
+def test_bench_ranks_report_disjoint_keys_covering_the_set(built, tmp_path, capsys):
+    """`avfusion data bench` as two ranks (in this process: the console entry point's main)."""
+    from pipeline.cli import main
+
     reports, keys = [], []
     for rank in range(2):
         out = tmp_path / f"keys{rank}.txt"
-        result = avfusion(
-            "data",
-            "bench",
-            str(built),
-            "--world-size",
-            "2",
-            "--rank",
-            str(rank),
-            "--workers",
-            "2",
-            "--batch-size",
-            "2",
-            "--keys-out",
-            str(out),
+        code = main(
+            [
+                "data",
+                "bench",
+                str(built),
+                "--world-size",
+                "2",
+                "--rank",
+                str(rank),
+                "--workers",
+                "2",
+                "--batch-size",
+                "2",
+                "--keys-out",
+                str(out),
+            ]
         )
-        (line,) = result.stdout.strip().splitlines()
+        assert code == 0
+        (line,) = capsys.readouterr().out.strip().splitlines()
         reports.append(json.loads(line))
         keys.append(out.read_text().split())
     for report, rank_keys in zip(reports, keys, strict=True):

@@ -1,15 +1,23 @@
 """The DeepSpeed engine as the trainer builds it (one CPU process, gloo): the values the recipe
-depends on, the bf16 path, the sync-free step and its non-finite stop, the checkpoint guard."""
+depends on, the bf16 path, the sync-free step and its non-finite stop, the checkpoint guard, and
+the single-rank failure paths of ``Engine.fit`` as a command reports them (a non-finite loss, a
+write limit during a save; tests/pipeline/pretrain/test_train.py launches the multi-rank ones).
+One process group for the module: DeepSpeed keeps a clone of the first one's world group."""
 
 from __future__ import annotations
+
+import re
+import resource
 
 import pytest
 import torch
 
+from avbase.errors import EXIT_USAGE, run_cli
 from pipeline.config import load_config
-from pipeline.engine.checkpoint import Checkpointer, NonFiniteWeights
+from pipeline.engine.checkpoint import Checkpointer, NonFiniteWeights, verify_marker
 from pipeline.engine.distributed import DistInfo, build_engine, deepspeed_config
-from pipeline.engine.loop import compile_blocks
+from pipeline.engine.loop import Engine, compile_blocks
+from pipeline.engine.output import RunFolder
 from pipeline.engine.step import NonFiniteLoss, TrainStep
 from pipeline.pretrain.trainer import Pretraining
 from tests.support.hostreads import HostReadCounter
@@ -221,6 +229,24 @@ def test_resume_names_a_truncated_checkpoint_and_falls_back(
         assert torch.equal(p, at_step1[name]), name
 
 
+def engine_on(shard_set, out, *overrides: str) -> Engine:
+    """The pretraining engine of configs/debug.yaml (batch 2) as ``pretrain()`` builds it."""
+    cfg = debug_cfg(
+        f"data.shards={shard_set}",
+        "data.workers=0",
+        f"train.output_dir={out}",
+        "tracking.enabled=false",
+        "probe.shards=null",
+        *overrides,
+    )
+    folder = RunFolder(out, {}, cfg.tracking, INFO, {})
+    return Engine(cfg.engine_spec(), INFO, Pretraining(cfg, INFO), folder)
+
+
+def error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+
+
 def test_sigterm_during_a_save_waits_for_it_then_stops_with_both_checkpoints_intact(
     process_group, shard_set, tmp_path, caplog
 ):
@@ -230,25 +256,9 @@ def test_sigterm_during_a_save_waits_for_it_then_stops_with_both_checkpoints_int
     import os
     import signal
 
-    from avbase.errors import EXIT_PREEMPTED, run_cli
-    from pipeline.engine.checkpoint import verify_marker
-    from pipeline.engine.loop import Engine
-    from pipeline.engine.output import RunFolder
+    from avbase.errors import EXIT_PREEMPTED
 
-    cfg = debug_cfg(
-        f"data.shards={shard_set}",
-        "data.workers=0",
-        f"train.output_dir={tmp_path}",
-        "train.save_every_steps=1",
-        "train.zero_stage=0",
-        "tracking.enabled=false",
-    )
-    engine = Engine(
-        cfg.engine_spec(),
-        INFO,
-        Pretraining(cfg, INFO),
-        RunFolder(tmp_path, {}, cfg.tracking, INFO, {}),
-    )
+    engine = engine_on(shard_set, tmp_path, "train.save_every_steps=1", "train.zero_stage=0")
     save = engine.checkpoints.save
 
     def interrupted_save(step, *args, **kwargs):
@@ -270,3 +280,45 @@ def test_sigterm_during_a_save_waits_for_it_then_stops_with_both_checkpoints_int
     assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_non_finite_loss_is_one_line_naming_the_step_and_the_batch(
+    process_group, shard_set, tmp_path, capsys
+):
+    engine = engine_on(
+        shard_set, tmp_path, "optim.lr=1e30", "optim.warmup_epochs=0", "train.log_every=1"
+    )
+    assert run_cli(engine.fit) == EXIT_USAGE
+    (line,) = error_lines(capsys)
+    assert re.match(r"error: non-finite loss \(.*\) at step \d+ \(epoch 0\) on rank 0; ", line)
+    assert re.search(r"; batch keys: \['\w+", line), line
+    assert not (tmp_path / "checkpoints" / "latest").exists()  # nothing saved after it
+
+
+def test_a_write_limit_during_a_checkpoint_save_keeps_the_last_one(
+    process_group, shard_set, tmp_path, capsys
+):
+    """#14.7: ``ulimit -f`` hit while saving (RLIMIT_FSIZE of this process: Python ignores
+    SIGXFSZ, so a write past it fails with EFBIG): one line naming the step's folder and the
+    kept checkpoint; the unfinished folder is gone and the earlier checkpoint still verifies."""
+    first = engine_on(shard_set, tmp_path, "train.max_steps=4", "train.save_every_steps=4")
+    first.fit()
+    first.folder.close("FINISHED")
+    checkpoints = tmp_path / "checkpoints"
+    kept = checkpoints / "step00000004"
+    largest = max(f.stat().st_size for f in kept.iterdir())
+    resumed = engine_on(shard_set, tmp_path, "train.max_steps=8", "train.save_every_steps=4")
+    assert resumed.progress.step == 4
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (largest // 2, hard))
+    try:
+        code = run_cli(resumed.fit)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert code == EXIT_USAGE
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"error: {checkpoints}/step00000008: checkpoint not written ("), line
+    assert line.endswith("; the newest complete one, step00000004, is intact"), line
+    assert [p.name for p in checkpoints.glob("step*")] == [kept.name]
+    assert (checkpoints / "latest").read_text().strip() == kept.name
+    verify_marker(kept)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from avbase.shardformat import read_samples
+from tests.pipeline.pretrain.test_train import losses
 from tests.support.procs import AVFUSION, REPO, cpu_env, deepspeed_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
@@ -214,9 +215,13 @@ def test_avs_from_s3_accumulates_and_resumes_after_kill_9(dense_set, s3_server, 
     assert latest.read_text().strip() < "step00000004", "killed after the last step"
     resumed = _run([*AVFUSION, "eval", *args], env=env)
     assert resumed == reference
+    want = losses(tmp_path / "ref")
+    assert sorted(want) == [1, 2, 3, 4]  # one step per epoch
+    assert losses(out) == pytest.approx(want, rel=1e-6)  # the last value logged for each step
     for db, result in ((uri, reference), (kill_uri, resumed)):
         client = MlflowClient(db)
         (run,) = client.search_runs([client.get_experiment_by_name("avfusion-demo").experiment_id])
+        assert run.info.status == "FINISHED"
         assert run.data.params["derived.accumulation_steps"] == "4"
         assert run.data.params["derived.effective_batch_size"] == "4"
         assert run.data.metrics["eval/miou"] == result["miou"]

@@ -1,19 +1,16 @@
-"""Real evaluation runs (`python -m pipeline.evaluate`, `deepspeed --module pipeline.evaluate`) on CPU.
+"""A real 2-rank evaluation run (`deepspeed --module pipeline.evaluate`) on CPU.
 
 Small labelled shard sets written per docs/FORMAT.md (tests/pipeline/conftest.py) and the `debug`
-encoder: a 2-rank ZeRO-3 fine-tune of an official-format checkpoint on a multi-label set, a linear
-probe killed with SIGKILL and resumed (same per-step losses as an uninterrupted run, one MLflow run).
+encoder: a 2-rank ZeRO-3 fine-tune of an official-format checkpoint on a multi-label set. An
+evaluation killed with -9 and resumed: tests/pipeline/eval/test_dense_tasks.py (the engine is every
+task's; a linear probe of a pretrained run: tests/pipeline/pretrain/test_run_artifacts.py).
 A test set whose classes differ is a pre-flight error: tests/pipeline/test_eval_preflight.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ import torch
 
 from model import build_avmae
 from model.parity import apply_weight_rule
-from tests.pipeline.pretrain.test_train import env, losses
+from tests.pipeline.pretrain.test_train import env
 from tests.support.procs import REPO, deepspeed_module
 from tests.support.shardsets import LABELS, write_shard_set
 
@@ -88,16 +85,10 @@ def run(cmd: list[str], timeout: float = 900) -> dict:
     )
 
 
-def single(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "pipeline.evaluate", "--config", str(CONFIG), *args]
-
-
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval-sets")
     return {
-        "train": labelled_set(root / "train", 48),
-        "test": labelled_set(root / "test", 24),
         "mtrain": labelled_set(root / "mtrain", 48, multi=True),
         "mtest": labelled_set(root / "mtest", 24, multi=True),
     }
@@ -152,40 +143,3 @@ def test_two_rank_zero3_finetune_of_an_official_checkpoint_on_multilabel_data(se
         mlrun.data.params["task"] == "finetune" and mlrun.data.tags["avfusion.task"] == "finetune"
     )
     assert {h.step for h in client.get_metric_history(mlrun.info.run_id, "eval/map_all")} == {3, 6}
-
-
-def test_linear_probe_kill9_then_resume_continues_the_curve(sets, tmp_path):
-    reference = tmp_path / "reference"
-    ref = run(single(overrides(sets["train"], sets["test"], reference)))
-    assert set(losses(reference)) == set(range(1, 13)) and ref["steps"] == 12
-    out = tmp_path / "killed"
-    args = overrides(
-        sets["train"], sets["test"], out, **{"train.save_every_steps": 4, "tracking.run_name": "k"}
-    )
-    proc = subprocess.Popen(
-        single(args),
-        cwd=REPO,
-        env=env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    latest, deadline = out / "checkpoints" / "latest", time.time() + 900
-    while not (latest.exists() and latest.read_text().strip() == "step00000004"):
-        assert proc.poll() is None and time.time() < deadline, (
-            "run ended before its checkpoint at step 4"
-        )
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert max(losses(out)) < 12
-    resumed = run(single(args))
-    got, want = losses(out), losses(reference)
-    for step in range(5, 13):
-        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), step
-    assert resumed["top1_all"] == pytest.approx(ref["top1_all"])
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{out}.db")
-    runs = client.search_runs([client.get_experiment_by_name("avfusion-demo").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -1,10 +1,9 @@
 """What a run leaves behind: no credential from a URL anywhere (run and evaluation folders,
 checkpoints, MLflow store and artifacts, errors.jsonl, console, exported file), exports readable
-by others, sqlite-tracked artifacts next to the database."""
+by others. (sqlite-tracked artifacts next to the database: tests/pipeline/tracking/.)"""
 
 from __future__ import annotations
 
-import json
 import stat
 import subprocess
 import sys
@@ -14,11 +13,12 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from pipeline.tracking.tracker import Tracker, split_credentials
-from tests.support.procs import REPO, free_port, start_mlflow_server, stop
+from pipeline.tracking.tracker import split_credentials
+from tests.support.procs import REPO
 from tests.support.procs import cpu_env as env
 
 PLANTED = "Planted-s3cret-7781"
+EXPERIMENT = "tracking.experiment=secrets"  # its own, on the session's MLflow server
 
 
 def files_holding(secret: str, *roots: Path) -> list[str]:
@@ -29,16 +29,6 @@ def files_holding(secret: str, *roots: Path) -> list[str]:
         for p in ([root] if root.is_file() else root.rglob("*"))
         if p.is_file() and secret.encode() in p.read_bytes()
     ]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    root = tmp_path / "mlflow"
-    root.mkdir()
-    port = free_port()
-    server = start_mlflow_server(root, port)
-    yield root, port
-    stop(server)
 
 
 def command(module: str, *args, cwd: Path) -> subprocess.CompletedProcess:
@@ -67,13 +57,13 @@ def test_a_password_in_the_tracking_uri_is_in_no_artifact_of_the_run(
 
     from pipeline.cli import main
 
-    root, port = mlflow_server
+    root, port = mlflow_server.root, mlflow_server.uri.rsplit(":", 1)[1]  # the session's
     uri = f"http://avf:{PLANTED}@127.0.0.1:{port}"
     out, evaluation = tmp_path / "run", tmp_path / "eval"
     exported = tmp_path / "export" / "model.safetensors"
     train = command(
         "pipeline.train",
-        *("--config", REPO / "configs" / "debug.yaml", f"tracking.uri={uri}"),
+        *("--config", REPO / "configs" / "debug.yaml", f"tracking.uri={uri}", EXPERIMENT),
         *(f"data.shards={shard_set}", f"probe.shards={shard_set}", f"train.output_dir={out}"),
         *("data.batch_size=4", "train.max_steps=2", "train.log_every=1"),
         "train.save_every_steps=2",
@@ -83,6 +73,7 @@ def test_a_password_in_the_tracking_uri_is_in_no_artifact_of_the_run(
     linear = command(
         "pipeline.evaluate",
         *("--config", REPO / "configs" / "eval" / "debug_linear.yaml", f"tracking.uri={uri}"),
+        EXPERIMENT,
         *(f"encoder.checkpoint={out}", f"data.train={shard_set}", f"data.test={shard_set}"),
         *(f"train.output_dir={evaluation}", "data.train.batch_size=8", "optim.epochs=1"),
         *("optim.warmup_epochs=0", "train.max_steps=2", "train.log_every=1"),
@@ -104,7 +95,7 @@ def test_a_password_in_the_tracking_uri_is_in_no_artifact_of_the_run(
     # Both runs were tracked through the credentialed URI, and say where it went without it.
     masked = f"http://***@127.0.0.1:{port}"
     client = MlflowClient(f"http://127.0.0.1:{port}")
-    experiment = client.get_experiment_by_name("avfusion-demo").experiment_id
+    experiment = client.get_experiment_by_name("secrets").experiment_id
     runs = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
     assert [r.data.tags.get("avfusion.task") for r in runs] == [None, "linear"]
     for run in runs:
@@ -125,21 +116,6 @@ def test_a_password_in_the_tracking_uri_is_in_no_artifact_of_the_run(
     console += in_process.err
     assert exported.name in in_process.out and PLANTED not in console + caplog.text
     assert stat.S_IMODE(exported.stat().st_mode) == 0o644  # a file meant to be shared
-
-
-@pytest.mark.slow
-def test_sqlite_tracked_artifacts_go_next_to_the_database(tmp_path, monkeypatch):
-    elsewhere = tmp_path / "started-here"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    note = tmp_path / "note.json"
-    note.write_text(json.dumps({"a": 1}))
-    tracker = Tracker(f"sqlite:///{tmp_path}/store/runs.db", "exp", "r", system_metrics=False)
-    tracker.log_artifact(note)
-    tracker.close()
-    stored = list((tmp_path / "store" / "runs-artifacts").rglob("note.json"))
-    assert len(stored) == 1 and stored[0].read_text() == note.read_text()
-    assert list(elsewhere.iterdir()) == []  # no ./mlruns where training started
 
 
 def test_mlflow_gets_the_password_from_its_environment_not_the_uri():

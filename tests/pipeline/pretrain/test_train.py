@@ -1,7 +1,9 @@
 """Real multi-process DeepSpeed runs of configs/debug.yaml on CPU (gloo).
 
-One uninterrupted 2-rank ZeRO-2 run, tracked by a real `mlflow server`, is the reference: ZeRO-3,
-a simulated 2-node launch and a `kill -9` + resume must reproduce its per-step losses.
+One uninterrupted 2-rank ZeRO-2 run, tracked by a real `mlflow server`, is the reference: ZeRO-3
+over two simulated nodes, and a run stopped by SIGTERM, then by a `kill -9` of one rank, and
+resumed each time must reproduce its per-step losses. The single-rank failure paths (a non-finite
+loss, a write limit during a save) run in-process: tests/pipeline/engine/test_engine.py.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import json
 import math
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -25,8 +26,6 @@ from tests.support.procs import (
     REPO,
     deepspeed_module,
     free_port,
-    start_mlflow_server,
-    stop,
     synth_shards,
 )
 from tests.support.procs import (
@@ -69,25 +68,6 @@ def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     return proc
 
 
-def train_once(*args: str, limit: int | None = None, **extra) -> subprocess.CompletedProcess:
-    """``python -m pipeline.train`` (one process) on configs/debug.yaml; ``limit``: a file-size
-    limit in bytes (``ulimit -f``)."""
-
-    def set_limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.train", "--config", str(REPO / "configs/debug.yaml")]
-        + [*map(str, args)],
-        cwd=REPO,
-        env=env() | extra,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=set_limit if limit else None,
-    )
-
-
 def losses(out: Path) -> dict[int, float]:
     """Per-step train/loss from metrics.jsonl; a re-logged step keeps its last value."""
     result = {}
@@ -104,12 +84,8 @@ def train_shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    server = start_mlflow_server(root, port)
-    yield f"http://127.0.0.1:{port}"
-    stop(server)
+def mlflow_uri(mlflow_server):
+    return mlflow_server.uri
 
 
 @pytest.fixture(scope="module")
@@ -190,44 +166,22 @@ def test_loss_curve_is_pinned(reference):
         assert curve[step] == pytest.approx(value, rel=GOLDEN_REL), step
 
 
-def test_zero3_matches_zero2_and_exports(reference, train_shards, mlflow_uri, tmp_path):
+def test_zero3_on_two_nodes_matches_zero2_on_one_and_exports(
+    reference, train_shards, mlflow_uri, tmp_path
+):
+    """ZeRO-3 over two launcher invocations (`--no_ssh --node_rank`, one process each, world
+    size 2) reproduces the losses of the one-node ZeRO-2 reference; its partitions export to the
+    reference's weights, which load strictly as an official checkpoint."""
     from safetensors.torch import load_file
 
     from model.checkpoints import load_official, official_state_dict
     from pipeline.export import export
 
     out = tmp_path / "zero3"
-    run(
-        deepspeed_cmd(
-            overrides(
-                train_shards, out, mlflow_uri, **{"train.zero_stage": 3, "train.max_steps": 4}
-            )
-        )
-    )
-    ref, got = losses(reference), losses(out)
-    for step in range(1, 5):
-        assert got[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-5), step
-    # export → strict official load; ZeRO-3 partitions merge to the same weights as ZeRO-2's
-    zero3 = load_file(export(out / "checkpoints", tmp_path / "zero3.safetensors"))
-    zero2 = load_file(
-        export(reference / "checkpoints", tmp_path / "zero2.safetensors", tag="step00000004")
-    )
-    official = official_state_dict(
-        load_official(str(tmp_path / "zero3.safetensors"), preset="debug")
-    )
-    assert set(zero3) == set(zero2) == set(official)
-    for key, value in zero3.items():
-        torch.testing.assert_close(value, zero2[key], rtol=1e-4, atol=1e-5, msg=key)
-        torch.testing.assert_close(official[key], value, rtol=0, atol=0, msg=key)
-
-
-def test_two_nodes_on_localhost_match_one_node(reference, train_shards, mlflow_uri, tmp_path):
-    """Two launcher invocations (`--no_ssh --node_rank`), one process each, world size 2."""
-    out = tmp_path / "two_nodes"
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     port = str(free_port())
-    args = overrides(train_shards, out, mlflow_uri, **{"train.max_steps": 4})
+    args = overrides(train_shards, out, mlflow_uri, **{"train.zero_stage": 3, "train.max_steps": 4})
     procs = [
         subprocess.Popen(
             deepspeed_cmd(
@@ -255,6 +209,18 @@ def test_two_nodes_on_localhost_match_one_node(reference, train_shards, mlflow_u
     ref, got = losses(reference), losses(out)
     for step in range(1, 5):
         assert got[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-5), step
+    # export → strict official load; ZeRO-3 partitions merge to the same weights as ZeRO-2's
+    zero3 = load_file(export(out / "checkpoints", tmp_path / "zero3.safetensors"))
+    zero2 = load_file(
+        export(reference / "checkpoints", tmp_path / "zero2.safetensors", tag="step00000004")
+    )
+    official = official_state_dict(
+        load_official(str(tmp_path / "zero3.safetensors"), preset="debug")
+    )
+    assert set(zero3) == set(zero2) == set(official)
+    for key, value in zero3.items():
+        torch.testing.assert_close(value, zero2[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(official[key], value, rtol=0, atol=0, msg=key)
 
 
 def rank_process(launcher: subprocess.Popen, rank: int):
@@ -268,140 +234,105 @@ def rank_process(launcher: subprocess.Popen, rank: int):
     raise AssertionError(f"no rank {rank} under the launcher")
 
 
-def test_rank_killed_stops_the_job_then_resume_continues_the_curve(
-    reference, train_shards, mlflow_uri, tmp_path
-):
-    """#14.7: SIGKILL of one rank of two: the launcher stops the other within a bounded time
-    and exits non-zero; resume from the last checkpoint reproduces the uninterrupted losses."""
-    from mlflow.tracking import MlflowClient
-
-    out = tmp_path / "killed"
-    # The killed run has no step limit (the schedule does not depend on it) and dies mid-run.
-    args = overrides(
-        train_shards, out, mlflow_uri, **{"train.max_steps": 1000, "tracking.run_name": "killed"}
-    )
-    proc = subprocess.Popen(
-        deepspeed_cmd(args),
-        cwd=REPO,
-        env=env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def latest_step(out: Path) -> int:
+    """The step of the checkpoint ``checkpoints/latest`` names (0: none yet)."""
     latest = out / "checkpoints" / "latest"
-    deadline = time.time() + 600
-    while not (latest.exists() and latest.read_text().strip() == "step00000004"):
-        assert proc.poll() is None and time.time() < deadline, (
-            "run ended before its first checkpoint"
-        )
-        time.sleep(0.02)
-    rank_process(proc, 1).kill()
-    killed = time.time()
+    tag = latest.read_text().strip() if latest.exists() else ""
+    return int(tag.removeprefix("step")) if tag.removeprefix("step").isdigit() else 0
+
+
+def launch(args: list[str], **output) -> subprocess.Popen:
+    """A 2-rank launch in a session of its own (to be killed as a whole)."""
+    return subprocess.Popen(
+        deepspeed_cmd(args), cwd=REPO, env=env(), start_new_session=True, **output
+    )
+
+
+def ended(proc: subprocess.Popen, timeout: float) -> str:
+    """Its output, once it exited within ``timeout``; whatever is left of it is killed."""
     try:
-        code = proc.wait(timeout=90)
+        return proc.communicate(timeout=timeout)[0] or ""
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert code != 0, "the launcher must report the lost rank"
-    print(f"launcher exited {code} {time.time() - killed:.1f} s after the rank was killed")
-    killed_at = max(losses(out))
-    assert killed_at < STEPS, "the run must die before the reference's last step"
-    run(deepspeed_cmd(overrides(train_shards, out, mlflow_uri, **{"tracking.run_name": "killed"})))
-    ref, got = losses(reference), losses(out)
-    for step in range(5, STEPS + 1):
-        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
-    # retention: keep_last=2 of the saves at steps 3, 4, 6 (epoch ends, every 4) and 8
-    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == [
-        "step00000006",
-        "step00000008",
-    ]
-    client = MlflowClient(mlflow_uri)
-    exp = client.get_experiment_by_name("avfusion-demo")
-    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'killed'")
-    assert len(runs) == 1  # the resumed run continued the same MLflow run
-    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")}
-    assert steps == set(range(1, STEPS + 1))
 
 
-def test_sigterm_on_one_rank_saves_and_exits_143_then_resume_continues_the_curve(
+def test_sigterm_then_a_killed_rank_then_resume_continue_the_curve(
     reference, train_shards, mlflow_uri, tmp_path
 ):
-    """#27.1: SIGTERM on rank 1 only, mid-epoch: both ranks agree at the next step boundary,
-    save a complete checkpoint there and exit 143 (the launcher passes it on) within a bounded
-    time; the same command resumes the uninterrupted curve in the same MLflow run."""
+    """One run, stopped twice and resumed by the same command each time:
+    #27.1: SIGTERM on rank 1 only, mid-epoch: both ranks agree at the next step boundary, save a
+    complete checkpoint there and exit 143 (the launcher passes it on) within a bounded time;
+    #14.7: SIGKILL of one rank of two: the launcher stops the other within a bounded time and
+    exits non-zero. The last resume reproduces the uninterrupted losses, in one MLflow run."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.engine.checkpoint import verify_marker
 
-    out = tmp_path / "preempted"
+    out = tmp_path / "stopped"
+    # Until the last resume the run has no step limit (the schedule does not depend on it).
     args = overrides(
-        train_shards, out, mlflow_uri, **{"train.max_steps": 1000, "tracking.run_name": "sigterm"}
+        train_shards, out, mlflow_uri, **{"train.max_steps": 1000, "tracking.run_name": "stopped"}
     )
-    proc = subprocess.Popen(
-        deepspeed_cmd(args),
-        cwd=REPO,
-        env=env(),
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = launch(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     while not (out / "metrics.jsonl").exists() or max(losses(out), default=0) < 1:
         assert proc.poll() is None and time.time() < deadline, "run ended before step 1"
         time.sleep(0.02)
     rank_process(proc, 1).send_signal(signal.SIGTERM)
     sent = time.time()
-    try:
-        log = proc.communicate(timeout=120)[0]
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    log = ended(proc, timeout=120)
     print(f"launcher exited {proc.returncode} {time.time() - sent:.1f} s after SIGTERM")
     assert proc.returncode == 143, log[-3000:]
     assert "stopping at the next step boundary" in log, log[-3000:]
     assert "stopped by a signal at step" in log, log[-3000:]
-    stopped = int((out / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    stopped = latest_step(out)
     assert 1 <= stopped < STEPS and max(losses(out)) == stopped  # mid-run, at a step boundary
     verify_marker(out / "checkpoints" / f"step{stopped:08d}")  # complete: every file's size
     assert (out / "checkpoints" / f"step{stopped:08d}" / "complete.json").is_file()
-    run(deepspeed_cmd(overrides(train_shards, out, mlflow_uri, **{"tracking.run_name": "sigterm"})))
+
+    proc = launch(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # resumes
+    deadline = time.time() + 600
+    while latest_step(out) < max(4, stopped + 1):  # a checkpoint of this launch
+        assert proc.poll() is None and time.time() < deadline, "run ended before a checkpoint"
+        time.sleep(0.02)
+    rank_process(proc, 1).kill()
+    killed = time.time()
+    ended(proc, timeout=90)
+    assert proc.returncode != 0, "the launcher must report the lost rank"
+    print(f"launcher exited {proc.returncode} {time.time() - killed:.1f} s after the kill")
+    assert max(losses(out)) < STEPS, "the run must die before the reference's last step"
+
+    run(deepspeed_cmd(overrides(train_shards, out, mlflow_uri, **{"tracking.run_name": "stopped"})))
     ref, got = losses(reference), losses(out)
-    for step in range(stopped + 1, STEPS + 1):
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
+    # retention: keep_last=2 of the saves (at the stop, epoch ends 3 and 6, every 4 steps, 8)
+    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == [
+        "step00000006",
+        "step00000008",
+    ]
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("avfusion-demo")
-    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'sigterm'")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'stopped'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # resumed: the same run
+    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")}
+    assert steps == set(range(1, STEPS + 1))
 
 
-def test_nan_loss_names_step_and_batch(train_shards, tmp_path):
-    proc = train_once(
-        *overrides(
-            train_shards,
-            tmp_path / "nan",
-            f"sqlite:///{tmp_path}/mlruns.db",
-            **{"optim.lr": 1e30, "optim.warmup_epochs": 0},
-        )
-    )
-    assert proc.returncode != 0
-    assert (
-        "non-finite loss" in proc.stderr
-        and "at step" in proc.stderr
-        and "batch keys: [" in proc.stderr
-    )
+def test_bad_config_key_is_named(capsys):
+    from pipeline.train import main
+
+    assert main(["--config", str(REPO / "configs/debug.yaml"), "train.zero_stagee=2"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "train.zero_stagee: unknown key" in line
 
 
-def test_bad_config_key_is_named(tmp_path):
-    proc = train_once("train.zero_stagee=2")
-    assert proc.returncode != 0
-    assert "train.zero_stagee: unknown key" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-
-
-def test_probe_command_matches_the_trainers_probe(reference, train_shards, tmp_path):
-    """`avfusion export` + `avfusion probe` on the step-6 weights reproduce the in-training kNN."""
-    from tests.support.procs import AVFUSION
+def test_probe_command_matches_the_trainers_probe(reference, train_shards, tmp_path, capsys):
+    """`avfusion export` + `avfusion probe` on the step-6 weights reproduce the in-training kNN
+    (in this process: the console entry point's ``main``)."""
+    from pipeline.cli import main
 
     logged = {
         json.loads(line)["step"]: json.loads(line)["probe"]
@@ -410,19 +341,11 @@ def test_probe_command_matches_the_trainers_probe(reference, train_shards, tmp_p
     }
     assert set(logged) == {3, 6}  # after epoch 1 and epoch 2 (probe.every_epochs=2)
     weights = tmp_path / "step6.safetensors"
-    run(
-        [
-            *AVFUSION,
-            "export",
-            str(reference / "checkpoints"),
-            "--tag",
-            "step00000006",
-            "--out",
-            str(weights),
-        ]
-    )
-    proc = run([*AVFUSION, "probe", str(weights), "--shards", str(train_shards), "--workers", "1"])
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    export = ["export", str(reference / "checkpoints"), "--tag", "step00000006"]
+    assert main([*export, "--out", str(weights)]) == 0
+    capsys.readouterr()
+    assert main(["probe", str(weights), "--shards", str(train_shards), "--workers", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["samples"] == 24
     one_sample = 100 / 24
     for name, value in logged[6].items():
@@ -527,35 +450,6 @@ def test_bad_setup_fails_before_deepspeed_starts(case, train_shards, tmp_path, m
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith(expected.format(tmp=tmp_path, out=out)), lines[0]
     assert not dist.is_initialized()
-
-
-def test_write_limit_during_a_checkpoint_save_keeps_the_last_one(train_shards, tmp_path):
-    """#14.7: ``ulimit -f`` hit while saving: one line naming the step's folder and the kept
-    checkpoint; the unfinished folder is gone and the earlier checkpoint still verifies."""
-    from pipeline.engine.checkpoint import verify_marker
-
-    out = tmp_path / "run"
-
-    def train(max_steps: int, limit: int | None = None) -> subprocess.CompletedProcess:
-        extra = {"train.max_steps": max_steps, "tracking.enabled": "false"}
-        extra["probe.every_epochs"] = 1000
-        return train_once(
-            *overrides(train_shards, out, "sqlite:///unused.db", **extra), limit=limit
-        )
-
-    first = train(4)
-    assert first.returncode == 0, first.stderr[-2000:]
-    kept = out / "checkpoints" / "step00000004"
-    largest = max(f.stat().st_size for f in kept.iterdir())
-    limited = train(8, limit=largest // 2)
-    assert limited.returncode == 2, limited.stderr[-2000:]
-    line = limited.stderr.strip().splitlines()[-1]
-    print(line)
-    assert line.startswith(f"error: {out}/checkpoints/step0000000"), line
-    assert line.endswith("; the newest complete one, step00000004, is intact"), line
-    assert [p.name for p in (out / "checkpoints").glob("step*")] == [kept.name]
-    assert (out / "checkpoints" / "latest").read_text().strip() == kept.name
-    verify_marker(kept)
 
 
 def test_unreachable_shards_stop_every_rank_and_keep_the_checkpoint(train_shards, tmp_path):

@@ -1,11 +1,12 @@
 """MLflow tracking: the journal, and a server that is down when the run starts (real `mlflow server`)."""
 
 import logging
+import time
 
 import pytest
 
 from pipeline.tracking.pending import PENDING_FILE, Pending
-from pipeline.tracking.tracker import Tracker, flatten
+from pipeline.tracking.tracker import CLOSE_WAIT_S, Tracker, flatten
 from tests.support.procs import free_port, start_mlflow_server, stop
 
 
@@ -88,18 +89,38 @@ def test_server_down_at_start_then_resume_backfills_the_same_run(tmp_path, caplo
         stop(server)
 
 
-def test_a_new_sqlite_store_is_migrated_before_training_starts(tmp_path):
+def test_a_new_sqlite_store_is_migrated_before_training_starts_and_keeps_artifacts_next_to_it(
+    tmp_path, monkeypatch
+):
     """A kill during MLflow's first migration of a sqlite file leaves it unusable (CI saw
     ``_alembic_tmp_latest_metrics already exists`` on resume), so the store must be complete
-    when the Tracker is returned, not later in the sender thread."""
+    when the Tracker is returned, not later in the sender thread. Its artifacts go next to the
+    database, not into ./mlruns of wherever training started; ``close()`` returns once all is
+    delivered."""
+    import json
     import sqlite3
 
-    db = tmp_path / "mlruns.db"
-    tracker = Tracker(f"sqlite:///{db}", "exp", None, system_metrics=False)
+    from mlflow.tracking import MlflowClient
+
+    elsewhere = tmp_path / "started-here"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    db = tmp_path / "store" / "runs.db"
+    tracker = Tracker(f"sqlite:///{db}", "exp", "r", system_metrics=False)
     with sqlite3.connect(db) as con:
         tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
         version = con.execute("select version_num from alembic_version").fetchall()
-    tracker.close()
     assert {"experiments", "runs", "latest_metrics"} <= tables
     assert not {t for t in tables if t.startswith("_alembic_tmp")}
     assert len(version) == 1
+    note = tmp_path / "note.json"
+    note.write_text(json.dumps({"a": 1}))
+    tracker.log_artifact(note)
+    started = time.monotonic()
+    tracker.close()
+    # everything delivered, close returns (it used to sit out CLOSE_WAIT_S at every run's end)
+    assert time.monotonic() - started < CLOSE_WAIT_S / 2
+    assert MlflowClient(f"sqlite:///{db}").get_run(tracker.run_id).info.status == "FINISHED"
+    stored = list((tmp_path / "store" / "runs-artifacts").rglob("note.json"))
+    assert len(stored) == 1 and stored[0].read_text() == note.read_text()
+    assert list(elsewhere.iterdir()) == []  # no ./mlruns where training started

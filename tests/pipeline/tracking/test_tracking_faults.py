@@ -40,13 +40,10 @@ def wait_for(condition, timeout: float, what: str):
     return value
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `mlflow server`: (uri, process)."""
-    port = free_port()
-    proc = start_mlflow_server(tmp_path_factory.mktemp("mlflow"), port)
-    yield f"http://127.0.0.1:{port}", proc
-    stop(proc)
+@pytest.fixture
+def server(mlflow_server):
+    """The session's real `mlflow server` (tests/pipeline/conftest.py): (uri, process)."""
+    return mlflow_server.uri, mlflow_server.proc
 
 
 def test_midrun_outage_is_recovered_before_close(tmp_path):

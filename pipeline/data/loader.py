@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 from collections import Counter
 from dataclasses import replace
 
@@ -193,7 +194,13 @@ class ShardLoader:
                 # so that forked workers do not inherit (and try to close) its s3fs sessions.
                 gc.collect()
             source = iter(
-                DataLoader(ds, batch_size=None, num_workers=self.cfg.workers, prefetch_factor=2)
+                DataLoader(
+                    ds,
+                    batch_size=None,
+                    num_workers=self.cfg.workers,
+                    prefetch_factor=2,
+                    worker_init_fn=ignore_stop_signals,
+                )
             )
         try:
             for batch in source:
@@ -344,6 +351,17 @@ class ShardLoader:
         if self._active is not None:
             self._active.close()
             self._active = None
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """A loader worker leaves SIGTERM / SIGINT to its rank (:mod:`pipeline.engine.stop`).
+
+    torchrun's agent stops a worker with ``killpg``, and a terminal's Ctrl-C reaches the whole
+    foreground group: a loader worker killed by either made its rank fail ("DataLoader worker
+    is killed by signal") before the rank could save its checkpoint. A worker still ends with its
+    rank: the rank shuts it down, and torch's watchdog ends it when the rank is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def worker_error(e: Exception) -> Exception:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+import signal
 import tarfile
+import time
 from collections import Counter
 
 import pytest
@@ -125,6 +129,26 @@ def test_epochs_differ_and_replay_identically(shard_set):
     assert not torch.equal(
         run_epoch(make_loader(shard_set, rank=1, seed=5), epoch=1)[0]["image"], second[0]["image"]
     )
+
+
+@pytest.mark.multiproc
+def test_workers_outlive_a_stop_signal_to_the_process_group(shard_set):
+    """torchrun stops a rank with ``killpg`` (and Ctrl-C reaches the whole group): the loader's
+    workers must leave SIGTERM / SIGINT to the rank, which saves a checkpoint at the next step,
+    so the epoch goes on undisturbed (was: "DataLoader worker ... is killed by signal")."""
+    expected = keys_of(run_epoch(make_loader(shard_set)))
+    loader = make_loader(shard_set)
+    loader.set_epoch(0)
+    batches = iter(loader)
+    got = [next(batches)]
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    for worker, sig in zip(workers, (signal.SIGTERM, signal.SIGINT), strict=True):
+        os.kill(worker.pid, sig)
+    time.sleep(0.5)  # delivered and, without the handler, acted on
+    got += list(batches)
+    assert keys_of(got) == expected
+    assert all(w.exitcode in (None, 0) for w in workers)
 
 
 @pytest.mark.multiproc

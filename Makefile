@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# DeepSpeed JIT-compiles its CPU comm op on first use (30 s on 2 cores): here, not in a launch
+	if [ "$$DS_ACCELERATOR" = cpu ]; then $(PY) -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()'; fi
 	touch $(STAMP)
 
 demo: install $(DEMO_DIR)/shards/manifest.json $(DEMO_DIR)/heldout-shards/manifest.json

@@ -173,8 +173,15 @@ def test_checkpoint_refuses_non_finite_weights(process_group, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_blocks_train_like_eager(process_group):
+def test_compiled_blocks_train_like_eager(process_group, monkeypatch):
     """train.compile: regionally compiled blocks under a ZeRO-2 engine give the eager losses."""
+    # NOTE: scalar C++ kernels: the vectorised ones took 72 of this test's 98 s to compile on a
+    # fresh 2-core machine (12 graphs; 41 s scalar). The wiring under test (every block compiled
+    # in place, DeepSpeed's hooks eager, keys unchanged) is the same; GPUs compile Triton.
+    monkeypatch.setattr("torch._inductor.config.cpp.vec_isa_ok", False)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     curves = []
     for compiled in (False, True):
         cfg = debug_cfg("train.zero_stage=2", f"train.compile={str(compiled).lower()}")
@@ -183,6 +190,7 @@ def test_compiled_blocks_train_like_eager(process_group):
         curves.append([step.micro(batch(engine.module), s, 0).item() for s in range(3)])
     assert curves[1] == pytest.approx(curves[0], rel=1e-4)
     assert curves[0][2] != curves[0][0]  # the weights moved between the compared steps
+    assert counters["stats"]["unique_graphs"] > 0  # the compiled run did run compiled blocks
 
 
 def test_resume_names_a_truncated_checkpoint_and_falls_back(

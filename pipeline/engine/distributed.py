@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -63,8 +64,33 @@ def init_distributed() -> DistInfo:
         if "EADDRINUSE" not in str(e):
             raise
         raise port_in_use() from None
+    if not cuda:
+        release_shm_segment(dist.get_rank(), dist.get_world_size())
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shm_segment(rank: int) -> Path:
+    """The POSIX shared-memory segment of DeepSpeed's CPU all-reduce for this job and rank
+    (the name ``ops/csrc/cpu/comm/shm.cpp`` gives it)."""
+    job = f"{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_{os.environ.get('MASTER_PORT', '')}"
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{job}_{rank}"
+
+
+def release_shm_segment(rank: int, world_size: int) -> None:
+    """Unlink this rank's all-reduce segment once every rank has mapped every peer's.
+
+    NOTE: DeepSpeed's CPU comm op (ranks all on one node) creates a 69-MB segment per rank at
+    ``init_distributed`` and never unlinks it, so each launch left ``world_size`` × 69 MB of RAM
+    in /dev/shm (after ~110 launches on this 24-GiB machine the OOM killer ended the test suite).
+    The peers map each other's segments inside ``init_distributed``; after the barrier the names
+    can go: the mappings stay valid, and the memory is freed when the last rank exits, kill -9
+    included.
+    """
+    if world_size < 2:
+        return
+    dist.barrier()
+    shm_segment(rank).unlink(missing_ok=True)
 
 
 def port_in_use() -> AvfusionError:

@@ -89,19 +89,26 @@ def mlflow_uri(mlflow_server):
 
 
 @pytest.fixture(scope="module")
-def reference(train_shards, mlflow_uri, tmp_path_factory):
+def reference_port() -> str:
+    return str(free_port())
+
+
+@pytest.fixture(scope="module")
+def reference(train_shards, mlflow_uri, tmp_path_factory, reference_port):
     out = tmp_path_factory.mktemp("zero2")
-    run(
-        deepspeed_cmd(
-            overrides(
-                train_shards,
-                out,
-                mlflow_uri,
-                **{"tracking.run_name": "reference", "train.keep_last": 10},
-            )
-        )
+    args = overrides(
+        train_shards, out, mlflow_uri, **{"tracking.run_name": "reference", "train.keep_last": 10}
     )
+    run(deepspeed_cmd(args, "--num_gpus", "2", "--master_port", reference_port))
     return out
+
+
+def test_a_launch_leaves_no_shared_memory_behind(reference, reference_port):
+    """DeepSpeed's CPU all-reduce segments (69 MB per rank, named by uid, address, port and rank)
+    are unlinked once mapped: none of the reference launch's is left in /dev/shm (each launch
+    used to leave one per rank)."""
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{reference_port}_*"
+    assert sorted(Path("/dev/shm").glob(name)) == []
 
 
 def test_reference_run_learns_and_is_tracked(reference, mlflow_uri):

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
 from collections import Counter
 from dataclasses import replace
 
@@ -61,6 +60,7 @@ from pipeline.data.jpeg import decode_crops
 from pipeline.data.mixture import ShardSets, open_sets
 from pipeline.data.shardio import ShardReadError
 from pipeline.data.stream import STAGES, DataError, StreamSpec, check_error_rate, stream_batches
+from pipeline.data.worker_signals import leave_stop_signals_to_the_rank
 
 __all__ = ["DataError", "ShardLoader", "ShardReadError", "build_loader"]
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class ShardLoader:
                     batch_size=None,
                     num_workers=self.cfg.workers,
                     prefetch_factor=2,
-                    worker_init_fn=ignore_stop_signals,
+                    worker_init_fn=leave_stop_signals_to_the_rank,
                 )
             )
         try:
@@ -351,17 +351,6 @@ class ShardLoader:
         if self._active is not None:
             self._active.close()
             self._active = None
-
-
-def ignore_stop_signals(_worker_id: int) -> None:
-    """A loader worker leaves SIGTERM / SIGINT to its rank (:mod:`pipeline.engine.stop`).
-
-    torchrun's agent stops a worker with ``killpg``, and a terminal's Ctrl-C reaches the whole
-    foreground group: a loader worker killed by either made its rank fail ("DataLoader worker
-    is killed by signal") before the rank could save its checkpoint. A worker still ends with its
-    rank: the rank shuts it down, and torch's watchdog ends it when the rank is gone."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def worker_error(e: Exception) -> Exception:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import shutil
 import signal
+import subprocess
 import tarfile
 import time
 from collections import Counter
@@ -17,6 +17,7 @@ import torch
 from avbase.features import FRONTENDS, ImageSpec
 from pipeline.config import DataConfig
 from pipeline.data.loader import DataError, ShardReadError, build_loader
+from pipeline.data.worker_signals import leave_stop_signals_to_the_rank
 from tests.support.shardsets import LABELS, sample_key, write_shard_set
 
 DAF = FRONTENDS["deepavfusion"]
@@ -132,10 +133,11 @@ def test_epochs_differ_and_replay_identically(shard_set):
 
 
 @pytest.mark.multiproc
-def test_workers_outlive_a_stop_signal_to_the_process_group(shard_set):
-    """torchrun stops a rank with ``killpg`` (and Ctrl-C reaches the whole group): the loader's
-    workers must leave SIGTERM / SIGINT to the rank, which saves a checkpoint at the next step,
-    so the epoch goes on undisturbed (was: "DataLoader worker ... is killed by signal")."""
+def test_workers_leave_stop_signals_to_the_rank_and_end_on_its_own(shard_set):
+    """A SIGTERM / SIGINT from anyone but the rank (torchrun's ``killpg``, Slurm, Ctrl-C) leaves
+    the workers running, so the rank can reach its checkpoint: the epoch goes on with the
+    uninterrupted run's keys (was: "DataLoader worker ... is killed by signal"). The rank's own
+    ``terminate()`` (DataLoader shutdown, multiprocessing's exit) still ends a worker at once."""
     expected = keys_of(run_epoch(make_loader(shard_set)))
     loader = make_loader(shard_set)
     loader.set_epoch(0)
@@ -143,12 +145,26 @@ def test_workers_outlive_a_stop_signal_to_the_process_group(shard_set):
     got = [next(batches)]
     workers = multiprocessing.active_children()
     assert len(workers) == 2
-    for worker, sig in zip(workers, (signal.SIGTERM, signal.SIGINT), strict=True):
-        os.kill(worker.pid, sig)
-    time.sleep(0.5)  # delivered and, without the handler, acted on
+    for worker, sig in zip(workers, ("-TERM", "-INT"), strict=True):
+        subprocess.run(["kill", sig, str(worker.pid)], check=True)  # sent by another process
+    time.sleep(0.5)  # delivered and, were it fatal, acted on
     got += list(batches)
     assert keys_of(got) == expected
-    assert all(w.exitcode in (None, 0) for w in workers)
+
+    worker = multiprocessing.get_context("fork").Process(target=_a_worker, daemon=True)
+    worker.start()
+    time.sleep(0.5)  # its init has run
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+    worker.join(timeout=1)
+    assert worker.is_alive()
+    worker.terminate()  # the rank's SIGTERM (as DataLoader's shutdown and multiprocessing send it)
+    worker.join(timeout=5)
+    assert worker.exitcode == -signal.SIGTERM
+
+
+def _a_worker() -> None:
+    leave_stop_signals_to_the_rank(0)
+    time.sleep(60)
 
 
 @pytest.mark.multiproc

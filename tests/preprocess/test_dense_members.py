@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import wave as wavfile
+from pathlib import Path
 
 import av
 import numpy as np
@@ -90,21 +91,15 @@ def test_one_source_corpus_keeps_its_list_format(tmp_path):
     assert not (tmp_path / "00000").exists()
 
 
+def build_3s_clips(corpus: Path, out: Path, *options: str) -> Path:
+    """``shards build`` of the corpus' list into 3-s clips at ``out``."""
+    cli("shards", "build", corpus / "labels.csv", "--out", out, "--clip-seconds", "3", *options)
+    return out
+
+
 @pytest.mark.slow
 def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
-    out = tmp_path / "set"
-    cli(
-        "shards",
-        "build",
-        corpus / "labels.csv",
-        "--out",
-        out,
-        "--clip-seconds",
-        "3",
-        "--keep-waveform",
-        "--frame-size",
-        "120",
-    )
+    out = build_3s_clips(corpus, tmp_path / "set", "--keep-waveform", "--frame-size", "120")
     cli("shards", "verify", out)
     manifest, errors, samples = load_set(out)
     assert not errors and manifest["members"] == ["mask", "flac"]
@@ -139,18 +134,7 @@ def test_mask_and_waveform_members_round_trip(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_verify_rejects_undeclared_members(corpus, tmp_path):
-    out = tmp_path / "set"
-    cli(
-        "shards",
-        "build",
-        corpus / "labels.csv",
-        "--out",
-        out,
-        "--clip-seconds",
-        "3",
-        "--frame-size",
-        "64",
-    )
+    out = build_3s_clips(corpus, tmp_path / "set", "--frame-size", "64")
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["members"] = []
     (out / "manifest.json").write_text(json.dumps(manifest))
